@@ -1,0 +1,3 @@
+"""event-metrics: product-analytics event ingestion and exact metrics."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,112 @@
+"""The Litestar application: routes, lifespan, and the one table of error statuses."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+
+from event_metrics import __version__
+from event_metrics.metrics import BackendUnavailable, InvalidParameter
+from event_metrics.payload import (
+    MalformedPayload,
+    PayloadTooLarge,
+    TooManyEvents,
+    UnsupportedMediaType,
+)
+from event_metrics.queue import QueueClosed, QueueFull
+from event_metrics.routes import health, ingest, metrics
+from event_metrics.services import run_services
+from event_metrics.settings import Settings
+from event_metrics.writer import StorageRejected, StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    error: str
+    detail: str
+    parameter: str | None = None
+
+
+# Domain error -> (HTTP status, error code, add Retry-After).
+ERROR_STATUSES: dict[type[Exception], tuple[int, str, bool]] = {
+    MalformedPayload: (400, "malformed_body", False),
+    InvalidParameter: (400, "invalid_parameter", False),
+    PayloadTooLarge: (413, "body_too_large", False),
+    TooManyEvents: (413, "too_many_events", False),
+    UnsupportedMediaType: (415, "unsupported_media_type", False),
+    StorageRejected: (500, "storage_rejected", False),
+    QueueFull: (503, "overloaded", True),
+    QueueClosed: (503, "shutting_down", True),
+    StorageUnavailable: (503, "storage_unavailable", True),
+    BackendUnavailable: (503, "backend_unavailable", True),
+}
+
+
+def _error_handler(
+    settings: Settings, status: int, code: str, retry: bool
+) -> Callable[[Request[Any, Any, Any], Exception], Response[ErrorBody]]:
+    def handle(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+        parameter = getattr(exc, "parameter", None)
+        headers = {"Retry-After": str(settings.retry_after_seconds)} if retry else None
+        body = ErrorBody(error=code, detail=str(exc), parameter=parameter)
+        return Response(body, status_code=status, headers=headers)
+
+    return handle
+
+
+def _validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
+    # Litestar's own parameter checks (e.g. ?wait=maybe): same shape as ours.
+    parameter = None
+    detail = exc.detail
+    if isinstance(exc.extra, list) and exc.extra and isinstance(exc.extra[0], dict):
+        parameter = exc.extra[0].get("key")
+        detail = f"{parameter}: {exc.extra[0].get('message', detail)}"
+    return Response(
+        ErrorBody(error="invalid_parameter", detail=detail, parameter=parameter),
+        status_code=400,
+    )
+
+
+def _http_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    code = "not_found" if exc.status_code == 404 else "http_error"
+    return Response(
+        ErrorBody(error=code, detail=exc.detail),
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+def create_app(settings: Settings) -> Litestar:
+    """Build the app; pools, writers and the replicator start in its lifespan."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with run_services(settings) as services:
+            app.state.services = services
+            yield
+
+    handlers: dict[Any, Any] = {
+        error: _error_handler(settings, *spec) for error, spec in ERROR_STATUSES.items()
+    }
+    handlers[ValidationException] = _validation_handler
+    handlers[HTTPException] = _http_handler
+    return Litestar(
+        route_handlers=[ingest, metrics, health],
+        lifespan=[lifespan],
+        exception_handlers=handlers,
+        openapi_config=OpenAPIConfig(title="event-metrics", version=__version__),
+        request_max_body_size=settings.max_body_bytes,
+    )
+
+
+def app_from_env() -> Litestar:
+    """Factory for `uvicorn --factory`: settings from the environment."""
+    return create_app(Settings.from_env())

@@ -1,0 +1,132 @@
+"""The native event format, per-event validation, and the row each valid event becomes."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, NamedTuple
+
+import msgspec
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Channel = Annotated[str, msgspec.Meta(max_length=200)]
+Instant = Annotated[datetime, msgspec.Meta(tz=True)]
+
+# ClickHouse DateTime counts seconds from 1970 in a UInt32, so the mirror cannot hold
+# anything earlier; rejecting it here keeps both engines' answers identical.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class EventIn(msgspec.Struct, forbid_unknown_fields=True):
+    """One event as a client sends it to POST /events.
+
+    The fields are the common core of Segment `track` (event, userId, timestamp, sentAt,
+    messageId, properties, context.channel) and PostHog `capture` (event, distinct_id,
+    timestamp, uuid, properties), so compatibility endpoints only rename fields.
+    """
+
+    event_name: Name
+    user_id: Key
+    timestamp: Instant | None = None
+    idempotency_key: Key | None = None
+    channel: Channel | None = None
+    properties: dict[str, Any] | None = None
+    sent_at: Instant | None = None
+
+
+class Row(NamedTuple):
+    """An event as stored: the column order of the COPY into PostgreSQL."""
+
+    idempotency_key: str
+    event_name: str
+    user_id: str
+    channel: str
+    ts: datetime
+    received_at: datetime
+    properties: str | None
+
+
+class InvalidEvent(Exception):
+    """One event in a request is not acceptable; the message says why."""
+
+
+_decoder = msgspec.json.Decoder(EventIn)
+_encoder = msgspec.json.Encoder(order="sorted")
+
+
+def parse_event(
+    raw: bytes, *, received_at: datetime, max_event_bytes: int, max_future: timedelta
+) -> Row:
+    """Validate one JSON-encoded event and turn it into a Row, or raise InvalidEvent."""
+    if len(raw) > max_event_bytes:
+        raise InvalidEvent(f"event is {len(raw)} bytes; the limit is {max_event_bytes}")
+    try:
+        event = _decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(_describe(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"not a valid JSON event: {exc}") from None
+    return to_row(event, received_at=received_at, max_future=max_future)
+
+
+def to_row(event: EventIn, *, received_at: datetime, max_future: timedelta) -> Row:
+    """Apply clock-skew correction, time bounds and key derivation to a decoded event."""
+    for field in ("event_name", "user_id", "idempotency_key", "channel"):
+        value = getattr(event, field)
+        if value is not None and "\x00" in value:
+            raise InvalidEvent(f"{field} must not contain NUL characters")
+    properties = None
+    if event.properties is not None:
+        encoded = _encoder.encode(event.properties)
+        if b"\\u0000" in encoded:
+            raise InvalidEvent("properties must not contain NUL characters")
+        properties = encoded.decode()
+
+    ts = event.timestamp or received_at
+    if event.sent_at is not None and event.timestamp is not None:
+        # The client's clock may be off; what it measured (sent_at - timestamp) is not.
+        ts = received_at - (event.sent_at - event.timestamp)
+    if ts > received_at + max_future:
+        raise InvalidEvent(
+            f"timestamp {ts.isoformat()} is more than {max_future} ahead of the server clock"
+        )
+    if ts < EARLIEST:
+        raise InvalidEvent("timestamp must not be earlier than 1970-01-01T00:00:00Z")
+
+    key = event.idempotency_key or derive_key(event, properties)
+    return Row(
+        idempotency_key=key,
+        event_name=event.event_name,
+        user_id=event.user_id,
+        channel=event.channel or "",
+        ts=ts,
+        received_at=received_at,
+        properties=properties,
+    )
+
+
+def derive_key(event: EventIn, properties: str | None) -> str:
+    """A key for an event sent without one.
+
+    Only content that includes the client's own timestamp proves that two requests carry
+    the same occurrence, so only then is the key a hash of the content (an identical retry
+    collapses); without a timestamp every event gets a fresh random key. sent_at is left
+    out on purpose: a retry is sent later than the first attempt.
+    """
+    if event.timestamp is None:
+        return f"rnd:{uuid.uuid4().hex}"
+    stamp = event.timestamp.astimezone(UTC).isoformat()
+    content = _encoder.encode(
+        [event.event_name, event.user_id, event.channel or "", stamp, properties]
+    )
+    return f"sha:{hashlib.sha256(content).hexdigest()[:40]}"
+
+
+def _describe(message: str) -> str:
+    # msgspec: "Expected `str` of length <= 200 - at `$.user_id`" -> "user_id: Expected ..."
+    head, sep, path = message.rpartition(" - at `$.")
+    if not sep:
+        return message
+    return f"{path.rstrip('`')}: {head}"

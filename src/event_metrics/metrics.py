@@ -1,0 +1,203 @@
+"""GET /metrics: the query a request asks for, and the response both engines produce."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Literal, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+
+Granularity = Literal["hour", "day", "week", "month", "total"]
+Dimension = Literal["channel", "event_name"]
+GRANULARITIES: tuple[str, ...] = get_args(Granularity)
+DIMENSIONS: tuple[str, ...] = get_args(Dimension)
+
+# A '+' in a query string that was not percent-encoded arrives as a space.
+_UNENCODED_PLUS = re.compile(r"(T\d\d:\d\d:\d\d) (\d\d:?\d\d)$")
+
+
+class InvalidParameter(Exception):
+    """A /metrics parameter is missing or wrong; `parameter` names it."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+class BackendUnavailable(Exception):
+    """The engine that should answer is unreachable or too slow right now."""
+
+
+class MetricsQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """A validated /metrics request: the half-open window [start, end) and its shape."""
+
+    start: datetime
+    end: datetime
+    event_name: str | None
+    granularity: Granularity
+    group_by: tuple[Dimension, ...]
+    timezone: str
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class Totals(msgspec.Struct):
+    events: int
+    unique_users: int
+
+
+class MetricsResponse(msgspec.Struct, kw_only=True):
+    from_: str = msgspec.field(name="from")
+    to: str
+    event_name: str | None
+    granularity: str
+    group_by: list[str]
+    timezone: str
+    backend: str
+    total: Totals
+    series: list[dict[str, Any]]
+
+
+# What an engine returns for a series row: (bucket, *dimension values, events, unique_users).
+# bucket is an aware datetime for "hour", a local date for day/week/month, None for total.
+SeriesRow = Sequence[Any]
+
+
+def parse_query(
+    *,
+    start: str | None,
+    end: str | None,
+    event_name: str | None,
+    granularity: str | None,
+    group_by: str | None,
+    timezone: str | None,
+    max_window_days: int,
+) -> MetricsQuery:
+    """Validate raw query parameters; raise InvalidParameter naming the first bad one."""
+    start_at = _parse_instant("from", start)
+    end_at = _parse_instant("to", end)
+    if end_at <= start_at:
+        raise InvalidParameter("to", "to must be after from")
+    if end_at - start_at > timedelta(days=max_window_days):
+        raise InvalidParameter(
+            "to", f"the window from..to is longer than the maximum of {max_window_days} days"
+        )
+    if event_name is not None and not 0 < len(event_name) <= 200:
+        raise InvalidParameter("event_name", "event_name must be 1 to 200 characters")
+    granularity = granularity or "total"
+    if granularity not in GRANULARITIES:
+        raise InvalidParameter(
+            "granularity", f"granularity must be one of {', '.join(GRANULARITIES)}"
+        )
+    dimensions: list[Dimension] = []
+    for part in (group_by or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if part not in DIMENSIONS:
+            raise InvalidParameter(
+                "group_by", f"group_by must be a comma-separated subset of {', '.join(DIMENSIONS)}"
+            )
+        if part in dimensions:
+            raise InvalidParameter("group_by", f"group_by names {part} twice")
+        dimensions.append(part)  # type: ignore[arg-type]
+    zone = timezone or "UTC"
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidParameter("timezone", f"unknown time zone {zone!r}") from None
+    return MetricsQuery(
+        start=start_at,
+        end=end_at,
+        event_name=event_name,
+        granularity=granularity,  # type: ignore[arg-type]
+        group_by=tuple(dimensions),
+        timezone=zone,
+    )
+
+
+def _parse_instant(name: str, value: str | None) -> datetime:
+    if not value:
+        raise InvalidParameter(name, f"{name} is required (RFC 3339, e.g. 2026-11-01T00:00:00Z)")
+    text = _UNENCODED_PLUS.sub(r"\1+\2", value.strip())
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidParameter(name, f"{name} is not an RFC 3339 time: {value!r}") from None
+    if parsed.tzinfo is None:
+        raise InvalidParameter(name, f"{name} needs a UTC offset or Z: {value!r}")
+    if parsed.microsecond:
+        # ClickHouse stores whole seconds; whole-second bounds keep both engines identical.
+        raise InvalidParameter(name, f"{name} must be a whole second: {value!r}")
+    parsed = parsed.astimezone(UTC)
+    if parsed.year < 1970 or parsed.year > 2105:
+        raise InvalidParameter(name, f"{name} must be between 1970 and 2105")
+    return parsed
+
+
+def bucket_start(query: MetricsQuery, bucket: Any) -> datetime:
+    """The instant a bucket starts, in the query's time zone."""
+    zone = query.zone
+    if query.granularity == "total":
+        return query.start.astimezone(zone)
+    if isinstance(bucket, datetime):
+        return bucket.astimezone(zone)
+    if isinstance(bucket, int):
+        return datetime.fromtimestamp(bucket, zone)
+    if isinstance(bucket, date):
+        # Local midnight; where midnight does not exist (a DST jump at 00:00), fold=0
+        # maps it to the first instant of the day.
+        local = datetime.combine(bucket, time(0), tzinfo=zone)
+        return local.astimezone(UTC).astimezone(zone)
+    raise TypeError(f"unexpected bucket value {bucket!r}")
+
+
+def format_instant(moment: datetime) -> str:
+    """RFC 3339 with the UTC offset, seconds precision."""
+    return moment.isoformat(timespec="seconds")
+
+
+def build_response(
+    query: MetricsQuery,
+    *,
+    backend: str,
+    total: tuple[int, int],
+    rows: Iterable[SeriesRow],
+) -> MetricsResponse:
+    """Normalise an engine's rows into the response: formatted buckets, sorted series."""
+    keyed = []
+    for row in rows:
+        start = bucket_start(query, row[0])
+        groups = [_dimension_value(value) for value in row[1 : 1 + len(query.group_by)]]
+        keyed.append((start, groups, int(row[-2]), int(row[-1])))
+    # Sort in Python so that both engines order ties identically (None first).
+    keyed.sort(key=lambda item: (item[0], [(v is not None, v or "") for v in item[1]]))
+    series = []
+    for start, groups, events, users in keyed:
+        entry: dict[str, Any] = {"bucket_start": format_instant(start)}
+        entry.update(zip(query.group_by, groups, strict=True))
+        entry["events"] = events
+        entry["unique_users"] = users
+        series.append(entry)
+    zone = query.zone
+    return MetricsResponse(
+        from_=format_instant(query.start.astimezone(zone)),
+        to=format_instant(query.end.astimezone(zone)),
+        event_name=query.event_name,
+        granularity=query.granularity,
+        group_by=list(query.group_by),
+        timezone=query.timezone,
+        backend=backend,
+        total=Totals(events=int(total[0]), unique_users=int(total[1])),
+        series=series,
+    )
+
+
+def _dimension_value(value: Any) -> str | None:
+    # An event sent without a channel is stored with '' and reported as null.
+    return value if value else None

@@ -1,0 +1,53 @@
+"""PostgreSQL connections, and the embedded server used when no database URL is given."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+
+async def _init_codecs(connection: asyncpg.Connection) -> None:
+    # jsonb as text in and out: properties are already JSON-encoded by the validator.
+    await connection.set_type_codec("jsonb", encoder=str, decoder=str, schema="pg_catalog")
+
+
+async def create_pool(
+    url: str,
+    *,
+    size: int,
+    init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+    command_timeout_s: float | None = None,
+) -> asyncpg.Pool:
+    """An asyncpg pool of `size` connections; `init` runs once on each new connection."""
+
+    async def setup(connection: asyncpg.Connection) -> None:
+        await _init_codecs(connection)
+        if init is not None:
+            await init(connection)
+
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        url, min_size=1, max_size=size, init=setup, command_timeout=command_timeout_s
+    )
+    return pool
+
+
+def start_embedded(data_dir: str) -> tuple[str, Any]:
+    """Start (or reuse) the bundled PostgreSQL under data_dir; return its URL and handle.
+
+    pgserver runs the server as an unprivileged user when we are root, listens on a Unix
+    socket only, and stops it when the last process using it exits.
+    """
+    import pgserver  # imported here: only the embedded mode needs it
+
+    path = Path(data_dir).resolve() / "postgres"
+    path.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(path, cleanup_mode="stop")
+    url = str(server.get_uri())
+    log.info("embedded PostgreSQL at %s (data in %s)", url, path)
+    return url, server

@@ -1,0 +1,216 @@
+"""HTTP handlers: POST /events, GET /metrics, GET /health."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.params import Parameter, QueryParameter
+
+from event_metrics.events import InvalidEvent, Row, parse_event
+from event_metrics.metrics import MetricsResponse, parse_query
+from event_metrics.metrics_postgres import fetch_metrics
+from event_metrics.payload import media_type, read_body, split_events
+from event_metrics.services import Services
+from event_metrics.writer import StorageUnavailable
+
+Status = Literal["accepted", "duplicate", "rejected", "queued"]
+
+
+class EventResult(msgspec.Struct, omit_defaults=True):
+    index: int
+    status: Status
+    error: str | None = None
+
+
+class IngestResponse(msgspec.Struct, omit_defaults=True):
+    accepted: int
+    duplicates: int
+    rejected: int
+    results: list[EventResult]
+    # Only with ?wait=false: events queued but not yet committed.
+    queued: int | None = None
+
+
+class Health(msgspec.Struct, omit_defaults=True):
+    status: Literal["ok", "unavailable"]
+    postgres: str
+    queue_depth: int
+    queue_capacity: int
+    oldest_queued_age_s: float
+    rows_written: int
+    replication: dict[str, Any] | None = None
+
+
+def _services(state: State) -> Services:
+    services: Services = state.services
+    return services
+
+
+@post(
+    "/events",
+    summary="Ingest one event or a batch",
+    description=(
+        'Body: an event, a JSON array of events, {"events": [...]}, or NDJSON. Answered '
+        "after the events are committed (200, or 400 if any event was rejected); "
+        "?wait=false answers 202 once the events are queued."
+    ),
+    status_code=200,
+    request_max_body_size=None,  # read_body enforces the limit, before and after gunzip
+)
+async def ingest(
+    request: Request[Any, Any, Any],
+    state: State,
+    wait: Annotated[
+        bool, Parameter(description="wait for the database commit before answering")
+    ] = True,
+) -> Response[IngestResponse]:
+    services = _services(state)
+    settings = services.settings
+    kind = media_type(request.headers.get("content-type"))
+    body = await read_body(
+        request.stream(),
+        encoding=request.headers.get("content-encoding"),
+        max_bytes=settings.max_body_bytes,
+    )
+    items = split_events(body, kind=kind, max_events=settings.max_batch_events)
+
+    received_at = datetime.now(UTC)
+    max_future = timedelta(seconds=settings.max_future_seconds)
+    rows: list[Row] = []
+    positions: list[int] = []
+    rejected: list[EventResult] = []
+    for index, raw in enumerate(items):
+        try:
+            rows.append(
+                parse_event(
+                    raw,
+                    received_at=received_at,
+                    max_event_bytes=settings.max_event_bytes,
+                    max_future=max_future,
+                )
+            )
+            positions.append(index)
+        except InvalidEvent as exc:
+            rejected.append(EventResult(index=index, status="rejected", error=str(exc)))
+
+    outcome: list[bool] = []
+    if rows:
+        ticket = services.queue.put(rows)
+        if not wait:
+            return _ingest_response(items, positions, rejected, None, status_code=202)
+        try:
+            # shield: a timed-out request leaves the ticket for the writer to finish.
+            outcome = await asyncio.wait_for(
+                asyncio.shield(ticket.future), settings.ack_timeout_ms / 1000
+            )
+        except TimeoutError:
+            raise StorageUnavailable(
+                "the events were not committed in time; retrying with the same "
+                "idempotency keys is safe"
+            ) from None
+    return _ingest_response(items, positions, rejected, outcome, status_code=200)
+
+
+def _ingest_response(
+    items: list[bytes],
+    positions: list[int],
+    rejected: list[EventResult],
+    outcome: list[bool] | None,
+    *,
+    status_code: int,
+) -> Response[IngestResponse]:
+    # Small requests list every event; large ones only those not accepted (docs/api.md).
+    list_all = len(items) <= 100
+    results = list(rejected)
+    accepted = duplicates = 0
+    if outcome is None:
+        if list_all:
+            results.extend(EventResult(index=i, status="queued") for i in positions)
+    else:
+        for index, fresh in zip(positions, outcome, strict=True):
+            if fresh:
+                accepted += 1
+                if list_all:
+                    results.append(EventResult(index=index, status="accepted"))
+            else:
+                duplicates += 1
+                results.append(EventResult(index=index, status="duplicate"))
+    results.sort(key=lambda r: r.index)
+    body = IngestResponse(
+        accepted=accepted,
+        duplicates=duplicates,
+        rejected=len(rejected),
+        results=results,
+        queued=len(positions) if outcome is None else None,
+    )
+    return Response(body, status_code=400 if rejected else status_code)
+
+
+@get("/metrics", summary="Total events and exact unique users, bucketed and grouped")
+async def metrics(
+    state: State,
+    start: Annotated[
+        str | None,
+        QueryParameter(name="from", description="window start, RFC 3339, whole seconds (inclusive)"),
+    ] = None,
+    end: Annotated[
+        str | None,
+        QueryParameter(name="to", description="window end, RFC 3339, whole seconds (exclusive)"),
+    ] = None,
+    event_name: Annotated[
+        str | None, Parameter(description="only this event; absent means all events")
+    ] = None,
+    granularity: Annotated[
+        str | None, Parameter(description="hour, day, week, month or total (default)")
+    ] = None,
+    group_by: Annotated[
+        str | None, Parameter(description="channel, event_name, or both comma-separated")
+    ] = None,
+    timezone: Annotated[
+        str | None, Parameter(description="IANA time zone for buckets (default UTC)")
+    ] = None,
+) -> MetricsResponse:
+    services = _services(state)
+    settings = services.settings
+    query = parse_query(
+        start=start,
+        end=end,
+        event_name=event_name,
+        granularity=granularity,
+        group_by=group_by,
+        timezone=timezone,
+        max_window_days=settings.max_window_days,
+    )
+    return await fetch_metrics(
+        services.query_pool, query, timeout_s=settings.query_timeout_ms / 1000
+    )
+
+
+@get("/health", summary="Liveness of PostgreSQL, queue depth, replication lag")
+async def health(state: State) -> Response[Health]:
+    services = _services(state)
+    postgres = "ok"
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(2):
+            async with services.query_pool.acquire() as connection:
+                await connection.fetchval("SELECT 1")
+    except Exception as exc:  # any failure to answer means unavailable
+        postgres = f"unavailable: {type(exc).__name__}: {exc}"
+    body = Health(
+        status="ok" if postgres == "ok" else "unavailable",
+        postgres=postgres
+        if postgres != "ok"
+        else f"ok ({(time.monotonic() - started) * 1000:.1f} ms)",
+        queue_depth=services.queue.depth,
+        queue_capacity=services.queue.max_events,
+        oldest_queued_age_s=round(services.queue.oldest_age_s(), 3),
+        rows_written=services.writers.rows_written,
+    )
+    return Response(body, status_code=200 if body.status == "ok" else 503)

@@ -1,0 +1,49 @@
+"""The running parts of the service, started and stopped in order by the app's lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+
+from event_metrics.postgres import create_pool
+from event_metrics.queue import IngestQueue
+from event_metrics.settings import Settings
+from event_metrics.writer import WriterPool, init_writer_connection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    queue: IngestQueue
+    writers: WriterPool
+    query_pool: asyncpg.Pool
+
+
+@contextlib.asynccontextmanager
+async def run_services(settings: Settings) -> AsyncIterator[Services]:
+    """Open pools, start writers; on exit drain the writers first, then close in reverse."""
+    if not settings.database_url:
+        raise RuntimeError("Settings.database_url is required to run the service")
+    timeout_s = settings.query_timeout_ms / 1000
+    async with contextlib.AsyncExitStack() as stack:
+        write_pool = await create_pool(
+            settings.database_url, size=settings.writer_count, init=init_writer_connection
+        )
+        stack.push_async_callback(write_pool.close)
+        query_pool = await create_pool(
+            settings.database_url, size=settings.db_pool_size, command_timeout_s=timeout_s
+        )
+        stack.push_async_callback(query_pool.close)
+
+        queue = IngestQueue(settings.queue_max_events)
+        writers = WriterPool(settings, queue, write_pool)
+        writers.start()
+        # Registered last, so it runs first: no events are dropped while pools close.
+        stack.push_async_callback(writers.stop)
+        yield Services(settings=settings, queue=queue, writers=writers, query_pool=query_pool)

@@ -1,0 +1,160 @@
+"""Writers: take batches off the queue and commit them to PostgreSQL, idempotently."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+
+import asyncpg
+
+from event_metrics.queue import IngestQueue, Ticket
+from event_metrics.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STAGING_COLUMNS = (
+    "ord", "idempotency_key", "event_name", "user_id", "channel", "ts", "received_at",
+    "properties",
+)  # fmt: skip
+
+# A temp table lives as long as its connection: created once per writer connection.
+CREATE_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS events_staging (
+    ord             integer     NOT NULL,
+    idempotency_key text        NOT NULL,
+    event_name      text        NOT NULL,
+    user_id         text        NOT NULL,
+    channel         text        NOT NULL,
+    ts              timestamptz NOT NULL,
+    received_at     timestamptz NOT NULL,
+    properties      text
+) ON COMMIT DELETE ROWS
+"""
+
+# COPY into staging, then one INSERT ... SELECT: the fastest path measured here. The
+# ORDER BY makes the first of several same-key events in a batch the one that is stored.
+INSERT_FROM_STAGING = """
+INSERT INTO events (idempotency_key, event_name, user_id, channel, ts, received_at, properties)
+SELECT idempotency_key, event_name, user_id, channel, ts, received_at, properties::jsonb
+FROM events_staging
+ORDER BY ord
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING idempotency_key
+"""
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+)
+
+
+class StorageUnavailable(Exception):
+    """PostgreSQL could not commit the events in time; nothing was acknowledged."""
+
+
+class StorageRejected(Exception):
+    """PostgreSQL refused the events for a reason a retry will not fix."""
+
+
+async def init_writer_connection(connection: asyncpg.Connection) -> None:
+    """Pool init hook: give each writer connection its staging table."""
+    await connection.execute(CREATE_STAGING)
+
+
+async def write_rows(connection: asyncpg.Connection, tickets: Sequence[Ticket]) -> int:
+    """Commit every ticket's rows in one transaction; resolve each ticket; return rows stored."""
+    records = [(ord_, *row) for ord_, row in enumerate(r for t in tickets for r in t.rows)]
+    async with connection.transaction():
+        await connection.copy_records_to_table(
+            "events_staging", records=records, columns=STAGING_COLUMNS
+        )
+        inserted = {rec[0] for rec in await connection.fetch(INSERT_FROM_STAGING)}
+    stored = len(inserted)
+    for ticket in tickets:
+        outcome = []
+        for row in ticket.rows:
+            fresh = row.idempotency_key in inserted
+            if fresh:
+                inserted.discard(row.idempotency_key)  # a repeat later in the batch is a duplicate
+            outcome.append(fresh)
+        if not ticket.future.done():
+            ticket.future.set_result(outcome)
+    return stored
+
+
+class WriterPool:
+    """N writer tasks draining one IngestQueue into PostgreSQL."""
+
+    def __init__(self, settings: Settings, queue: IngestQueue, pool: asyncpg.Pool) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.pool = pool
+        self.rows_written = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_flight: set[Ticket] = set()
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"writer-{n}")
+            for n in range(self.settings.writer_count)
+        ]
+
+    async def stop(self) -> None:
+        """Take no new events, drain within the shutdown limit, then cancel the rest."""
+        self.queue.close()
+        timeout = self.settings.shutdown_timeout_ms / 1000
+        _, pending = await asyncio.wait(self._tasks, timeout=timeout) if self._tasks else ((), ())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        # Whatever is left was never committed: tell the waiting clients so.
+        leftovers = [*self._in_flight, *self.queue.take_all_nowait()]
+        for ticket in leftovers:
+            if not ticket.future.done():
+                ticket.future.set_exception(StorageUnavailable("the service shut down first"))
+
+    async def _run(self) -> None:
+        settings = self.settings
+        while True:
+            batch = await self.queue.take(settings.batch_max_events, settings.flush_interval_s)
+            if not batch:
+                return
+            self._in_flight.update(batch)
+            try:
+                await self._write_with_retry(batch)
+            finally:
+                self._in_flight.difference_update(batch)
+
+    async def _write_with_retry(self, batch: list[Ticket]) -> None:
+        delay = self.settings.retry_initial_ms / 1000
+        while True:
+            try:
+                async with self.pool.acquire() as connection:
+                    self.rows_written += await write_rows(connection, batch)
+                return
+            except TRANSIENT_ERRORS as exc:
+                # At-least-once: the same rows go again; ON CONFLICT makes a retry of a
+                # batch that did commit harmless.
+                log.warning("write failed (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self.settings.retry_max_ms / 1000)
+            except asyncpg.PostgresError as exc:
+                if len(batch) > 1:
+                    # Isolate the request that PostgreSQL refuses so the others still land.
+                    for ticket in batch:
+                        await self._write_with_retry([ticket])
+                    return
+                log.error("PostgreSQL refused a request's events: %s", exc)
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(StorageRejected(str(exc)))
+                return
