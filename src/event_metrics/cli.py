@@ -1,4 +1,4 @@
-"""Command line: `event-metrics serve | migrate`."""
+"""Command line: `event-metrics serve | migrate | replicate`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 
 import msgspec
@@ -13,6 +14,7 @@ import uvicorn
 
 from event_metrics.migrations import upgrade_head
 from event_metrics.postgres import start_embedded
+from event_metrics.replicator import Replicator
 from event_metrics.settings import ConfigError, Settings
 
 log = logging.getLogger("event_metrics")
@@ -58,19 +60,48 @@ def migrate(settings: Settings) -> None:
     del server
 
 
-COMMANDS = {"serve": serve, "migrate": migrate}
+def replicate(settings: Settings, *, once: bool = False) -> None:
+    """Run the PostgreSQL -> ClickHouse replicator on its own (or one catch-up pass)."""
+    if not settings.clickhouse_url:
+        sys.exit("event-metrics: replicate needs EVENT_METRICS_CLICKHOUSE_URL")
+    settings, server = _resolve_database(settings)
+    replicator = Replicator(settings)
+
+    async def run() -> None:
+        await upgrade_head(settings.database_url or "")
+        if once:
+            print(f"copied {await replicator.run_once()} rows")
+            return
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, replicator.stop)
+        await replicator.run()
+
+    asyncio.run(run())
+    del server
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="event-metrics", description=__doc__)
-    parser.add_argument("command", choices=sorted(COMMANDS))
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="apply migrations and serve HTTP on HOST:PORT")
+    commands.add_parser("migrate", help="alembic upgrade head")
+    replicate_parser = commands.add_parser("replicate", help="copy events into ClickHouse")
+    replicate_parser.add_argument(
+        "--once", action="store_true", help="copy what is committed now, then exit"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         sys.exit(f"event-metrics: invalid configuration: {exc}")
-    COMMANDS[args.command](settings)
+    if args.command == "serve":
+        serve(settings)
+    elif args.command == "migrate":
+        migrate(settings)
+    else:
+        replicate(settings, once=args.once)
 
 
 if __name__ == "__main__":

@@ -84,10 +84,17 @@ def to_row(event: EventIn, *, received_at: datetime, max_future: timedelta) -> R
             raise InvalidEvent("properties must not contain NUL characters")
         properties = encoded.decode()
 
+    for field in ("timestamp", "sent_at"):
+        value = getattr(event, field)
+        if value is not None and not _fits_utc(value):
+            raise InvalidEvent(f"{field} is out of range")
     ts = event.timestamp or received_at
     if event.sent_at is not None and event.timestamp is not None:
         # The client's clock may be off; what it measured (sent_at - timestamp) is not.
-        ts = received_at - (event.sent_at - event.timestamp)
+        try:
+            ts = received_at - (event.sent_at - event.timestamp)
+        except OverflowError:
+            raise InvalidEvent("sent_at - timestamp is out of range") from None
     if ts > received_at + max_future:
         raise InvalidEvent(
             f"timestamp {ts.isoformat()} is more than {max_future} ahead of the server clock"
@@ -122,6 +129,15 @@ def derive_key(event: EventIn, properties: str | None) -> str:
         [event.event_name, event.user_id, event.channel or "", stamp, properties]
     )
     return f"sha:{hashlib.sha256(content).hexdigest()[:40]}"
+
+
+def _fits_utc(value: datetime) -> bool:
+    # 0001-01-01T00:00:00+01:00 is a valid RFC 3339 time that datetime cannot hold in UTC.
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
 
 
 def _describe(message: str) -> str:

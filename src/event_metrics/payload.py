@@ -93,9 +93,11 @@ def _split_json(body: bytes) -> list[bytes]:
             fields = _raw_object.decode(body)
             wrapped = fields.get("events")
             if wrapped is not None and len(fields) == 1:
-                if wrapped.lstrip()[:1] != b"[":
+                # msgspec.Raw is a buffer, not bytes: it has no lstrip().
+                inner = bytes(wrapped)
+                if inner.lstrip()[:1] != b"[":
                     raise MalformedPayload('"events" must be a list of events')
-                items = _raw_list.decode(wrapped)
+                items = _raw_list.decode(inner)
             else:
                 return [body]
         else:

@@ -12,9 +12,9 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import Parameter, QueryParameter
 
+from event_metrics import metrics_clickhouse, metrics_postgres
 from event_metrics.events import InvalidEvent, Row, parse_event
-from event_metrics.metrics import MetricsResponse, parse_query
-from event_metrics.metrics_postgres import fetch_metrics
+from event_metrics.metrics import InvalidParameter, MetricsResponse, parse_query
 from event_metrics.payload import media_type, read_body, split_events
 from event_metrics.services import Services
 from event_metrics.writer import StorageUnavailable
@@ -157,11 +157,13 @@ async def metrics(
     state: State,
     start: Annotated[
         str | None,
-        QueryParameter(name="from", description="window start, RFC 3339, whole seconds (inclusive)"),
+        QueryParameter(
+            name="from", description="window start (inclusive), RFC 3339, whole seconds"
+        ),
     ] = None,
     end: Annotated[
         str | None,
-        QueryParameter(name="to", description="window end, RFC 3339, whole seconds (exclusive)"),
+        QueryParameter(name="to", description="window end (exclusive), RFC 3339, whole seconds"),
     ] = None,
     event_name: Annotated[
         str | None, Parameter(description="only this event; absent means all events")
@@ -175,6 +177,10 @@ async def metrics(
     timezone: Annotated[
         str | None, Parameter(description="IANA time zone for buckets (default UTC)")
     ] = None,
+    backend: Annotated[
+        Literal["postgres", "clickhouse"] | None,
+        Parameter(description="engine that answers; default EVENT_METRICS_BACKEND"),
+    ] = None,
 ) -> MetricsResponse:
     services = _services(state)
     settings = services.settings
@@ -187,7 +193,13 @@ async def metrics(
         timezone=timezone,
         max_window_days=settings.max_window_days,
     )
-    return await fetch_metrics(
+    if (backend or settings.backend) == "clickhouse":
+        if services.clickhouse is None:
+            raise InvalidParameter(
+                "backend", "ClickHouse is not configured (set EVENT_METRICS_CLICKHOUSE_URL)"
+            )
+        return await metrics_clickhouse.fetch_metrics(services.clickhouse, query)
+    return await metrics_postgres.fetch_metrics(
         services.query_pool, query, timeout_s=settings.query_timeout_ms / 1000
     )
 
@@ -212,5 +224,6 @@ async def health(state: State) -> Response[Health]:
         queue_capacity=services.queue.max_events,
         oldest_queued_age_s=round(services.queue.oldest_age_s(), 3),
         rows_written=services.writers.rows_written,
+        replication=services.replicator.status.as_dict() if services.replicator else None,
     )
     return Response(body, status_code=200 if body.status == "ok" else 503)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -9,8 +10,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from event_metrics.clickhouse import ClickHousePool
 from event_metrics.postgres import create_pool
 from event_metrics.queue import IngestQueue
+from event_metrics.replicator import Replicator
 from event_metrics.settings import Settings
 from event_metrics.writer import WriterPool, init_writer_connection
 
@@ -23,6 +26,8 @@ class Services:
     queue: IngestQueue
     writers: WriterPool
     query_pool: asyncpg.Pool
+    clickhouse: ClickHousePool | None = None
+    replicator: Replicator | None = None
 
 
 @contextlib.asynccontextmanager
@@ -41,9 +46,36 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
         )
         stack.push_async_callback(query_pool.close)
 
+        clickhouse = replicator = None
+        if settings.clickhouse_url:
+            # Clients connect lazily: the service starts even while ClickHouse is down.
+            clickhouse = ClickHousePool(
+                settings.clickhouse_url, size=settings.db_pool_size, timeout_s=timeout_s
+            )
+            stack.push_async_callback(clickhouse.close)
+            if settings.replicate:
+                replicator = Replicator(settings)
+                task = asyncio.create_task(replicator.run(), name="replicator")
+                stack.push_async_callback(_stop_replicator, replicator, task)
+
         queue = IngestQueue(settings.queue_max_events)
         writers = WriterPool(settings, queue, write_pool)
         writers.start()
         # Registered last, so it runs first: no events are dropped while pools close.
         stack.push_async_callback(writers.stop)
-        yield Services(settings=settings, queue=queue, writers=writers, query_pool=query_pool)
+        yield Services(
+            settings=settings,
+            queue=queue,
+            writers=writers,
+            query_pool=query_pool,
+            clickhouse=clickhouse,
+            replicator=replicator,
+        )
+
+
+async def _stop_replicator(replicator: Replicator, task: asyncio.Task[None]) -> None:
+    replicator.stop()
+    try:
+        await asyncio.wait_for(task, timeout=10)
+    except TimeoutError:
+        log.warning("replicator did not stop within 10 s; cancelled")

@@ -1,0 +1,121 @@
+"""ClickHouse: connections, the schema the service applies on start, and block inserts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from clickhouse_driver import Client
+from clickhouse_driver import errors as ch_errors
+
+log = logging.getLogger(__name__)
+
+# Each entry is applied once, in order, and recorded in schema_version, so the schema can
+# evolve by appending. Everything here must run on ClickHouse 18.16 and on current
+# releases (tests/test_clickhouse_dialect.py runs it on both).
+#
+# ReplacingMergeTree collapses rows with equal sorting keys. A row's (event_name, ts) is a
+# function of its idempotency_key (PostgreSQL stores each key once), so equal keys mean
+# equal sorting keys, and a repeat lands in the same monthly partition as its original.
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+        CREATE TABLE IF NOT EXISTS events (
+            id              UInt64,
+            idempotency_key String,
+            event_name      String,
+            user_id         String,
+            channel         String,
+            ts              DateTime('UTC'),
+            received_at     DateTime('UTC'),
+            properties      String
+        ) ENGINE = ReplacingMergeTree()
+        PARTITION BY toYYYYMM(ts)
+        ORDER BY (event_name, ts, idempotency_key)
+        """,
+    ),
+)
+
+CREATE_SCHEMA_VERSION = """
+CREATE TABLE IF NOT EXISTS schema_version (version UInt32, applied_at DateTime('UTC'))
+ENGINE = TinyLog
+"""
+
+COLUMNS = (
+    "id", "idempotency_key", "event_name", "user_id", "channel", "ts", "received_at",
+    "properties",
+)  # fmt: skip
+INSERT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES"
+
+# Errors that mean "ClickHouse is not there right now", worth a retry.
+UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    EOFError,
+    TimeoutError,
+    ch_errors.NetworkError,
+    ch_errors.SocketTimeoutError,
+    ch_errors.UnexpectedPacketFromServerError,
+)
+
+
+def connect(url: str, *, timeout_s: float = 10) -> Client:
+    """A clickhouse-driver client for clickhouse://user:pass@host:port/database."""
+    return Client.from_url(
+        url,
+        connect_timeout=min(timeout_s, 5),
+        send_receive_timeout=timeout_s,
+        settings={"use_numpy": False},
+    )
+
+
+def apply_schema(client: Client) -> list[int]:
+    """Create or evolve the ClickHouse schema; return the versions applied now."""
+    client.execute(CREATE_SCHEMA_VERSION)
+    applied = {row[0] for row in client.execute("SELECT version FROM schema_version")}
+    done = []
+    for version, ddl in MIGRATIONS:
+        if version in applied:
+            continue
+        client.execute(ddl)
+        client.execute(
+            "INSERT INTO schema_version (version, applied_at) SELECT %(v)s, now()", {"v": version}
+        )
+        done.append(version)
+        log.info("ClickHouse schema version %d applied", version)
+    return done
+
+
+def insert_columns(client: Client, columns: Sequence[Sequence[Any]]) -> None:
+    """Insert one block given column-wise in COLUMNS order (ts values: aware datetimes)."""
+    client.execute(INSERT, list(columns), columnar=True)
+
+
+class ClickHousePool:
+    """A few clients for /metrics; clickhouse-driver clients are not safe to share."""
+
+    def __init__(self, url: str, *, size: int, timeout_s: float) -> None:
+        self._idle: asyncio.Queue[Client] = asyncio.Queue()
+        for _ in range(size):
+            self._idle.put_nowait(connect(url, timeout_s=timeout_s))
+
+    @contextlib.asynccontextmanager
+    async def client(self) -> AsyncIterator[Client]:
+        client = await self._idle.get()
+        try:
+            yield client
+        finally:
+            self._idle.put_nowait(client)
+
+    async def execute(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Run a query in a worker thread on an idle client."""
+        async with self.client() as client:
+            rows: list[tuple[Any, ...]] = await asyncio.to_thread(client.execute, sql, params)
+            return rows
+
+    async def close(self) -> None:
+        while not self._idle.empty():
+            self._idle.get_nowait().disconnect()
