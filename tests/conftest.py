@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import asyncpg
+import httpx
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
+from clickhouse_driver import Client
+
 from event_metrics.app import create_app
 from event_metrics.migrations import upgrade_head
 from event_metrics.settings import Settings
+from clickhouse_server import ClickHouseServer, find_clickhouse_binary
 
 ADMIN_URL = os.environ.get(
     "EVENT_METRICS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -87,6 +92,28 @@ def make_client(settings: Settings) -> ClientFactory:
     return factory
 
 
+ConcurrentClientFactory = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def make_concurrent_client(settings: Settings) -> ConcurrentClientFactory:
+    """The real app and lifespan on the test's own loop, so gathered requests overlap.
+
+    AsyncTestClient runs the app in a portal thread and blocks its caller for each request,
+    so asyncio.gather over it sends one request at a time.
+    """
+
+    @contextlib.asynccontextmanager
+    async def factory(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+        app = create_app(msgspec.structs.replace(settings, **overrides))
+        transport = httpx.ASGITransport(app=app)
+        client = httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60)
+        async with app.lifespan(), client:
+            yield client
+
+    return factory
+
+
 @pytest.fixture
 async def client(make_client: ClientFactory) -> AsyncIterator[AsyncTestClient[Any]]:
     async with make_client() as client:
@@ -98,11 +125,47 @@ async def stored_keys(db: asyncpg.Connection) -> list[str]:
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[bool]], timeout_s: float = 30, what: str = "condition"
+    check: Callable[[], Awaitable[bool] | bool], timeout_s: float = 30, what: str = "condition"
 ) -> None:
     """Poll a condition (never a fixed sleep) until it holds or the timeout passes."""
     deadline = time.monotonic() + timeout_s
-    while not await check():
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseServer]:
+    """A throwaway ClickHouse server (Debian's clickhouse-server) for the whole run."""
+    if find_clickhouse_binary() is None:
+        unavailable("clickhouse-server is not installed (make test installs it on Debian)")
+    server = ClickHouseServer(tmp_path_factory.mktemp("clickhouse"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def clickhouse_database_url(server: ClickHouseServer, database: str) -> str:
+    return f"clickhouse://default@{server.host}:{server.port}/{database}"
+
+
+@pytest.fixture
+def clickhouse_url(clickhouse_server: ClickHouseServer) -> Iterator[str]:
+    """A fresh ClickHouse database for one test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = Client.from_url(clickhouse_server.url)
+    admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield clickhouse_database_url(clickhouse_server, name)
+    finally:
+        if clickhouse_server.is_running():
+            admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.disconnect()

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
@@ -64,12 +65,12 @@ UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
 
 def connect(url: str, *, timeout_s: float = 10) -> Client:
     """A clickhouse-driver client for clickhouse://user:pass@host:port/database."""
-    return Client.from_url(
-        url,
-        connect_timeout=min(timeout_s, 5),
-        send_receive_timeout=timeout_s,
-        settings={"use_numpy": False},
-    )
+    parts = urlsplit(url)
+    options = dict(parse_qsl(parts.query))
+    # Timeouts from the URL win; otherwise a down server fails fast instead of hanging.
+    options.setdefault("connect_timeout", str(min(timeout_s, 5)))
+    options.setdefault("send_receive_timeout", str(timeout_s))
+    return Client.from_url(urlunsplit(parts._replace(query=urlencode(options))))
 
 
 def apply_schema(client: Client) -> list[int]:

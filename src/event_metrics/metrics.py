@@ -176,7 +176,11 @@ def build_response(
         groups = [_dimension_value(value) for value in row[1 : 1 + len(query.group_by)]]
         keyed.append((start, groups, int(row[-2]), int(row[-1])))
     # Sort in Python so that both engines order ties identically (None first).
-    keyed.sort(key=lambda item: (item[0], [(v is not None, v or "") for v in item[1]]))
+    # Sort by the UTC instant: same-zone datetimes compare by wall time, which would tie
+    # the two 01:00 hours of a DST fall-back.
+    keyed.sort(
+        key=lambda item: (item[0].timestamp(), [(v is not None, v or "") for v in item[1]])
+    )
     series = []
     for start, groups, events, users in keyed:
         entry: dict[str, Any] = {"bucket_start": format_instant(start)}

@@ -1,0 +1,157 @@
+"""Both engines answer /metrics identically once replication has caught up."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from clickhouse_driver import Client
+from litestar.testing import AsyncTestClient
+
+from event_metrics.clickhouse import INSERT
+from conftest import ClientFactory, wait_until
+
+BASE = datetime(2026, 10, 25, tzinfo=UTC)
+CHANNELS = ["web", "ios", "android", "email", None]
+NAMES = ["product_view", "page_view", "add_to_cart", "purchase"]
+
+
+def generate_events(seed: int, count: int) -> list[dict[str, Any]]:
+    """Events over two weeks around the 2026-11-01 DST change, with repeats and late ones."""
+    rng = random.Random(seed)
+    events: list[dict[str, Any]] = []
+    for n in range(count):
+        moment = BASE + timedelta(seconds=rng.randrange(14 * 24 * 3600), microseconds=n % 997)
+        event: dict[str, Any] = {
+            "event_name": rng.choice(NAMES),
+            "user_id": f"user-{int(rng.paretovariate(1.2)) % 300}",
+            "timestamp": moment.isoformat(),
+            "idempotency_key": f"k-{seed}-{n}",
+        }
+        channel = rng.choice(CHANNELS)
+        if channel:
+            event["channel"] = channel
+        events.append(event)
+    # Repeats of earlier events (client retries) and late arrivals, shuffled in.
+    events += [dict(e) for e in rng.sample(events, count // 10)]
+    rng.shuffle(events)
+    return events
+
+
+async def post_all(client: AsyncTestClient[Any], events: list[dict[str, Any]]) -> int:
+    accepted = 0
+    for start in range(0, len(events), 250):
+        response = await client.post("/events", json=events[start : start + 250])
+        assert response.status_code == 200, response.text
+        accepted += response.json()["accepted"]
+    return accepted
+
+
+async def caught_up(db: asyncpg.Connection, clickhouse_url: str) -> bool:
+    expected = await db.fetchval("SELECT count(*) FROM events")
+    client = Client.from_url(clickhouse_url)
+    try:
+        tables = client.execute("EXISTS TABLE events")[0][0]
+        got = client.execute("SELECT count() FROM events FINAL")[0][0] if tables else 0
+    finally:
+        client.disconnect()
+    return bool(got == expected)
+
+
+def series_difference(a: dict[str, Any], b: dict[str, Any]) -> list[Any]:
+    """The series rows only one side has: a readable failure message."""
+    left = [sorted(row.items()) for row in a["series"]]
+    right = [sorted(row.items()) for row in b["series"]]
+    return [("postgres only", r) for r in left if r not in right] + [
+        ("clickhouse only", r) for r in right if r not in left
+    ]
+
+
+QUERIES = [
+    {"granularity": g, "group_by": by, "timezone": tz, **extra}
+    for g, by, tz, extra in itertools.product(
+        ["hour", "day", "week", "month", "total"],
+        ["", "channel", "event_name", "channel,event_name"],
+        ["UTC", "America/New_York", "Asia/Kolkata"],
+        [{}, {"event_name": "product_view"}],
+    )
+]
+
+
+async def test_backends_answer_identically(
+    make_client: ClientFactory, db: asyncpg.Connection, clickhouse_url: str
+) -> None:
+    events = generate_events(seed=7, count=1500)
+    async with make_client(
+        clickhouse_url=clickhouse_url, replication_interval_ms=50, replication_batch_rows=400
+    ) as client:
+        accepted = await post_all(client, events)
+        assert accepted == 1500
+        await wait_until(lambda: caught_up(db, clickhouse_url), what="replication")
+
+        # Simulate at-least-once delivery: send a block of rows to ClickHouse again.
+        rows = await db.fetch(
+            "SELECT id, idempotency_key, event_name, user_id, channel, ts, received_at, "
+            "coalesce(properties::text, '') FROM events ORDER BY id LIMIT 300"
+        )
+        ch = Client.from_url(clickhouse_url)
+        ch.execute(INSERT, [list(c) for c in zip(*rows, strict=True)], columnar=True)
+        assert ch.execute("SELECT count() FROM events")[0][0] > 1500  # repeats are there
+        ch.disconnect()
+
+        window = {"from": "2026-10-24T00:00:00Z", "to": "2026-11-09T00:00:00Z"}
+        for params in QUERIES:
+            answers = []
+            for backend in ("postgres", "clickhouse"):
+                response = await client.get(
+                    "/metrics", params={**window, **params, "backend": backend}
+                )
+                assert response.status_code == 200, (params, response.text)
+                body = response.json()
+                assert body.pop("backend") == backend
+                answers.append(body)
+            assert answers[0] == answers[1], (params, series_difference(*answers))
+            assert answers[0]["total"]["events"] > 0
+
+
+async def test_unaligned_window_and_default_backend(
+    make_client: ClientFactory, db: asyncpg.Connection, clickhouse_url: str
+) -> None:
+    events = generate_events(seed=11, count=400)
+    async with make_client(
+        clickhouse_url=clickhouse_url, backend="clickhouse", replication_interval_ms=50
+    ) as client:
+        await post_all(client, events)
+        await wait_until(lambda: caught_up(db, clickhouse_url), what="replication")
+        params = {
+            "from": "2026-10-27T10:17:31+02:00",
+            "to": "2026-11-03T03:00:01Z",
+            "granularity": "hour",
+            "group_by": "channel",
+            "timezone": "Asia/Kathmandu",
+        }
+        clickhouse = (await client.get("/metrics", params=params)).json()
+        postgres = (await client.get("/metrics", params={**params, "backend": "postgres"})).json()
+        assert clickhouse.pop("backend") == "clickhouse"
+        assert postgres.pop("backend") == "postgres"
+        assert clickhouse == postgres
+        health = (await client.get("/health")).json()
+        assert health["replication"]["state"] == "running"
+        assert health["replication"]["rows_copied"] >= 400
+
+
+@pytest.mark.parametrize("backend", ["clickhouse"])
+async def test_clickhouse_backend_not_configured(
+    client: AsyncTestClient[Any], backend: str
+) -> None:
+    response = await client.get(
+        "/metrics",
+        params={"from": "2026-11-01T00:00:00Z", "to": "2026-11-02T00:00:00Z", "backend": backend},
+    )
+    assert response.status_code == 400
+    assert response.json()["parameter"] == "backend"
+

@@ -1,0 +1,229 @@
+"""The replicator copies every committed row to ClickHouse, through restarts and outages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+from clickhouse_driver import Client
+
+from event_metrics.replicator import Replicator
+from event_metrics.settings import Settings
+from clickhouse_server import ClickHouseServer
+from conftest import ClientFactory, clickhouse_database_url, wait_until
+
+INSERT_ONE = """
+INSERT INTO events (idempotency_key, event_name, user_id, channel, ts, received_at)
+VALUES ($1, 'e', 'u', '', now(), now())
+"""
+
+
+def clickhouse_keys(url: str) -> set[str]:
+    client = Client.from_url(url)
+    try:
+        if not client.execute("EXISTS TABLE events")[0][0]:
+            return set()
+        return {row[0] for row in client.execute("SELECT idempotency_key FROM events")}
+    finally:
+        client.disconnect()
+
+
+async def postgres_keys(db: asyncpg.Connection) -> set[str]:
+    return {row[0] for row in await db.fetch("SELECT idempotency_key FROM events")}
+
+
+async def test_rows_committed_out_of_id_order_are_not_skipped(
+    settings: Settings, db: asyncpg.Connection, clickhouse_url: str, database_url: str
+) -> None:
+    settings = msgspec.structs.replace(settings, clickhouse_url=clickhouse_url)
+    slow = await asyncpg.connect(database_url)
+    fast = await asyncpg.connect(database_url)
+    try:
+        # The slow writer starts first: it gets the smaller id and txid but commits last.
+        slow_tx = slow.transaction()
+        await slow_tx.start()
+        await slow.execute(INSERT_ONE, "slow")
+        await fast.execute(INSERT_ONE, "fast")  # autocommit: a larger id, committed first
+        ids = dict(await db.fetch("SELECT idempotency_key, id FROM events"))
+        assert ids == {"fast": 2}  # "slow" (id 1) is not visible yet
+
+        replicator = Replicator(settings)
+        await replicator.run_once()
+        # "fast" waits behind the open transaction's horizon rather than being copied
+        # past it (a checkpoint beyond id 1 would lose "slow" for good).
+        assert clickhouse_keys(clickhouse_url) == set()
+
+        await slow_tx.commit()
+        await replicator.run_once()
+        assert clickhouse_keys(clickhouse_url) == {"slow", "fast"}
+    finally:
+        await slow.close()
+        await fast.close()
+
+
+async def test_one_active_replicator(
+    settings: Settings, db: asyncpg.Connection, clickhouse_url: str
+) -> None:
+    settings = msgspec.structs.replace(
+        settings, clickhouse_url=clickhouse_url, replication_interval_ms=20
+    )
+    first, second = Replicator(settings), Replicator(settings)
+    tasks = [asyncio.create_task(first.run()), asyncio.create_task(second.run())]
+    try:
+
+        async def settled() -> bool:
+            return sorted([first.status.state, second.status.state]) == ["running", "standby"]
+
+        await wait_until(settled, what="one running and one standby replicator")
+        await db.execute(INSERT_ONE, "a")
+        await wait_until(
+            lambda: clickhouse_keys(clickhouse_url) == {"a"},
+            what="row replicated",
+        )
+        # Stop the active one: the standby takes over from the saved checkpoint.
+        active, standby = (first, second) if first.status.state == "running" else (second, first)
+        active.stop()
+        await wait_until(
+            lambda: standby.status.state == "running", what="takeover"
+        )
+        await db.execute(INSERT_ONE, "b")
+        await wait_until(
+            lambda: clickhouse_keys(clickhouse_url) == {"a", "b"},
+            what="row replicated after takeover",
+        )
+    finally:
+        first.stop()
+        second.stop()
+        await asyncio.gather(*tasks)
+
+
+@contextlib.asynccontextmanager
+async def replicate_process(
+    database_url: str, clickhouse_url: str
+) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """`event-metrics replicate` as a separate process, like a standalone deployment."""
+    env = {
+        **os.environ,
+        "EVENT_METRICS_DATABASE_URL": database_url,
+        "EVENT_METRICS_CLICKHOUSE_URL": clickhouse_url,
+        "EVENT_METRICS_REPLICATION_INTERVAL_MS": "20",
+        "EVENT_METRICS_REPLICATION_BATCH_ROWS": "50",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "event_metrics.cli", "replicate"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=15)
+
+
+async def insert_stream(database_url: str, prefix: str, count: int) -> None:
+    connection = await asyncpg.connect(database_url)
+    try:
+        for n in range(count):
+            await connection.execute(INSERT_ONE, f"{prefix}-{n}")
+            if n % 25 == 0:
+                await asyncio.sleep(0.005)
+    finally:
+        await connection.close()
+
+
+async def test_replicator_killed_mid_stream_and_restarted(
+    db: asyncpg.Connection, clickhouse_url: str, database_url: str
+) -> None:
+    writer = asyncio.create_task(insert_stream(database_url, "k", 1500))
+    async with replicate_process(database_url, clickhouse_url) as process:
+        await wait_until(
+            lambda: len(clickhouse_keys(clickhouse_url)) >= 100,
+            what="replication under way",
+        )
+        process.kill()  # SIGKILL: no chance to save anything
+        process.wait()
+    copied_before_restart = len(clickhouse_keys(clickhouse_url))
+    assert copied_before_restart < 1500
+    async with replicate_process(database_url, clickhouse_url):
+        await writer
+
+        async def complete() -> bool:
+            return clickhouse_keys(clickhouse_url) == await postgres_keys(db)
+
+        await wait_until(complete, what="replication complete after restart")
+    client = Client.from_url(clickhouse_url)
+    finals = client.execute("SELECT count() FROM events FINAL")[0][0]
+    client.disconnect()
+    assert finals == 1500
+
+
+async def test_clickhouse_outage_while_events_keep_arriving(
+    make_client: ClientFactory, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    server = ClickHouseServer(tmp_path / "clickhouse")
+    server.start()
+    admin = Client.from_url(server.url)
+    admin.execute("CREATE DATABASE outage")
+    admin.disconnect()
+    url = clickhouse_database_url(server, "outage")
+    try:
+        async with make_client(clickhouse_url=url, replication_interval_ms=20) as client:
+
+            async def post(prefix: str, count: int) -> None:
+                now = datetime.now(UTC).isoformat()
+                events = [
+                    {"event_name": "e", "user_id": f"u{n}", "timestamp": now,
+                     "idempotency_key": f"{prefix}-{n}"}
+                    for n in range(count)
+                ]  # fmt: skip
+                response = await client.post("/events", json=events)
+                assert response.status_code == 200, response.text
+
+            await post("before", 100)
+            await wait_until(
+                lambda: len(clickhouse_keys(url)) == 100, what="first copy"
+            )
+            server.stop()
+            await post("during", 200)  # ingest does not depend on ClickHouse
+            metrics = await client.get(
+                "/metrics",
+                params={
+                    "from": "2026-01-01T00:00:00Z",
+                    "to": "2026-12-31T00:00:00Z",
+                    "backend": "clickhouse",
+                },
+            )
+            assert metrics.status_code == 503
+            assert "ClickHouse" in metrics.json()["detail"]
+            assert metrics.headers["retry-after"]
+
+            async def retrying() -> bool:
+                health: dict[str, Any] = (await client.get("/health")).json()
+                return bool(health["replication"]["state"] == "retrying")
+
+            await wait_until(retrying, what="replicator noticing the outage")
+            server.start()
+            await post("after", 50)
+
+            async def complete() -> bool:
+                return clickhouse_keys(url) == await postgres_keys(db)
+
+            await wait_until(complete, what="replication after ClickHouse came back")
+            assert len(clickhouse_keys(url)) == 350
+            health = (await client.get("/health")).json()
+            assert health["replication"]["state"] == "running"
+    finally:
+        server.stop()
