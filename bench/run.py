@@ -1,0 +1,291 @@
+"""End-to-end benchmark: fresh database, seed, serve, ingest load, queries, report.
+
+    python -m bench.run --rows 1000000 --load-total 20000 [--out docs/bench] [--keep-db]
+
+Creates the PostgreSQL database `event_metrics_bench` (dropped first if it exists), starts
+a throwaway ClickHouse (tests/clickhouse_server.py) in a temporary folder, migrates, seeds
+(bench.seed), starts `event-metrics serve`, runs bench.load against it and against the
+no-op app (bench.noop), runs bench.queries, and writes summary.md and summary.json (plus
+queries.*) to --out. Every server it started is stopped, and the database dropped, on the
+way out, whatever happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from bench.seed import clickhouse_client
+from bench.summary import machine_info, render_summary
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))  # tests/ is not a package on the path when run as -m bench.run
+from tests.clickhouse_server import ClickHouseServer  # noqa: E402
+
+STOP_GRACE_S = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def with_database(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+class Runner:
+    """Runs commands, records them, and owns the servers it starts (one group each)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.commands: list[str] = []
+        self.servers: list[subprocess.Popen[bytes]] = []
+
+    def _record(self, argv: list[str], env: dict[str, str]) -> None:
+        shown = [f"{k}={v}" for k, v in env.items()] + [
+            a.replace(str(BIN) + "/", ".venv/bin/") for a in argv
+        ]
+        self.commands.append(shlex.join(shown))
+
+    def run(self, argv: list[str], *, env: dict[str, str] | None = None, timeout: float) -> str:
+        """Run to completion (stderr passes through); return stdout; raise on failure."""
+        self._record(argv, env or {})
+        print(f"\n$ {self.commands[-1]}", file=sys.stderr, flush=True)
+        done = subprocess.run(
+            argv, env={**os.environ, **(env or {})}, cwd=ROOT, stdout=subprocess.PIPE,
+            timeout=timeout, check=False,
+        )  # fmt: skip
+        if done.returncode not in (0, 1):  # 1 = ran, but found a problem it reported
+            raise RuntimeError(f"{argv[:3]} exited with {done.returncode}")
+        return done.stdout.decode()
+
+    def start(self, name: str, argv: list[str], *, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Start a server in its own process group, logging to workdir/<name>.log."""
+        self._record(argv, env)
+        log = (self.workdir / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            argv, env={**os.environ, **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        self.servers.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGTERM the process group, then SIGKILL it after STOP_GRACE_S."""
+        for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
+            if proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(wait_s)
+        # Children that outlived their leader (e.g. uvicorn workers) are still in the group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc in self.servers:
+            self.servers.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.servers[:]):
+            self.stop(proc)
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 60) -> None:
+    """Poll url until it answers 200; fail with the log tail if the server dies first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"{url} server exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
+            )
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
+            if response.status == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout_s}s:\n{log.read_text()[-3000:]}")
+
+
+def wait_replicated(base_url: str, timeout_s: float = 180) -> float:
+    """Wait until /health reports no replication lag; return how long it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        with urllib.request.urlopen(f"{base_url}/health", timeout=5) as response:
+            replication = json.loads(response.read()).get("replication") or {}
+        if replication.get("state") == "running" and replication.get("lag_rows") == 0:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    raise RuntimeError(f"replication still lagging after {timeout_s}s: {replication}")
+
+
+def load_runs(total: int) -> list[tuple[str, list[str]]]:
+    """The ingest runs: the reference's paced run, unpaced single events, unpaced batches."""
+    return [
+        ("reference (-rate 2000)", ["-total", str(total), "-rate", "2000"]),
+        ("max, single events", ["-total", str(total), "-rate", "0"]),
+        ("max, -batch 1000", ["-total", str(total * 10), "-rate", "0", "-batch", "1000"]),
+    ]
+
+
+def run_loads(runner: Runner, url: str, total: int) -> list[dict[str, Any]]:
+    results = []
+    for name, flags in load_runs(total):
+        out = runner.run(
+            [sys.executable, "-m", "bench.load", "-url", url, *flags, "--json", "-quiet"],
+            timeout=600,
+        )
+        results.append({"name": name, "flags": flags, **json.loads(out)})
+    return results
+
+
+async def reset_database(admin_url: str, name: str, *, create: bool) -> None:
+    connection = await asyncpg.connect(admin_url)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if create:
+            await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+
+
+def benchmark(
+    args: argparse.Namespace, runner: Runner, stack: contextlib.ExitStack
+) -> dict[str, Any]:
+    database_url = with_database(args.admin_url, args.database)
+    asyncio.run(reset_database(args.admin_url, args.database, create=True))
+    if not args.keep_db:
+        stack.callback(
+            lambda: asyncio.run(reset_database(args.admin_url, args.database, create=False))
+        )
+    clickhouse = ClickHouseServer(runner.workdir / "clickhouse")
+    clickhouse.start()
+    stack.callback(clickhouse.stop)
+    stack.callback(runner.stop_all)  # runs before clickhouse.stop: the service goes first
+
+    env = {
+        "EVENT_METRICS_DATABASE_URL": database_url,
+        "EVENT_METRICS_CLICKHOUSE_URL": clickhouse.url,
+    }
+    cli = str(BIN / "event-metrics")
+    runner.run([cli, "migrate"], env=env, timeout=120)
+    seed_argv = ["--database-url", database_url, "--clickhouse-url", clickhouse.url]
+    seeded = json.loads(
+        runner.run(
+            [sys.executable, "-m", "bench.seed", *seed_argv, "--rows", str(args.rows), "--json"],
+            timeout=3600,
+        )
+    )
+
+    port = args.port or free_port()
+    service_url = f"http://127.0.0.1:{port}"
+    service = runner.start("service", [cli, "serve"], env={**env, "EVENT_METRICS_PORT": str(port)})
+    wait_http(f"{service_url}/health", service, runner.workdir / "service.log")
+    service_loads = run_loads(runner, service_url, args.load_total)
+
+    noop_port = free_port()
+    noop_url = f"http://127.0.0.1:{noop_port}"
+    noop = runner.start(
+        "noop", [sys.executable, "-m", "bench.noop", "--port", str(noop_port)], env={}
+    )
+    wait_http(f"{noop_url}/health", noop, runner.workdir / "noop.log")
+    noop_loads = run_loads(runner, noop_url, args.load_total)
+    runner.stop(noop)
+
+    # The load's rows are outside the query windows, but replicating them would compete
+    # with the queries for the CPU.
+    replication_wait_s = wait_replicated(service_url)
+    queries_out = runner.run(
+        [
+            sys.executable, "-m", "bench.queries", "--url", service_url,
+            "--database-url", database_url, "--clickhouse-url", clickhouse.url,
+            "--windows", args.windows, "--runs", str(args.runs), "--out", str(args.out), "--json",
+        ],
+        timeout=3600,
+    )  # fmt: skip
+    versions = _server_versions(database_url, clickhouse.url)
+    return {
+        "started_at": args.started_at,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(versions),
+        "commands": runner.commands,
+        "seed": seeded,
+        "load": {"service": service_loads, "noop": noop_loads},
+        "replication_wait_s": round(replication_wait_s, 2),
+        "queries": json.loads(queries_out),
+    }
+
+
+def _server_versions(database_url: str, clickhouse_url: str) -> dict[str, str]:
+    async def postgres() -> str:
+        connection = await asyncpg.connect(database_url)
+        try:
+            return str(await connection.fetchval("SHOW server_version"))
+        finally:
+            await connection.close()
+
+    client = clickhouse_client(clickhouse_url)
+    try:
+        clickhouse = str(client.execute("SELECT version()")[0][0])
+    finally:
+        client.disconnect()
+    return {"postgresql": asyncio.run(postgres()), "clickhouse": clickhouse}
+
+
+@contextlib.contextmanager
+def workspace() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="event-metrics-bench-") as folder:
+        yield Path(folder)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench.run", description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=1_000_000, help="events to seed")
+    p.add_argument("--load-total", type=int, default=20_000, help="events per load run")
+    p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    p.add_argument("--database", default="event_metrics_bench")
+    p.add_argument("--port", type=int, default=0, help="service port (0 = any free port)")
+    p.add_argument("--windows", default="1,7,30,90")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "bench")
+    p.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
+    args = p.parse_args(argv)
+    args.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with workspace() as folder, contextlib.ExitStack() as stack:
+        runner = Runner(folder)
+        try:
+            result = benchmark(args, runner, stack)
+        except BaseException:
+            for log in sorted(folder.glob("*.log")):
+                print(f"--- {log.name} (tail) ---\n{log.read_text()[-2000:]}", file=sys.stderr)
+            raise
+    (args.out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    summary = render_summary(result)
+    (args.out / "summary.md").write_text(summary)
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""bench.run's report: the machine it ran on, and summary.md from the collected results."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.report import render_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("event-metrics", "litestar", "uvicorn", "asyncpg", "clickhouse-driver", "numpy")
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _git_revision() -> str:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    revision = git("rev-parse", "--short", "HEAD") or "unknown"
+    return revision + (" (uncommitted changes)" if git("status", "--porcelain") else "")
+
+
+def machine_info(server_versions: dict[str, str]) -> dict[str, Any]:
+    """CPU count, memory, OS and the versions of everything that took part."""
+    packages = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = "not installed"
+    return {
+        "nproc": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "cpu": platform.processor() or platform.machine(),
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "git": _git_revision(),
+        **server_versions,
+        "packages": packages,
+    }
+
+
+def _n(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}" if isinstance(value, int | float) else str(value)
+
+
+def _load_table(loads: dict[str, list[dict[str, Any]]]) -> list[str]:
+    lines = [
+        "| target | run | events | events/s | p50 ms | p99 ms | max ms | non-2xx | conn. errors "
+        "| verified |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for target, runs in loads.items():
+        for run in runs:
+            latency = run.get("latency_ms") or {}
+            lines.append(
+                f"| {target} | {run['name']} | {_n(run.get('total_events'))} "
+                f"| {_n(run.get('events_per_s'))} | {_n(latency.get('p50'), 1)} "
+                f"| {_n(latency.get('p99'), 1)} | {_n(latency.get('max'), 1)} "
+                f"| {_n(run.get('errors'))} | {_n(run.get('connection_errors'))} "
+                f"| {_n(run.get('verified'))} |"
+            )
+    return lines
+
+
+def render_summary(result: dict[str, Any]) -> str:
+    """summary.md: machine, commands, seed rates, ingest runs, and the query table."""
+    machine = result["machine"]
+    seed = result["seed"]
+    lines = [
+        "# Benchmark summary",
+        "",
+        f"Run {result['started_at']} – {result['finished_at']} by `python -m bench.run`.",
+        "",
+        "## Machine",
+        "",
+        f"- {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory_gib']} GiB memory, "
+        f"{machine['os']}",
+        f"- PostgreSQL {machine['postgresql']}, ClickHouse {machine['clickhouse']}, "
+        f"Python {machine['python']}, git {machine['git']}",
+        "- " + ", ".join(f"{k} {v}" for k, v in machine["packages"].items()),
+        "- Client, service, PostgreSQL and ClickHouse all share these cores.",
+        "",
+        "## Seed",
+        "",
+        f"{seed['rows']:,} events over {seed['days']} days ({seed['start']} – {seed['end']}), "
+        f"seed {seed['seed']}, {seed['chunks']} chunks.",
+        "",
+        "| engine | seconds | rows/s | detail |",
+        "|---|---|---|---|",
+    ]
+    for engine, r in seed["engines"].items():
+        detail = ", ".join(f"{k} {v:.1f}" for k, v in r["detail"].items())
+        lines.append(f"| {engine} | {r['seconds']:.1f} | {r['rows_per_s']:,} | {detail} |")
+    lines += [
+        "",
+        f"VACUUM ANALYZE {seed['vacuum_analyze_s']} s; seed total {seed['total_s']} s.",
+        "",
+        "## Ingest (bench.load)",
+        "",
+        "`noop` is bench.noop, the same routes doing nothing: the ceiling of the load tool "
+        "and the HTTP stack on this machine.",
+        "",
+        *_load_table(result["load"]),
+        "",
+        f"Replication to ClickHouse caught up {result['replication_wait_s']} s after the "
+        "load runs.",
+        "",
+    ]
+    # Rebuilt from the JSON, so that summary.md stands alone.
+    query_table = render_markdown(result["queries"]).replace("# Query benchmark", "## Queries")
+    lines += [query_table, "## Commands", "", "```sh", *result["commands"], "```", ""]
+    return "\n".join(lines)
