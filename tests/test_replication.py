@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -17,10 +16,10 @@ import asyncpg
 import msgspec
 from clickhouse_driver import Client
 
-from event_metrics.replicator import Replicator
-from event_metrics.settings import Settings
 from clickhouse_server import ClickHouseServer
 from conftest import ClientFactory, clickhouse_database_url, wait_until
+from event_metrics.replicator import Replicator
+from event_metrics.settings import Settings
 
 INSERT_ONE = """
 INSERT INTO events (idempotency_key, event_name, user_id, channel, ts, received_at)
@@ -93,9 +92,7 @@ async def test_one_active_replicator(
         # Stop the active one: the standby takes over from the saved checkpoint.
         active, standby = (first, second) if first.status.state == "running" else (second, first)
         active.stop()
-        await wait_until(
-            lambda: standby.status.state == "running", what="takeover"
-        )
+        await wait_until(lambda: standby.status.state == "running", what="takeover")
         await db.execute(INSERT_ONE, "b")
         await wait_until(
             lambda: clickhouse_keys(clickhouse_url) == {"a", "b"},
@@ -110,7 +107,7 @@ async def test_one_active_replicator(
 @contextlib.asynccontextmanager
 async def replicate_process(
     database_url: str, clickhouse_url: str
-) -> AsyncIterator[subprocess.Popen[bytes]]:
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """`event-metrics replicate` as a separate process, like a standalone deployment."""
     env = {
         **os.environ,
@@ -119,18 +116,16 @@ async def replicate_process(
         "EVENT_METRICS_REPLICATION_INTERVAL_MS": "20",
         "EVENT_METRICS_REPLICATION_BATCH_ROWS": "50",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "event_metrics.cli", "replicate"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "event_metrics.cli", "replicate",
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
     try:
         yield process
     finally:
-        if process.poll() is None:
+        if process.returncode is None:
             process.send_signal(signal.SIGTERM)
-            process.wait(timeout=15)
+            await asyncio.wait_for(process.wait(), timeout=15)
 
 
 async def insert_stream(database_url: str, prefix: str, count: int) -> None:
@@ -154,7 +149,7 @@ async def test_replicator_killed_mid_stream_and_restarted(
             what="replication under way",
         )
         process.kill()  # SIGKILL: no chance to save anything
-        process.wait()
+        await process.wait()
     copied_before_restart = len(clickhouse_keys(clickhouse_url))
     assert copied_before_restart < 1500
     async with replicate_process(database_url, clickhouse_url):
@@ -193,9 +188,7 @@ async def test_clickhouse_outage_while_events_keep_arriving(
                 assert response.status_code == 200, response.text
 
             await post("before", 100)
-            await wait_until(
-                lambda: len(clickhouse_keys(url)) == 100, what="first copy"
-            )
+            await wait_until(lambda: len(clickhouse_keys(url)) == 100, what="first copy")
             server.stop()
             await post("during", 200)  # ingest does not depend on ClickHouse
             metrics = await client.get(
