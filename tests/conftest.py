@@ -15,14 +15,13 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
+from clickhouse_driver import Client
 from litestar.testing import AsyncTestClient
 
-from clickhouse_driver import Client
-
+from clickhouse_server import ClickHouseServer, find_clickhouse_binary
 from event_metrics.app import create_app
 from event_metrics.migrations import upgrade_head
 from event_metrics.settings import Settings
-from clickhouse_server import ClickHouseServer, find_clickhouse_binary
 
 ADMIN_URL = os.environ.get(
     "EVENT_METRICS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -12,8 +12,8 @@ import pytest
 from clickhouse_driver import Client
 from litestar.testing import AsyncTestClient
 
-from event_metrics.clickhouse import INSERT
 from conftest import ClientFactory, wait_until
+from event_metrics.clickhouse import INSERT
 
 BASE = datetime(2026, 10, 25, tzinfo=UTC)
 CHANNELS = ["web", "ios", "android", "email", None]
@@ -154,4 +154,3 @@ async def test_clickhouse_backend_not_configured(
     )
     assert response.status_code == 400
     assert response.json()["parameter"] == "backend"
-

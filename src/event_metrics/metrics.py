@@ -178,9 +178,7 @@ def build_response(
     # Sort in Python so that both engines order ties identically (None first).
     # Sort by the UTC instant: same-zone datetimes compare by wall time, which would tie
     # the two 01:00 hours of a DST fall-back.
-    keyed.sort(
-        key=lambda item: (item[0].timestamp(), [(v is not None, v or "") for v in item[1]])
-    )
+    keyed.sort(key=lambda item: (item[0].timestamp(), [(v is not None, v or "") for v in item[1]]))
     series = []
     for start, groups, events, users in keyed:
         entry: dict[str, Any] = {"bucket_start": format_instant(start)}

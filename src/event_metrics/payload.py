@@ -50,18 +50,27 @@ async def read_body(chunks: AsyncIterator[bytes], *, encoding: str | None, max_b
     parts: list[bytes] = []
     size = 0
     async for chunk in chunks:
-        if inflater is not None:
-            try:
-                # max_length bounds the output, so a gzip bomb stops at the limit.
-                chunk = inflater.decompress(chunk, max_bytes - size + 1)
-            except zlib.error as exc:
-                raise MalformedPayload(f"body is not valid gzip: {exc}") from None
-            if inflater.unconsumed_tail:
-                raise PayloadTooLarge(f"decompressed body is over {max_bytes} bytes")
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"body is over {max_bytes} bytes")
-        parts.append(chunk)
+        pending = chunk
+        while pending:
+            if inflater is None:
+                out, pending = pending, b""
+            else:
+                if inflater.eof:
+                    # A gzip body may hold several members one after another (RFC 1952,
+                    # `cat a.gz b.gz`); reading only the first would drop events silently.
+                    inflater = zlib.decompressobj(wbits=31)
+                try:
+                    # max_length bounds the output, so a gzip bomb stops at the limit.
+                    out = inflater.decompress(pending, max_bytes - size + 1)
+                except zlib.error as exc:
+                    raise MalformedPayload(f"body is not valid gzip: {exc}") from None
+                if inflater.unconsumed_tail:
+                    raise PayloadTooLarge(f"decompressed body is over {max_bytes} bytes")
+                pending = inflater.unused_data if inflater.eof else b""
+            size += len(out)
+            if size > max_bytes:
+                raise PayloadTooLarge(f"body is over {max_bytes} bytes")
+            parts.append(out)
     if inflater is not None and not inflater.eof:
         raise MalformedPayload("body is truncated gzip")
     return b"".join(parts)

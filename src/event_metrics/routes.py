@@ -103,7 +103,9 @@ async def ingest(
     if rows:
         ticket = services.queue.put(rows)
         if not wait:
-            return _ingest_response(items, positions, rejected, None, status_code=202)
+            return _ingest_response(
+                items, positions, rejected, None, settings.results_full_max, status_code=202
+            )
         try:
             # shield: a timed-out request leaves the ticket for the writer to finish.
             outcome = await asyncio.wait_for(
@@ -114,7 +116,9 @@ async def ingest(
                 "the events were not committed in time; retrying with the same "
                 "idempotency keys is safe"
             ) from None
-    return _ingest_response(items, positions, rejected, outcome, status_code=200)
+    return _ingest_response(
+        items, positions, rejected, outcome, settings.results_full_max, status_code=200
+    )
 
 
 def _ingest_response(
@@ -122,11 +126,12 @@ def _ingest_response(
     positions: list[int],
     rejected: list[EventResult],
     outcome: list[bool] | None,
+    full_max: int,
     *,
     status_code: int,
 ) -> Response[IngestResponse]:
     # Small requests list every event; large ones only those not accepted (docs/api.md).
-    list_all = len(items) <= 100
+    list_all = len(items) <= full_max
     results = list(rejected)
     accepted = duplicates = 0
     if outcome is None:

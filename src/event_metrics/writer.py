@@ -55,6 +55,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
+    # What asyncpg raises when a connection the server terminated is used again; the
+    # pool discards that connection on release, so a retry gets a fresh one.
+    asyncpg.InternalClientError,
 )
 
 
@@ -132,6 +135,13 @@ class WriterPool:
             self._in_flight.update(batch)
             try:
                 await self._write_with_retry(batch)
+            except Exception as exc:
+                # A writer that died would leave every later request waiting for its
+                # ack timeout: fail this batch (nothing was acknowledged) and go on.
+                log.exception("writer failed on a batch")
+                for ticket in batch:
+                    if not ticket.future.done():
+                        ticket.future.set_exception(StorageUnavailable(str(exc)))
             finally:
                 self._in_flight.difference_update(batch)
 
