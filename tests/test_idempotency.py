@@ -8,6 +8,7 @@ import random
 from typing import Any
 
 import asyncpg
+import pytest
 from litestar.testing import AsyncTestClient
 
 from conftest import ClientFactory, ConcurrentClientFactory, stored_keys
@@ -28,12 +29,15 @@ async def stored_rows(db: asyncpg.Connection) -> dict[str, asyncpg.Record]:
     return {row["idempotency_key"]: row for row in rows}
 
 
+@pytest.mark.parametrize("copy_min_rows", [1, 10_000], ids=["copy", "unnest"])
 async def test_same_key_twice_in_one_request(
-    client: AsyncTestClient[Any], db: asyncpg.Connection
+    make_client: ClientFactory, db: asyncpg.Connection, copy_min_rows: int
 ) -> None:
-    response = await post(
-        client, [ev("k1", event_name="first"), ev("k2"), ev("k1", event_name="second")]
-    )
+    # Both write paths (COPY + INSERT for large batches, unnest for small) must agree.
+    async with make_client(copy_min_rows=copy_min_rows) as client:
+        response = await post(
+            client, [ev("k1", event_name="first"), ev("k2"), ev("k1", event_name="second")]
+        )
     assert response.status_code == 200, response.text
     assert response.json() == {
         "accepted": 2,

@@ -41,6 +41,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     batch_max_events: int = 5_000
     flush_interval_ms: int = 5
     writer_count: int = 3
+    copy_min_rows: int = 1000
     ack_timeout_ms: int = 10_000
     retry_initial_ms: int = 50
     retry_max_ms: int = 2_000
@@ -61,7 +62,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def __post_init__(self) -> None:
         positive = (
             "port", "http_workers", "max_body_bytes", "max_batch_events", "max_event_bytes",
-            "queue_max_events", "batch_max_events", "writer_count",
+            "queue_max_events", "batch_max_events", "writer_count", "copy_min_rows",
             "ack_timeout_ms", "retry_initial_ms", "retry_max_ms", "retry_after_seconds",
             "shutdown_timeout_ms", "db_pool_size", "max_window_days", "query_timeout_ms",
             "replication_batch_rows", "replication_interval_ms", "replication_retry_max_ms",

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from event_metrics.events import Row
 from event_metrics.queue import IngestQueue, Ticket
 from event_metrics.settings import Settings
 
@@ -44,6 +45,16 @@ ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING idempotency_key
 """
 
+INSERT_UNNEST = """
+INSERT INTO events (idempotency_key, event_name, user_id, channel, ts, received_at, properties)
+SELECT k, n, u, c, t, r, p::jsonb
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+            $6::timestamptz[], $7::text[]) WITH ORDINALITY AS batch(k, n, u, c, t, r, p, ord)
+ORDER BY ord
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING idempotency_key
+"""
+
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
@@ -74,14 +85,31 @@ async def init_writer_connection(connection: asyncpg.Connection) -> None:
     await connection.execute(CREATE_STAGING)
 
 
-async def write_rows(connection: asyncpg.Connection, tickets: Sequence[Ticket]) -> int:
-    """Commit every ticket's rows in one transaction; resolve each ticket; return rows stored."""
-    records = [(ord_, *row) for ord_, row in enumerate(r for t in tickets for r in t.rows)]
+async def write_copy(connection: asyncpg.Connection, rows: Sequence[Row]) -> set[str]:
+    """COPY into the staging table, then INSERT ... SELECT; return the keys stored."""
+    records = [(position, *row) for position, row in enumerate(rows)]
     async with connection.transaction():
         await connection.copy_records_to_table(
             "events_staging", records=records, columns=STAGING_COLUMNS
         )
-        inserted = {rec[0] for rec in await connection.fetch(INSERT_FROM_STAGING)}
+        return {record[0] for record in await connection.fetch(INSERT_FROM_STAGING)}
+
+
+async def write_unnest(connection: asyncpg.Connection, rows: Sequence[Row]) -> set[str]:
+    """One prepared INSERT ... SELECT FROM unnest(arrays): a single round trip."""
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    return {record[0] for record in await connection.fetch(INSERT_UNNEST, *columns)}
+
+
+async def write_rows(
+    connection: asyncpg.Connection, tickets: Sequence[Ticket], *, copy_min_rows: int
+) -> int:
+    """Commit every ticket's rows in one transaction; resolve each ticket; return rows stored."""
+    rows = [row for ticket in tickets for row in ticket.rows]
+    # Small batches: one round trip beats COPY's several; large ones: COPY is faster
+    # (bench/write_paths.py measures the crossover).
+    write = write_copy if len(rows) >= copy_min_rows else write_unnest
+    inserted = await write(connection, rows)
     stored = len(inserted)
     for ticket in tickets:
         outcome = []
@@ -150,7 +178,9 @@ class WriterPool:
         while True:
             try:
                 async with self.pool.acquire() as connection:
-                    self.rows_written += await write_rows(connection, batch)
+                    self.rows_written += await write_rows(
+                        connection, batch, copy_min_rows=self.settings.copy_min_rows
+                    )
                 return
             except TRANSIENT_ERRORS as exc:
                 # At-least-once: the same rows go again; ON CONFLICT makes a retry of a
