@@ -108,9 +108,8 @@ async def ingest(
             )
         try:
             # shield: a timed-out request leaves the ticket for the writer to finish.
-            outcome = await asyncio.wait_for(
-                asyncio.shield(ticket.future), settings.ack_timeout_ms / 1000
-            )
+            async with asyncio.timeout(settings.ack_timeout_ms / 1000):
+                outcome = await asyncio.shield(ticket.future)
         except TimeoutError:
             raise StorageUnavailable(
                 "the events were not committed in time; retrying with the same "
