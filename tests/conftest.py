@@ -63,7 +63,9 @@ async def database_url() -> AsyncIterator[str]:
 async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the test database, emptied before the test."""
     connection = await asyncpg.connect(database_url)
-    await connection.execute("TRUNCATE events, replication_state RESTART IDENTITY")
+    await connection.execute(
+        "TRUNCATE events, replication_state, rollups, user_ids RESTART IDENTITY"
+    )
     try:
         yield connection
     finally:

@@ -1,4 +1,4 @@
-"""Command line: `event-metrics serve | migrate | replicate`."""
+"""Command line: `event-metrics serve | migrate | replicate | rebuild-rollups`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import os
 import signal
 import sys
 
+import asyncpg
 import msgspec
 import uvicorn
 
+from event_metrics import rollups
 from event_metrics.migrations import upgrade_head
 from event_metrics.postgres import start_embedded
 from event_metrics.replicator import Replicator
@@ -81,6 +83,22 @@ def replicate(settings: Settings, *, once: bool = False) -> None:
     del server
 
 
+def rebuild_rollups(settings: Settings) -> None:
+    """Recompute the rollups from the events table (after a restore, or to verify them)."""
+    settings, server = _resolve_database(settings)
+
+    async def run() -> int:
+        await upgrade_head(settings.database_url or "")
+        connection = await asyncpg.connect(settings.database_url)
+        try:
+            return await rollups.rebuild(connection)
+        finally:
+            await connection.close()
+
+    print(f"rolled up {asyncio.run(run())} events")
+    del server
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="event-metrics", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     replicate_parser.add_argument(
         "--once", action="store_true", help="copy what is committed now, then exit"
     )
+    commands.add_parser("rebuild-rollups", help="recompute the rollups from the events table")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
@@ -100,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         serve(settings)
     elif args.command == "migrate":
         migrate(settings)
+    elif args.command == "rebuild-rollups":
+        rebuild_rollups(settings)
     else:
         replicate(settings, once=args.once)
 

@@ -150,11 +150,17 @@ def bucket_start(query: MetricsQuery, bucket: Any) -> datetime:
     if isinstance(bucket, int):
         return datetime.fromtimestamp(bucket, zone)
     if isinstance(bucket, date):
-        # Local midnight; where midnight does not exist (a DST jump at 00:00), fold=0
-        # maps it to the first instant of the day.
-        local = datetime.combine(bucket, time(0), tzinfo=zone)
-        return local.astimezone(UTC).astimezone(zone)
+        return local_midnight(bucket, zone).astimezone(zone)
     raise TypeError(f"unexpected bucket value {bucket!r}")
+
+
+def local_midnight(day: date, zone: ZoneInfo) -> datetime:
+    """The first instant of a local date, in UTC.
+
+    Where midnight does not exist (a DST jump at 00:00), fold=0 maps it to the first
+    instant of the day.
+    """
+    return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
 
 
 def format_instant(moment: datetime) -> str:

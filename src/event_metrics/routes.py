@@ -12,7 +12,7 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import Parameter, QueryParameter
 
-from event_metrics import metrics_clickhouse, metrics_postgres
+from event_metrics import metrics_clickhouse, metrics_postgres, metrics_rollup
 from event_metrics.events import InvalidEvent, Row, parse_event
 from event_metrics.metrics import InvalidParameter, MetricsResponse, parse_query
 from event_metrics.payload import media_type, read_body, split_events
@@ -45,6 +45,7 @@ class Health(msgspec.Struct, omit_defaults=True):
     oldest_queued_age_s: float
     rows_written: int
     replication: dict[str, Any] | None = None
+    rollups: dict[str, Any] | None = None
 
 
 def _services(state: State) -> Services:
@@ -65,12 +66,11 @@ def _services(state: State) -> Services:
 )
 async def ingest(
     request: Request[Any, Any, Any],
-    state: State,
     wait: Annotated[
         bool, Parameter(description="wait for the database commit before answering")
     ] = True,
 ) -> Response[IngestResponse]:
-    services = _services(state)
+    services: Services = request.app.state.services
     settings = services.settings
     kind = media_type(request.headers.get("content-type"))
     body = await read_body(
@@ -185,7 +185,14 @@ async def metrics(
         Literal["postgres", "clickhouse"] | None,
         Parameter(description="engine that answers; default EVENT_METRICS_BACKEND"),
     ] = None,
-) -> MetricsResponse:
+    plan: Annotated[
+        Literal["auto", "raw", "rollup"] | None,
+        Parameter(
+            description="PostgreSQL only: auto (default) uses rollups when they are not "
+            "lagging; raw scans the events table; rollup always uses rollups"
+        ),
+    ] = None,
+) -> Response[MetricsResponse]:
     services = _services(state)
     settings = services.settings
     query = parse_query(
@@ -197,15 +204,25 @@ async def metrics(
         timezone=timezone,
         max_window_days=settings.max_window_days,
     )
+    timeout_s = settings.query_timeout_ms / 1000
     if (backend or settings.backend) == "clickhouse":
         if services.clickhouse is None:
             raise InvalidParameter(
                 "backend", "ClickHouse is not configured (set EVENT_METRICS_CLICKHOUSE_URL)"
             )
-        return await metrics_clickhouse.fetch_metrics(services.clickhouse, query)
-    return await metrics_postgres.fetch_metrics(
-        services.query_pool, query, timeout_s=settings.query_timeout_ms / 1000
-    )
+        mirrored = await metrics_clickhouse.fetch_metrics(services.clickhouse, query)
+        return Response(mirrored, headers={"X-Metrics-Plan": "clickhouse"})
+    plan = plan or "auto"
+    if settings.rollups and plan != "raw":
+        # Exact either way; rollups are cheaper unless the refresher lags far behind.
+        limit = settings.rollup_max_pending_rows if plan == "auto" else None
+        from_rollups = await metrics_rollup.fetch_metrics(
+            services.query_pool, query, max_pending=limit, timeout_s=timeout_s
+        )
+        if from_rollups is not None:
+            return Response(from_rollups, headers={"X-Metrics-Plan": "rollup"})
+    raw = await metrics_postgres.fetch_metrics(services.query_pool, query, timeout_s=timeout_s)
+    return Response(raw, headers={"X-Metrics-Plan": "raw"})
 
 
 @get("/health", summary="Liveness of PostgreSQL, queue depth, replication lag")
@@ -229,5 +246,6 @@ async def health(state: State) -> Response[Health]:
         oldest_queued_age_s=round(services.queue.oldest_age_s(), 3),
         rows_written=services.writers.rows_written,
         replication=services.replicator.status.as_dict() if services.replicator else None,
+        rollups=services.refresher.status() if services.refresher else None,
     )
     return Response(body, status_code=200 if body.status == "ok" else 503)

@@ -14,6 +14,7 @@ from event_metrics.clickhouse import ClickHousePool
 from event_metrics.postgres import create_pool
 from event_metrics.queue import IngestQueue
 from event_metrics.replicator import Replicator
+from event_metrics.rollups import RollupRefresher
 from event_metrics.settings import Settings
 from event_metrics.writer import WriterPool, init_writer_connection
 
@@ -28,6 +29,7 @@ class Services:
     query_pool: asyncpg.Pool
     clickhouse: ClickHousePool | None = None
     replicator: Replicator | None = None
+    refresher: RollupRefresher | None = None
 
 
 @contextlib.asynccontextmanager
@@ -56,7 +58,13 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
             if settings.replicate:
                 replicator = Replicator(settings)
                 task = asyncio.create_task(replicator.run(), name="replicator")
-                stack.push_async_callback(_stop_replicator, replicator, task)
+                stack.push_async_callback(_stop_background, replicator, task)
+
+        refresher = None
+        if settings.rollups:
+            refresher = RollupRefresher(settings)
+            task = asyncio.create_task(refresher.run(), name="rollup-refresher")
+            stack.push_async_callback(_stop_background, refresher, task)
 
         queue = IngestQueue(settings.queue_max_events)
         writers = WriterPool(settings, queue, write_pool)
@@ -70,12 +78,13 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
             query_pool=query_pool,
             clickhouse=clickhouse,
             replicator=replicator,
+            refresher=refresher,
         )
 
 
-async def _stop_replicator(replicator: Replicator, task: asyncio.Task[None]) -> None:
-    replicator.stop()
+async def _stop_background(worker: Replicator | RollupRefresher, task: asyncio.Task[None]) -> None:
+    worker.stop()
     try:
         await asyncio.wait_for(task, timeout=10)
     except TimeoutError:
-        log.warning("replicator did not stop within 10 s; cancelled")
+        log.warning("%s did not stop within 10 s; cancelled", task.get_name())

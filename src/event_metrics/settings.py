@@ -53,6 +53,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_window_days: int = 400
     query_timeout_ms: int = 30_000
 
+    # Rollups (pre-aggregated hours and days with exact user bitmaps) for /metrics.
+    rollups: bool = True
+    rollup_interval_ms: int = 1_000
+    rollup_block_rows: int = 100_000
+    rollup_max_pending_rows: int = 200_000
+
     # Replication to ClickHouse.
     replicate: bool = True
     replication_batch_rows: int = 10_000
@@ -66,7 +72,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             "ack_timeout_ms", "retry_initial_ms", "retry_max_ms", "retry_after_seconds",
             "shutdown_timeout_ms", "db_pool_size", "max_window_days", "query_timeout_ms",
             "replication_batch_rows", "replication_interval_ms", "replication_retry_max_ms",
-            "results_full_max", "max_future_seconds",
+            "results_full_max", "max_future_seconds", "rollup_interval_ms", "rollup_block_rows",
+            "rollup_max_pending_rows",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:

@@ -1,0 +1,395 @@
+"""GET /metrics on PostgreSQL from rollups: whole UTC days and hours pre-aggregated,
+only the unaligned edges and the not-yet-folded events read from the raw table.
+
+Everything is read in one REPEATABLE READ snapshot, in which the rollups hold exactly the
+events up to the refresher's checkpoint, so "rollups + raw rows after the checkpoint"
+counts each event once. Unique users are unions of exact sets: roaring bitmaps from the
+rollups, plus the user ids of raw rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+from pyroaring import BitMap
+
+from event_metrics.metrics import (
+    BackendUnavailable,
+    MetricsQuery,
+    MetricsResponse,
+    bucket_start,
+    build_response,
+    local_midnight,
+)
+from event_metrics.metrics_postgres import BUCKETS
+from event_metrics.rollups import DAY, HOUR, LEVELS, load_checkpoint
+from event_metrics.writer import TRANSIENT_ERRORS
+
+HOUR_S, DAY_S = 3600, 86400
+CURSOR = "($1::text::xid8, $2::bigint)"
+
+PENDING_COUNT = f"""
+SELECT count(*) FROM (
+    SELECT 1 FROM events WHERE (txid, id) > {CURSOR} LIMIT $3
+) pending
+"""
+FETCH_ROLLUPS = """
+SELECT r.grain, r.bucket, r.event_name, r.channel, r.events, r.users_count, {users}
+FROM rollups r
+JOIN unnest($1::smallint[], $2::timestamptz[], $3::timestamptz[]) AS k(grain, lo, hi)
+  ON r.grain = k.grain AND r.bucket >= k.lo AND r.bucket < k.hi
+WHERE r.level = $4{event_filter}
+"""
+FETCH_BITMAPS = """
+SELECT r.grain, r.bucket, r.event_name, r.channel, r.users
+FROM rollups r
+JOIN unnest($1::smallint[], $2::timestamptz[], $3::text[], $4::text[])
+     AS k(grain, bucket, event_name, channel)
+  ON r.grain = k.grain AND r.bucket = k.bucket
+ AND r.event_name = k.event_name AND r.channel = k.channel
+WHERE r.level = $5
+"""
+USER_IDS = "SELECT user_id, uid FROM user_ids WHERE user_id = ANY($1::text[])"
+
+Span = tuple[int, int]  # [lo, hi) in epoch seconds
+PartKey = tuple[int, datetime, str, str]  # (grain, bucket, event_name, channel) of a rollup row
+CellKey = tuple[int, tuple[str, ...]]  # (bucket index, output dimension values)
+
+
+@dataclass
+class Cell:
+    """One series row (or the total) assembled from rollup rows and raw rows."""
+
+    events: int = 0
+    counts: dict[PartKey, int] = field(default_factory=dict)  # users_count per rollup row
+    bitmaps: dict[PartKey, bytes] = field(default_factory=dict)
+    raw_users: set[str] = field(default_factory=set)
+
+    @property
+    def needs_union(self) -> bool:
+        return len(self.counts) > 1 or (bool(self.counts) and bool(self.raw_users))
+
+    def unique_users(self, uids: dict[str, int]) -> int:
+        if len(self.counts) == 1 and not self.raw_users:
+            return next(iter(self.counts.values()))  # one rollup row: its stored cardinality
+        users = BitMap()
+        for blob in self.bitmaps.values():
+            users |= BitMap.deserialize(blob)
+        unknown = 0
+        for user in self.raw_users:
+            uid = uids.get(user)
+            if uid is None:
+                unknown += 1  # not folded into any rollup yet, so in no bitmap
+            else:
+                users.add(uid)
+        return len(users) + unknown
+
+
+def level_for(dimensions: Iterable[str]) -> int:
+    """The rollup level that keeps exactly these dimensions."""
+    wanted = set(dimensions)
+    for level, (name, channel) in LEVELS.items():
+        if wanted == {d for d, keep in (("event_name", name), ("channel", channel)) if keep}:
+            return level
+    raise ValueError(f"no rollup level for {wanted}")
+
+
+def bucket_bounds(query: MetricsQuery) -> list[int]:
+    """Epoch starts of the buckets that cut [from, to), then `to` itself."""
+    start, end = int(query.start.timestamp()), int(query.end.timestamp())
+    if query.granularity == "total":
+        return [start, end]
+    zone = query.zone
+    bounds = [int(_floor(query.start, query.granularity, zone).timestamp())]
+    while bounds[-1] < end:
+        moment = datetime.fromtimestamp(bounds[-1], UTC)
+        bounds.append(int(_next(moment, query.granularity, zone).timestamp()))
+    bounds[-1] = end
+    return bounds
+
+
+def _floor(moment: datetime, granularity: str, zone: ZoneInfo) -> datetime:
+    local = moment.astimezone(zone)
+    if granularity == "hour":
+        return moment - timedelta(
+            minutes=local.minute, seconds=local.second, microseconds=local.microsecond
+        )
+    day = local.date()
+    if granularity == "week":
+        day -= timedelta(days=day.weekday())
+    elif granularity == "month":
+        day = day.replace(day=1)
+    return local_midnight(day, zone)
+
+
+def _next(start: datetime, granularity: str, zone: ZoneInfo) -> datetime:
+    if granularity == "hour":
+        return _floor(start + timedelta(hours=1), granularity, zone)
+    day = start.astimezone(zone).date()
+    if granularity == "day":
+        day += timedelta(days=1)
+    elif granularity == "week":
+        day += timedelta(days=7)
+    else:
+        day = (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return local_midnight(day, zone)
+
+
+def cover(lo: int, hi: int) -> tuple[list[Span], list[Span], list[Span]]:
+    """Split [lo, hi) into whole UTC days, whole UTC hours and sub-hour raw pieces."""
+    first_hour, last_hour = -(-lo // HOUR_S) * HOUR_S, hi // HOUR_S * HOUR_S
+    if first_hour >= last_hour:
+        return [], [], [(lo, hi)]
+    pieces = [s for s in ((lo, first_hour), (last_hour, hi)) if s[0] < s[1]]
+    first_day, last_day = -(-first_hour // DAY_S) * DAY_S, last_hour // DAY_S * DAY_S
+    if first_day >= last_day:
+        return [], [(first_hour, last_hour)], pieces
+    hours = [s for s in ((first_hour, first_day), (last_day, last_hour)) if s[0] < s[1]]
+    return [(first_day, last_day)], hours, pieces
+
+
+def _merge(spans: list[Span]) -> list[Span]:
+    merged: list[Span] = []
+    for lo, hi in sorted(spans):
+        if merged and merged[-1][1] == lo:
+            merged[-1] = (merged[-1][0], hi)
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+@dataclass
+class Plan:
+    """The rollup rows and raw pieces that answer one set of buckets at one level."""
+
+    bounds: list[int]
+    level: int
+    dimensions: tuple[str, ...]  # what each cell is grouped by in the output
+    bucketed: bool
+    days: list[Span] = field(default_factory=list)
+    hours: list[Span] = field(default_factory=list)
+    pieces: list[Span] = field(default_factory=list)
+    bitmaps_up_front: bool = False
+
+    @classmethod
+    def make(
+        cls,
+        bounds: list[int],
+        start: int,
+        level: int,
+        dimensions: tuple[str, ...],
+        *,
+        bucketed: bool,
+    ) -> Plan:
+        """Cover each bucket, the first one clipped to the window's start."""
+        plan = cls(bounds, level, dimensions, bucketed)
+        days: list[Span] = []
+        hours: list[Span] = []
+        pieces: list[Span] = []
+        for lo, hi in itertools.pairwise(bounds):
+            bucket_days, bucket_hours, bucket_pieces = cover(max(lo, start), hi)
+            units = sum((b - a) // DAY_S for a, b in bucket_days)
+            units += sum((b - a) // HOUR_S for a, b in bucket_hours)
+            # A bucket made of several rollup rows needs their bitmaps to union.
+            plan.bitmaps_up_front |= units > 1 or (units == 1 and bool(bucket_pieces))
+            days += bucket_days
+            hours += bucket_hours
+            pieces += bucket_pieces
+        plan.days, plan.hours, plan.pieces = _merge(days), _merge(hours), _merge(pieces)
+        return plan
+
+    def index(self, epoch: float) -> int:
+        return bisect.bisect_right(self.bounds, epoch) - 1
+
+
+async def fetch_metrics(
+    pool: asyncpg.Pool, query: MetricsQuery, *, max_pending: int | None, timeout_s: float
+) -> MetricsResponse | None:
+    """Answer from rollups, or None when the refresher lags so far that raw is cheaper."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _fetch(pool, query, max_pending)
+    except TRANSIENT_ERRORS as exc:
+        raise BackendUnavailable(f"PostgreSQL did not answer: {type(exc).__name__}") from exc
+
+
+async def _fetch(
+    pool: asyncpg.Pool, query: MetricsQuery, max_pending: int | None
+) -> MetricsResponse | None:
+    bounds = bucket_bounds(query)
+    filtered = ("event_name",) if query.event_name is not None else ()
+    start = int(query.start.timestamp())
+    series_plan = Plan.make(
+        bounds,
+        start,
+        level_for({*query.group_by, *filtered}),
+        query.group_by,
+        bucketed=query.granularity != "total",
+    )
+    total_plan = Plan.make([start, bounds[-1]], start, level_for(filtered), (), bucketed=False)
+    async with (
+        pool.acquire() as connection,
+        connection.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        cursor = await load_checkpoint(connection)
+        cap = max_pending if max_pending is not None else 2**62
+        pending = await connection.fetchval(PENDING_COUNT, *cursor, cap)
+        if pending >= cap:
+            return None
+        series: dict[CellKey, Cell] = defaultdict(Cell)
+        total: dict[CellKey, Cell] = defaultdict(Cell)
+        for plan, cells in ((series_plan, series), (total_plan, total)):
+            await _add_rollups(connection, query, plan, cells)
+            await _add_pieces(connection, query, plan, cursor, cells)
+        if pending:
+            await _add_pending(connection, query, series_plan, cursor, series, total)
+        for plan, cells in ((series_plan, series), (total_plan, total)):
+            await _add_missing_bitmaps(connection, plan, cells)
+        raw_users = {u for cell in (*series.values(), *total.values()) for u in cell.raw_users}
+        uids = dict(await connection.fetch(USER_IDS, list(raw_users))) if raw_users else {}
+
+    rows = [
+        (datetime.fromtimestamp(bounds[index], UTC), *groups, cell.events, cell.unique_users(uids))
+        for (index, groups), cell in series.items()
+        if cell.events
+    ]
+    whole = total.get((0, ()), Cell())
+    return build_response(
+        query, backend="postgres", total=(whole.events, whole.unique_users(uids)), rows=rows
+    )
+
+
+async def _add_rollups(
+    connection: asyncpg.Connection, query: MetricsQuery, plan: Plan, cells: dict[CellKey, Cell]
+) -> None:
+    ranges = [(DAY, lo, hi) for lo, hi in plan.days] + [(HOUR, lo, hi) for lo, hi in plan.hours]
+    if not ranges:
+        return
+    params: list[Any] = [
+        [grain for grain, _, _ in ranges],
+        [datetime.fromtimestamp(lo, UTC) for _, lo, _ in ranges],
+        [datetime.fromtimestamp(hi, UTC) for _, _, hi in ranges],
+        plan.level,
+    ]
+    event_filter = ""
+    if query.event_name is not None:
+        params.append(query.event_name)
+        event_filter = " AND r.event_name = $5"
+    users = "r.users" if plan.bitmaps_up_front else "NULL::bytea"
+    sql = FETCH_ROLLUPS.format(users=users, event_filter=event_filter)
+    for row in await connection.fetch(sql, *params):
+        grain, bucket, name, channel, events, count, blob = row
+        index = plan.index(bucket.timestamp()) if plan.bucketed else 0
+        values = {"event_name": name, "channel": channel}
+        cell = cells[(index, tuple(values[d] for d in plan.dimensions))]
+        cell.events += events
+        part = (grain, bucket, name, channel)
+        cell.counts[part] = count
+        if blob is not None:
+            cell.bitmaps[part] = blob
+
+
+def _raw_sql(query: MetricsQuery, plan: Plan, source: str, params: list[Any]) -> str:
+    """A raw aggregate over `source` rows, grouped like the plan's cells."""
+    select = ["NULL AS bucket"]
+    if plan.bucketed:
+        params.append(query.timezone)
+        select[0] = BUCKETS[query.granularity].format(tz=f"${len(params)}::text") + " AS bucket"
+    where = ""
+    if query.event_name is not None:
+        params.append(query.event_name)
+        where = f" AND e.event_name = ${len(params)}"
+    select += [f"e.{d}" for d in plan.dimensions]
+    keys = ", ".join(str(n) for n in range(1, len(select) + 1))
+    return (
+        f"SELECT {', '.join(select)}, count(*), array_agg(DISTINCT e.user_id) "
+        f"FROM {source}{where} GROUP BY {keys}"
+    )
+
+
+def _add_raw_rows(
+    query: MetricsQuery, plan: Plan, rows: list[asyncpg.Record], cells: dict[CellKey, Cell]
+) -> None:
+    width = len(plan.dimensions)
+    for row in rows:
+        index = plan.index(bucket_start(query, row[0]).timestamp()) if plan.bucketed else 0
+        cell = cells[(index, tuple(row[1 : 1 + width]))]
+        cell.events += row[-2]
+        cell.raw_users.update(row[-1])
+
+
+async def _add_pieces(
+    connection: asyncpg.Connection,
+    query: MetricsQuery,
+    plan: Plan,
+    cursor: tuple[str, int],
+    cells: dict[CellKey, Cell],
+) -> None:
+    """Raw rows in the sub-hour edges that rollups cannot answer (folded rows only)."""
+    if not plan.pieces:
+        return
+    params: list[Any] = [
+        *cursor,
+        [datetime.fromtimestamp(lo, UTC) for lo, _ in plan.pieces],
+        [datetime.fromtimestamp(hi, UTC) for _, hi in plan.pieces],
+    ]
+    source = (
+        "unnest($3::timestamptz[], $4::timestamptz[]) AS p(lo, hi) "
+        "JOIN events e ON e.ts >= p.lo AND e.ts < p.hi "
+        f"WHERE (e.txid, e.id) <= {CURSOR}"
+    )
+    sql = _raw_sql(query, plan, source, params)
+    _add_raw_rows(query, plan, await connection.fetch(sql, *params), cells)
+
+
+async def _add_pending(
+    connection: asyncpg.Connection,
+    query: MetricsQuery,
+    plan: Plan,
+    cursor: tuple[str, int],
+    series: dict[CellKey, Cell],
+    total: dict[CellKey, Cell],
+) -> None:
+    """Rows committed after the refresher's checkpoint: read raw, into series and total."""
+    params: list[Any] = [*cursor, query.start, query.end]
+    source = f"events e WHERE (e.txid, e.id) > {CURSOR} AND e.ts >= $3 AND e.ts < $4"
+    sql = _raw_sql(query, plan, source, params)
+    rows = await connection.fetch(sql, *params)
+    _add_raw_rows(query, plan, rows, series)
+    whole = total[(0, ())]
+    for row in rows:
+        whole.events += row[-2]
+        whole.raw_users.update(row[-1])
+
+
+async def _add_missing_bitmaps(
+    connection: asyncpg.Connection, plan: Plan, cells: dict[CellKey, Cell]
+) -> None:
+    """Fetch bitmaps that were not read up front, for cells that turn out to need a union."""
+    missing = [
+        part
+        for cell in cells.values()
+        if cell.needs_union
+        for part in cell.counts
+        if part not in cell.bitmaps
+    ]
+    if not missing:
+        return
+    columns = [list(c) for c in zip(*missing, strict=True)]
+    found = {
+        (r[0], r[1], r[2], r[3]): r[4]
+        for r in await connection.fetch(FETCH_BITMAPS, *columns, plan.level)
+    }
+    for cell in cells.values():
+        if cell.needs_union:
+            for part in cell.counts:
+                cell.bitmaps.setdefault(part, found[part])

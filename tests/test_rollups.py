@@ -1,0 +1,205 @@
+"""Rollups answer exactly what the raw table answers, at every stage of folding."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+from pyroaring import BitMap
+
+from conftest import ClientFactory, wait_until
+from event_metrics.rollups import rebuild, refresh_block
+from test_backends import post_all
+
+# A refresher that folds once at start-up (nothing yet) and then sleeps: the tests fold.
+IDLE_REFRESHER = {"rollup_interval_ms": 3_600_000}
+
+WINDOWS = [
+    ("2026-10-24T00:00:00Z", "2026-11-09T00:00:00Z"),  # whole UTC days
+    ("2026-10-27T10:17:31+02:00", "2026-11-03T03:00:01Z"),  # starts and ends mid-hour
+    ("2026-11-01T04:00:00Z", "2026-11-01T07:00:00Z"),  # around the New York fall-back
+]
+ZONES = ["UTC", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe"]
+SHAPES = list(
+    itertools.product(
+        ["hour", "day", "week", "month", "total"],
+        ["", "channel", "event_name", "channel,event_name"],
+    )
+)
+
+
+def random_events(seed: int, count: int) -> list[dict[str, Any]]:
+    """Events over two weeks around DST changes, with retries, late and sub-second times."""
+    rng = random.Random(seed)
+    base = datetime(2026, 10, 24, tzinfo=UTC)
+    events: list[dict[str, Any]] = []
+    for n in range(count):
+        moment = base + timedelta(
+            seconds=rng.randrange(16 * 86400), microseconds=rng.randrange(10**6)
+        )
+        event: dict[str, Any] = {
+            "event_name": rng.choice(["product_view", "page_view", "purchase"]),
+            "user_id": f"user-{int(rng.paretovariate(1.1)) % 200}",
+            "timestamp": moment.isoformat(),
+            "idempotency_key": f"r{seed}-{n}",
+        }
+        if rng.random() < 0.8:
+            event["channel"] = rng.choice(["web", "ios", "email"])
+        events.append(event)
+    events += [dict(e) for e in rng.sample(events, count // 8)]  # client retries
+    rng.shuffle(events)
+    return events
+
+
+async def answers(client: AsyncTestClient[Any], params: dict[str, str]) -> list[dict[str, Any]]:
+    """The same query through the raw table and through the rollups."""
+    out = []
+    for plan in ("raw", "rollup"):
+        response = await client.get("/metrics", params={**params, "plan": plan})
+        assert response.status_code == 200, response.text
+        assert response.headers["x-metrics-plan"] == plan
+        out.append(response.json())
+    return out
+
+
+async def assert_plans_agree(client: AsyncTestClient[Any], rng: random.Random) -> None:
+    for (start, end), (granularity, group_by) in itertools.product(WINDOWS, SHAPES):
+        params = {
+            "from": start,
+            "to": end,
+            "granularity": granularity,
+            "group_by": group_by,
+            "timezone": rng.choice(ZONES),
+        }
+        if rng.random() < 0.3:
+            params["event_name"] = "product_view"
+        raw, rollup = await answers(client, params)
+        assert raw == rollup, params
+
+
+async def test_rollups_equal_raw_while_folding(
+    make_client: ClientFactory, db: asyncpg.Connection
+) -> None:
+    rng = random.Random(3)
+    async with make_client(**IDLE_REFRESHER) as client:
+        await post_all(client, random_events(seed=3, count=900)[:600])
+        await assert_plans_agree(client, rng)  # nothing folded: all rows pending
+        assert await refresh_block(db, max_rows=250) == 250
+        await assert_plans_agree(client, rng)  # part folded, part pending
+        while await refresh_block(db, max_rows=250):
+            pass
+        await assert_plans_agree(client, rng)  # everything folded
+        # Late events and retries after folding: only the touched buckets change.
+        await post_all(client, random_events(seed=3, count=900)[500:])
+        await assert_plans_agree(client, rng)
+        while await refresh_block(db, max_rows=1000):
+            pass
+        await assert_plans_agree(client, rng)
+
+
+async def rollup_contents(db: asyncpg.Connection) -> dict[tuple[Any, ...], tuple[int, list[int]]]:
+    rows = await db.fetch(
+        "SELECT grain, level, bucket, event_name, channel, events, users FROM rollups"
+    )
+    return {tuple(r[:5]): (r[5], list(BitMap.deserialize(r[6]))) for r in rows}
+
+
+async def test_rebuild_gives_the_same_rollups(
+    make_client: ClientFactory, db: asyncpg.Connection
+) -> None:
+    async with make_client(**IDLE_REFRESHER) as client:
+        events = random_events(seed=5, count=500)
+        for start in range(0, len(events), 100):  # folded in several small blocks
+            await post_all(client, events[start : start + 100])
+            await refresh_block(db, max_rows=70)
+        while await refresh_block(db, max_rows=70):
+            pass
+        incremental = await rollup_contents(db)
+        assert incremental
+        assert await rebuild(db) == 500
+        assert await rollup_contents(db) == incremental
+        await assert_plans_agree(client, random.Random(5))
+
+
+async def test_acknowledged_event_is_visible_at_once(
+    make_client: ClientFactory, db: asyncpg.Connection
+) -> None:
+    async with make_client(**IDLE_REFRESHER) as client:
+        await post_all(client, random_events(seed=8, count=50))
+        while await refresh_block(db, max_rows=1000):
+            pass
+        response = await client.post(
+            "/events",
+            json={
+                "event_name": "purchase",
+                "user_id": "brand-new",
+                "timestamp": "2026-10-30T12:00:00Z",
+            },
+        )
+        assert response.status_code == 200
+        params = {
+            "from": "2026-10-30T00:00:00Z",
+            "to": "2026-10-31T00:00:00Z",
+            "event_name": "purchase",
+        }
+        raw, rollup = await answers(client, params)
+        assert rollup == raw
+        assert rollup["total"]["unique_users"] >= 1
+        users = await db.fetchval(
+            "SELECT count(DISTINCT user_id) FROM events WHERE event_name = 'purchase' "
+            "AND ts >= '2026-10-30Z' AND ts < '2026-10-31Z'"
+        )
+        assert rollup["total"]["unique_users"] == users
+
+
+async def test_background_refresher_folds_everything(
+    make_client: ClientFactory, db: asyncpg.Connection
+) -> None:
+    async with make_client(rollup_interval_ms=20) as client:
+        await post_all(client, random_events(seed=9, count=300))
+
+        async def folded() -> bool:
+            health = (await client.get("/health")).json()
+            return bool(health["rollups"]["rows_folded"] == 300)
+
+        await wait_until(folded, what="refresher folding all events")
+        pending = await db.fetchval(
+            "SELECT count(*) FROM events e, replication_state s "
+            "WHERE s.target = 'rollups' AND (e.txid, e.id) > (s.txid, s.last_id)"
+        )
+        assert pending == 0
+        await assert_plans_agree(client, random.Random(9))
+
+
+@pytest.mark.parametrize("max_pending", [1, 10_000])
+async def test_auto_plan_falls_back_to_raw_when_refresher_lags(
+    make_client: ClientFactory, db: asyncpg.Connection, max_pending: int
+) -> None:
+    async with make_client(rollup_max_pending_rows=max_pending, **IDLE_REFRESHER) as client:
+        await post_all(client, random_events(seed=4, count=40))
+        response = await client.get(
+            "/metrics", params={"from": "2026-10-24T00:00:00Z", "to": "2026-11-09T00:00:00Z"}
+        )
+        assert response.status_code == 200
+        expected = "raw" if max_pending == 1 else "rollup"
+        assert response.headers["x-metrics-plan"] == expected
+        assert response.json()["total"]["events"] == 40
+
+
+async def test_rollups_disabled_means_raw(
+    make_client: ClientFactory, db: asyncpg.Connection
+) -> None:
+    async with make_client(rollups=False) as client:
+        await post_all(client, random_events(seed=6, count=20))
+        response = await client.get(
+            "/metrics",
+            params={"from": "2026-10-24T00:00:00Z", "to": "2026-11-09T00:00:00Z", "plan": "rollup"},
+        )
+        assert response.headers["x-metrics-plan"] == "raw"
+        assert response.json()["total"]["events"] == 20
+        assert await db.fetchval("SELECT count(*) FROM rollups") == 0
