@@ -154,3 +154,21 @@ async def test_clickhouse_backend_not_configured(
     )
     assert response.status_code == 400
     assert response.json()["parameter"] == "backend"
+
+
+async def test_clickhouse_without_events_table_is_unavailable(
+    make_client: ClientFactory, clickhouse_url: str
+) -> None:
+    # No replicator in this process, so nothing has created ClickHouse's tables yet.
+    async with make_client(clickhouse_url=clickhouse_url, replicate=False) as client:
+        response = await client.get(
+            "/metrics",
+            params={
+                "from": "2026-11-01T00:00:00Z",
+                "to": "2026-11-02T00:00:00Z",
+                "backend": "clickhouse",
+            },
+        )
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == "backend_unavailable"
+        assert "events table" in response.json()["detail"]

@@ -75,6 +75,15 @@ def _validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> 
     )
 
 
+def _unexpected_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    # A bug, not a client error: log it with its traceback, answer in the usual shape.
+    log.exception("unhandled error", exc_info=exc)
+    return Response(
+        ErrorBody(error="internal_error", detail=f"{type(exc).__name__}: {exc}"),
+        status_code=500,
+    )
+
+
 def _http_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
     code = "not_found" if exc.status_code == 404 else "http_error"
     return Response(
@@ -98,6 +107,7 @@ def create_app(settings: Settings) -> Litestar:
     }
     handlers[ValidationException] = _validation_handler
     handlers[HTTPException] = _http_handler
+    handlers[Exception] = _unexpected_handler
     return Litestar(
         route_handlers=[ingest, metrics, health],
         lifespan=[lifespan],

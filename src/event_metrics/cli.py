@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -22,7 +23,7 @@ from event_metrics.settings import ConfigError, Settings
 log = logging.getLogger("event_metrics")
 
 
-def _resolve_database(settings: Settings) -> tuple[Settings, object | None]:
+def _resolve_database(settings: Settings) -> tuple[Settings, Any]:
     """With no database URL, start the embedded PostgreSQL and point the settings at it."""
     if settings.database_url:
         return settings, None
@@ -38,19 +39,29 @@ def serve(settings: Settings) -> None:
     # uvicorn's worker processes read settings from the environment again.
     os.environ["EVENT_METRICS_DATABASE_URL"] = settings.database_url
     log.info("serving on http://%s:%d", settings.host, settings.port)
-    uvicorn.run(
-        "event_metrics.app:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.http_workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=settings.shutdown_timeout_ms // 1000 + 5,
-    )
-    del server  # keeps the embedded PostgreSQL alive until here
+    # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit
+    # lets the finally below stop the embedded PostgreSQL instead of leaving it running.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        uvicorn.run(
+            "event_metrics.app:app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.http_workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=settings.shutdown_timeout_ms // 1000 + 5,
+        )
+    finally:
+        if server is not None:
+            server.cleanup()
+
+
+def _exit_on_signal(signum: int, _: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def migrate(settings: Settings) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from clickhouse_driver import errors as ch_errors
+
 from event_metrics.clickhouse import UNREACHABLE_ERRORS, ClickHousePool
 from event_metrics.metrics import (
     BackendUnavailable,
@@ -31,6 +33,7 @@ AGGREGATES = "count() AS events, uniqExact(user_id) AS unique_users"
 WINDOW = "ts >= toDateTime(%(start)s, 'UTC') AND ts < toDateTime(%(end)s, 'UTC')"
 
 Statement = tuple[str, dict[str, Any]]
+UNKNOWN_TABLE = 60  # ClickHouse error code
 
 
 def build_sql(query: MetricsQuery) -> tuple[Statement, Statement]:
@@ -71,6 +74,12 @@ async def fetch_metrics(pool: ClickHousePool, query: MetricsQuery) -> MetricsRes
             )
     except UNREACHABLE_ERRORS as exc:
         raise BackendUnavailable(f"ClickHouse did not answer: {exc}") from exc
+    except ch_errors.ServerException as exc:
+        if exc.code != UNKNOWN_TABLE:
+            raise
+        raise BackendUnavailable(
+            "ClickHouse has no events table yet: the replicator creates it when it first runs"
+        ) from exc
     total = (totals[0][-2], totals[0][-1]) if totals else (0, 0)
     rows = [row for row in series if row[-2]]
     return build_response(query, backend="clickhouse", total=total, rows=rows)

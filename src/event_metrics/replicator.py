@@ -106,6 +106,7 @@ class Replicator:
             except (*TRANSIENT_ERRORS, *UNREACHABLE_ERRORS) as exc:
                 self.status.state = "retrying"
                 self.status.last_error = f"{type(exc).__name__}: {exc}"
+                await self._measure_lag_alone()
                 log.warning("replication paused: %s; retrying in %.1fs", exc, delay)
                 await self._sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, self.settings.replication_retry_max_ms / 1000)
@@ -142,6 +143,9 @@ class Replicator:
                 copied = await self._cycle(connection, client)
                 if copied < self.settings.replication_batch_rows:
                     await self._measure_lag(connection)
+                    if not copied:
+                        # Idle: still touch ClickHouse, so /health notices an outage.
+                        await asyncio.to_thread(client.execute, "SELECT 1")
                     if await self._sleep(interval):
                         return
         finally:
@@ -172,6 +176,19 @@ class Replicator:
         self.status.lag_rows = count
         self.status.lag_rows_capped = count >= LAG_COUNT_CAP
         self.status.lag_seconds = _age_s(oldest)
+
+    async def _measure_lag_alone(self) -> None:
+        """Keep /health's lag current while ClickHouse is down (best effort)."""
+        try:
+            connection = await asyncpg.connect(self.settings.database_url, timeout=2)
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError):
+            return
+        try:
+            await self._measure_lag(connection)
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError):
+            pass
+        finally:
+            await connection.close()
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep unless stopped; True when stop() was called."""
