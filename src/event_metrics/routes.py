@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
+from litestar.exceptions import InternalServerException
 from litestar.params import Parameter, QueryParameter
+from litestar.types import Receive
 
 from event_metrics import metrics_clickhouse, metrics_postgres, metrics_rollup
 from event_metrics.events import InvalidEvent, Row, parse_event
@@ -72,10 +75,11 @@ async def ingest(
 ) -> Response[IngestResponse]:
     services: Services = request.app.state.services
     settings = services.settings
-    kind = media_type(request.headers.get("content-type"))
+    content_type, content_encoding = _body_headers(request.scope["headers"])
+    kind = media_type(content_type)
     body = await read_body(
-        request.stream(),
-        encoding=request.headers.get("content-encoding"),
+        _body_chunks(request.receive),
+        encoding=content_encoding,
         max_bytes=settings.max_body_bytes,
     )
     items = split_events(body, kind=kind, max_events=settings.max_batch_events)
@@ -107,9 +111,7 @@ async def ingest(
                 items, positions, rejected, None, settings.results_full_max, status_code=202
             )
         try:
-            # shield: a timed-out request leaves the ticket for the writer to finish.
-            async with asyncio.timeout(settings.ack_timeout_ms / 1000):
-                outcome = await asyncio.shield(ticket.future)
+            outcome = await ticket.outcome(settings.ack_timeout_ms / 1000)
         except TimeoutError:
             raise StorageUnavailable(
                 "the events were not committed in time; retrying with the same "
@@ -118,6 +120,32 @@ async def ingest(
     return _ingest_response(
         items, positions, rejected, outcome, settings.results_full_max, status_code=200
     )
+
+
+# POST /events reads the ASGI scope and receive channel itself: request.headers and
+# request.stream() build a header multidict per request, which cost more than parsing a
+# one-event body. The request size limit is read_body's either way.
+
+
+def _body_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """Content-Type and Content-Encoding (the first of each) from the ASGI header list."""
+    content_type = content_encoding = None
+    for name, value in raw:  # ASGI servers lower-case header names
+        if name == b"content-type" and content_type is None:
+            content_type = value.decode("latin-1")
+        elif name == b"content-encoding" and content_encoding is None:
+            content_encoding = value.decode("latin-1")
+    return content_type, content_encoding
+
+
+async def _body_chunks(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise InternalServerException("client disconnected prematurely")
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
 
 
 def _ingest_response(
