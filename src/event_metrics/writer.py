@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Sequence
@@ -123,6 +124,40 @@ async def write_rows(
     return stored
 
 
+class _Lease:
+    """The pool connection one writer keeps from batch to batch.
+
+    Handing it back after every batch would cost a second round trip per batch: asyncpg
+    resets a released connection with a query (RESET ALL, UNLISTEN *, ...).
+    """
+
+    __slots__ = ("connection", "pool")
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.connection: asyncpg.Connection | None = None
+
+    async def get(self) -> asyncpg.Connection:
+        if self.connection is None:
+            self.connection = await self.pool.acquire()
+        return self.connection
+
+    async def drop(self) -> None:
+        """Close a connection in an unknown state; the next get() takes a fresh one."""
+        connection, self.connection = self.connection, None
+        if connection is None:
+            return
+        # A connection the server closed has already gone back to the pool on its own.
+        with contextlib.suppress(asyncpg.InterfaceError):
+            connection.terminate()
+        await self.pool.release(connection)
+
+    async def release(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            await self.pool.release(connection)
+
+
 class WriterPool:
     """N writer tasks draining one IngestQueue into PostgreSQL."""
 
@@ -156,35 +191,41 @@ class WriterPool:
 
     async def _run(self) -> None:
         settings = self.settings
-        while True:
-            batch = await self.queue.take(settings.batch_max_events, settings.flush_interval_s)
-            if not batch:
-                return
-            self._in_flight.update(batch)
-            try:
-                await self._write_with_retry(batch)
-            except Exception as exc:
-                # A writer that died would leave every later request waiting for its
-                # ack timeout: fail this batch (nothing was acknowledged) and go on.
-                log.exception("writer failed on a batch")
-                for ticket in batch:
-                    if not ticket.future.done():
-                        ticket.future.set_exception(StorageUnavailable(str(exc)))
-            finally:
-                self._in_flight.difference_update(batch)
+        lease = _Lease(self.pool)
+        try:
+            while True:
+                batch = await self.queue.take(settings.batch_max_events, settings.flush_interval_s)
+                if not batch:
+                    return
+                self._in_flight.update(batch)
+                try:
+                    await self._write_with_retry(lease, batch)
+                except Exception as exc:
+                    # A writer that died would leave every later request waiting for its
+                    # ack timeout: fail this batch (nothing was acknowledged) and go on.
+                    log.exception("writer failed on a batch")
+                    await lease.drop()
+                    for ticket in batch:
+                        if not ticket.future.done():
+                            ticket.future.set_exception(StorageUnavailable(str(exc)))
+                finally:
+                    self._in_flight.difference_update(batch)
+        finally:
+            await lease.release()
 
-    async def _write_with_retry(self, batch: list[Ticket]) -> None:
+    async def _write_with_retry(self, lease: _Lease, batch: list[Ticket]) -> None:
         delay = self.settings.retry_initial_ms / 1000
         while True:
             try:
-                async with self.pool.acquire() as connection:
-                    self.rows_written += await write_rows(
-                        connection, batch, copy_min_rows=self.settings.copy_min_rows
-                    )
+                connection = await lease.get()
+                self.rows_written += await write_rows(
+                    connection, batch, copy_min_rows=self.settings.copy_min_rows
+                )
                 return
             except TRANSIENT_ERRORS as exc:
                 # At-least-once: the same rows go again; ON CONFLICT makes a retry of a
                 # batch that did commit harmless.
+                await lease.drop()
                 log.warning("write failed (%s); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, self.settings.retry_max_ms / 1000)
@@ -192,7 +233,7 @@ class WriterPool:
                 if len(batch) > 1:
                     # Isolate the request that PostgreSQL refuses so the others still land.
                     for ticket in batch:
-                        await self._write_with_retry([ticket])
+                        await self._write_with_retry(lease, [ticket])
                     return
                 log.error("PostgreSQL refused a request's events: %s", exc)
                 if not batch[0].future.done():
