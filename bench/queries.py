@@ -35,7 +35,8 @@ from bench.report import render_chart, render_markdown
 from bench.seed import clickhouse_client
 
 BASELINE = "sql-postgres"
-DEFAULT_BACKENDS = ("postgres", "clickhouse")  # add e.g. "postgres-rollup" here or via flag
+# /metrics paths: backend[-plan]; postgres-raw scans events, postgres-rollup reads rollups.
+DEFAULT_BACKENDS = ("postgres-raw", "postgres-rollup", "clickhouse")
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,13 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def http_runner(session: aiohttp.ClientSession, url: str, backend: str) -> Runner:
+def http_runner(session: aiohttp.ClientSession, url: str, path: str) -> Runner:
+    # "postgres-raw" means backend=postgres&plan=raw; a bare name leaves the plan to the service.
+    backend, _, plan = path.partition("-")
+    extra = {"backend": backend, **({"plan": plan} if plan else {})}
+
     async def run(query: QueryClass, start: datetime, end: datetime) -> tuple[int, Any]:
-        params = {**query.params, "from": rfc3339(start), "to": rfc3339(end), "backend": backend}
+        params = {**query.params, "from": rfc3339(start), "to": rfc3339(end), **extra}
         async with session.get(f"{url}/metrics", params=params) as response:
             body = await response.read()
             if response.status != 200:
