@@ -844,3 +844,20 @@ async def test_openapi_lists_the_endpoints(client: AsyncTestClient[Any]) -> None
     assert "get" in paths["/health"]
     params = {p["name"] for p in paths["/metrics"]["get"]["parameters"]}
     assert {"from", "to", "granularity", "group_by", "timezone", "event_name"} <= params
+
+
+async def test_openapi_describes_the_event_body_and_errors(client: AsyncTestClient[Any]) -> None:
+    paths = (await client.get("/schema/openapi.json")).json()["paths"]
+    ingest = paths["/events"]["post"]
+    body = ingest["requestBody"]["content"]
+    assert {"application/json", "application/x-ndjson"} <= set(body)
+    event = body["application/json"]["schema"]["oneOf"][0]
+    assert event["required"] == ["event_name", "user_id"]
+    assert event["additionalProperties"] is False
+    assert {"timestamp", "idempotency_key", "channel", "properties", "sent_at"} <= set(
+        event["properties"]
+    )
+    assert {"200", "202", "400", "413", "415", "503"} <= set(ingest["responses"])
+    required = {p["name"]: p.get("required") for p in paths["/metrics"]["get"]["parameters"]}
+    assert required["from"] is True and required["to"] is True
+    assert {"backend", "plan"} <= set(required)

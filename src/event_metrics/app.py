@@ -7,12 +7,12 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import msgspec
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 
 from event_metrics import __version__
+from event_metrics.errors import ErrorBody
 from event_metrics.metrics import BackendUnavailable, InvalidParameter
 from event_metrics.payload import (
     MalformedPayload,
@@ -27,12 +27,6 @@ from event_metrics.settings import Settings
 from event_metrics.writer import StorageRejected, StorageUnavailable
 
 log = logging.getLogger(__name__)
-
-
-class ErrorBody(msgspec.Struct, omit_defaults=True):
-    error: str
-    detail: str
-    parameter: str | None = None
 
 
 # Domain error -> (HTTP status, error code, add Retry-After).

@@ -12,12 +12,15 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import InternalServerException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter, QueryParameter
 from litestar.types import Receive
 
 from event_metrics import metrics_clickhouse, metrics_postgres, metrics_rollup
+from event_metrics.errors import ErrorBody
 from event_metrics.events import InvalidEvent, Row, parse_event
 from event_metrics.metrics import InvalidParameter, MetricsResponse, parse_query
+from event_metrics.openapi import IngestOperation
 from event_metrics.payload import media_type, read_body, split_events
 from event_metrics.services import Services
 from event_metrics.writer import StorageUnavailable
@@ -66,6 +69,16 @@ def _services(state: State) -> Services:
     ),
     status_code=200,
     request_max_body_size=None,  # read_body enforces the limit, before and after gunzip
+    operation_class=IngestOperation,
+    responses={
+        202: ResponseSpec(IngestResponse, description="?wait=false: queued, not yet committed"),
+        400: ResponseSpec(
+            IngestResponse, description="some events rejected (the others are stored)"
+        ),
+        413: ResponseSpec(ErrorBody, description="body or batch over the limits"),
+        415: ResponseSpec(ErrorBody, description="unsupported Content-Type or -Encoding"),
+        503: ResponseSpec(ErrorBody, description="queue full or commit not confirmed in time"),
+    },
 )
 async def ingest(
     request: Request[Any, Any, Any],
@@ -184,18 +197,29 @@ def _ingest_response(
     return Response(body, status_code=400 if rejected else status_code)
 
 
-@get("/metrics", summary="Total events and exact unique users, bucketed and grouped")
+@get(
+    "/metrics",
+    summary="Total events and exact unique users, bucketed and grouped",
+    responses={
+        400: ResponseSpec(ErrorBody, description="invalid parameter (named in the body)"),
+        503: ResponseSpec(ErrorBody, description="the chosen engine is unreachable"),
+    },
+)
 async def metrics(
     state: State,
     start: Annotated[
         str | None,
         QueryParameter(
-            name="from", description="window start (inclusive), RFC 3339, whole seconds"
+            name="from",
+            description="window start (inclusive), RFC 3339, whole seconds",
+            required=True,
         ),
     ] = None,
     end: Annotated[
         str | None,
-        QueryParameter(name="to", description="window end (exclusive), RFC 3339, whole seconds"),
+        QueryParameter(
+            name="to", description="window end (exclusive), RFC 3339, whole seconds", required=True
+        ),
     ] = None,
     event_name: Annotated[
         str | None, Parameter(description="only this event; absent means all events")

@@ -1,0 +1,80 @@
+"""OpenAPI pieces Litestar cannot infer: the POST /events body, read by hand from the stream."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+
+from event_metrics.events import EventIn
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _to_schema(node: dict[str, Any], definitions: dict[str, Any]) -> Schema:
+    """Turn msgspec's JSON Schema into Litestar's Schema objects, refs inlined."""
+    if "$ref" in node:
+        return _to_schema(definitions[node["$ref"].rsplit("/", 1)[-1]], definitions)
+    fields: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("properties",):
+            fields[key] = {k: _to_schema(v, definitions) for k, v in value.items()}
+        elif key in ("anyOf", "oneOf", "allOf"):
+            fields[_snake(key)] = [_to_schema(v, definitions) for v in value]
+        elif key == "items":
+            fields[key] = _to_schema(value, definitions)
+        elif key == "additionalProperties":
+            fields["additional_properties"] = (
+                value if isinstance(value, bool) else _to_schema(value, definitions)
+            )
+        elif key == "type":
+            fields[key] = OpenAPIType(value)
+        elif key in ("title", "description", "required", "format", "minLength",
+                     "maxLength", "enum", "default", "pattern"):  # fmt: skip
+            fields[_snake(key)] = value
+    return Schema(**fields)
+
+
+def _event_schema() -> Schema:
+    (ref,), definitions = msgspec.json.schema_components([EventIn])
+    return _to_schema(ref, definitions)
+
+
+EVENT = _event_schema()
+BODY = Schema(
+    one_of=[
+        EVENT,
+        Schema(type=OpenAPIType.ARRAY, items=EVENT, description="a batch of events"),
+        Schema(
+            type=OpenAPIType.OBJECT,
+            properties={"events": Schema(type=OpenAPIType.ARRAY, items=EVENT)},
+            required=["events"],
+            description="a batch of events, wrapped",
+        ),
+    ]
+)
+
+
+@dataclass
+class IngestOperation(Operation):
+    """POST /events: the handler reads the body itself, so describe it here."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            required=True,
+            description=(
+                'One event, a JSON array of events, or {"events": [...]}; or NDJSON, one '
+                "event per line. Content-Encoding: gzip is accepted."
+            ),
+            content={
+                "application/json": OpenAPIMediaType(schema=BODY),
+                "application/x-ndjson": OpenAPIMediaType(
+                    schema=Schema(type=OpenAPIType.STRING, description="one event object per line")
+                ),
+            },
+        )
