@@ -24,9 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,37 @@ def run_loads(runner: Runner, url: str, total: int) -> list[dict[str, Any]]:
     return results
 
 
+def measure_freshness(base_url: str, trials: int = 20) -> dict[str, float]:
+    """Milliseconds from a 200 on POST /events until /metrics (rollup plan) counts it."""
+    delays = []
+    for trial in range(trials):
+        name = f"fresh_{os.getpid()}_{trial}"
+        now = datetime.now(UTC)
+        event = {"event_name": name, "user_id": "u", "timestamp": now.isoformat()}
+        window = {
+            "from": (now - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "to": (now + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        _http("POST", f"{base_url}/events", event)
+        acked = time.monotonic()
+        query = urllib.parse.urlencode({**window, "event_name": name, "plan": "rollup"})
+        while _http("GET", f"{base_url}/metrics?{query}")["total"]["events"] != 1:
+            if time.monotonic() - acked > 10:
+                raise RuntimeError(f"event {name} not visible after 10 s")
+        delays.append((time.monotonic() - acked) * 1000)
+    delays.sort()
+    return {"p50": round(delays[len(delays) // 2], 2), "max": round(delays[-1], 2)}
+
+
+def _http(method: str, url: str, body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
 async def reset_database(admin_url: str, name: str, *, create: bool) -> None:
     connection = await asyncpg.connect(admin_url)
     try:
@@ -197,11 +229,28 @@ def benchmark(
         )
     )
 
+    started = time.monotonic()
+    runner.run([cli, "rebuild-rollups"], env=env, timeout=3600)
+    rollup_rebuild_s = time.monotonic() - started
+
+    # Ingest without rollups first (a service with no refresher), for the comparison.
+    bare_port = free_port()
+    bare_url = f"http://127.0.0.1:{bare_port}"
+    bare = runner.start(
+        "service-no-rollups",
+        [cli, "serve"],
+        env={**env, "EVENT_METRICS_PORT": str(bare_port), "EVENT_METRICS_ROLLUPS": "false"},
+    )
+    wait_http(f"{bare_url}/health", bare, runner.workdir / "service-no-rollups.log")
+    bare_loads = run_loads(runner, bare_url, args.load_total)
+    runner.stop(bare)
+
     port = args.port or free_port()
     service_url = f"http://127.0.0.1:{port}"
     service = runner.start("service", [cli, "serve"], env={**env, "EVENT_METRICS_PORT": str(port)})
     wait_http(f"{service_url}/health", service, runner.workdir / "service.log")
     service_loads = run_loads(runner, service_url, args.load_total)
+    freshness = measure_freshness(service_url)
 
     noop_port = free_port()
     noop_url = f"http://127.0.0.1:{noop_port}"
@@ -230,7 +279,9 @@ def benchmark(
         "machine": machine_info(versions),
         "commands": runner.commands,
         "seed": seeded,
-        "load": {"service": service_loads, "noop": noop_loads},
+        "rollup_rebuild_s": round(rollup_rebuild_s, 1),
+        "freshness_ms": freshness,
+        "load": {"service": service_loads, "service-no-rollups": bare_loads, "noop": noop_loads},
         "replication_wait_s": round(replication_wait_s, 2),
         "queries": json.loads(queries_out),
     }

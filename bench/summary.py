@@ -111,17 +111,21 @@ def render_summary(result: dict[str, Any]) -> str:
         lines.append(f"| {engine} | {r['seconds']:.1f} | {r['rows_per_s']:,} | {detail} |")
     lines += [
         "",
-        f"VACUUM ANALYZE {seed['vacuum_analyze_s']} s; seed total {seed['total_s']} s.",
+        f"VACUUM ANALYZE {seed['vacuum_analyze_s']} s; seed total {seed['total_s']} s; "
+        f"`event-metrics rebuild-rollups` {result['rollup_rebuild_s']} s.",
         "",
         "## Ingest (bench.load)",
         "",
         "`noop` is bench.noop, the same routes doing nothing: the ceiling of the load tool "
-        "and the HTTP stack on this machine.",
+        "and the HTTP stack on this machine. `service-no-rollups` is the service with "
+        "EVENT_METRICS_ROLLUPS=false (no refresher), for the cost of keeping rollups.",
         "",
         *_load_table(result["load"]),
         "",
         f"Replication to ClickHouse caught up {result['replication_wait_s']} s after the "
-        "load runs.",
+        "load runs. Freshness (200 on POST /events until /metrics with plan=rollup counts "
+        f"the event, 20 trials): p50 {result['freshness_ms']['p50']} ms, max "
+        f"{result['freshness_ms']['max']} ms.",
         "",
     ]
     # Rebuilt from the JSON, so that summary.md stands alone.

@@ -81,7 +81,7 @@ async def test_one_active_replicator(
     try:
 
         async def settled() -> bool:
-            return sorted([first.status.state, second.status.state]) == ["running", "standby"]
+            return sorted([first.state, second.state]) == ["running", "standby"]
 
         await wait_until(settled, what="one running and one standby replicator")
         await db.execute(INSERT_ONE, "a")
@@ -90,9 +90,9 @@ async def test_one_active_replicator(
             what="row replicated",
         )
         # Stop the active one: the standby takes over from the saved checkpoint.
-        active, standby = (first, second) if first.status.state == "running" else (second, first)
+        active, standby = (first, second) if first.state == "running" else (second, first)
         active.stop()
-        await wait_until(lambda: standby.status.state == "running", what="takeover")
+        await wait_until(lambda: standby.state == "running", what="takeover")
         await db.execute(INSERT_ONE, "b")
         await wait_until(
             lambda: clickhouse_keys(clickhouse_url) == {"a", "b"},

@@ -31,7 +31,8 @@ from event_metrics.metrics import (
     local_midnight,
 )
 from event_metrics.metrics_postgres import BUCKETS
-from event_metrics.rollups import DAY, HOUR, LEVELS, load_checkpoint
+from event_metrics.rollups import DAY, HOUR, LEVELS, TARGET
+from event_metrics.watermark import load_checkpoint
 from event_metrics.writer import TRANSIENT_ERRORS
 
 HOUR_S, DAY_S = 3600, 86400
@@ -240,7 +241,7 @@ async def _fetch(
         pool.acquire() as connection,
         connection.transaction(isolation="repeatable_read", readonly=True),
     ):
-        cursor = await load_checkpoint(connection)
+        cursor = await load_checkpoint(connection, TARGET)
         cap = max_pending if max_pending is not None else 2**62
         pending = await connection.fetchval(PENDING_COUNT, *cursor, cap)
         if pending >= cap:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +23,7 @@ import asyncpg
 
 from event_metrics.clickhouse import UNREACHABLE_ERRORS, apply_schema, connect, insert_columns
 from event_metrics.settings import Settings
+from event_metrics.watermark import LockedWorker, horizon, load_checkpoint, save_checkpoint
 from event_metrics.writer import TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
@@ -33,14 +32,6 @@ TARGET = "clickhouse"
 # Held by the one active replicator across all service processes.
 REPLICATOR_LOCK_ID = 0x45564D52  # "EVMR"
 
-HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
-LOAD_CHECKPOINT = "SELECT txid::text, last_id FROM replication_state WHERE target = $1"
-SAVE_CHECKPOINT = """
-INSERT INTO replication_state (target, txid, last_id, updated_at)
-VALUES ($1, $2::text::xid8, $3, now())
-ON CONFLICT (target) DO UPDATE
-SET txid = excluded.txid, last_id = excluded.last_id, updated_at = excluded.updated_at
-"""
 FETCH_BATCH = """
 SELECT id, idempotency_key, event_name, user_id, channel, ts, received_at,
        coalesce(properties::text, ''), txid::text
@@ -61,60 +52,41 @@ SELECT count(*), min(received_at) FROM (
 LAG_COUNT_CAP = 1_000_000
 
 
-@dataclass
-class ReplicationStatus:
-    """What /health reports about replication."""
-
-    state: str = "starting"
-    rows_copied: int = 0
-    lag_rows: int = 0
-    lag_rows_capped: bool = False
-    lag_seconds: float = 0.0
-    last_error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "rows_copied": self.rows_copied,
-            "lag_rows": self.lag_rows,
-            "lag_rows_capped": self.lag_rows_capped,
-            "lag_seconds": round(self.lag_seconds, 3),
-            "last_error": self.last_error,
-        }
-
-
-class Replicator:
+class Replicator(LockedWorker):
     """Copies events from PostgreSQL to ClickHouse while it holds the replicator lock."""
+
+    lock_id = REPLICATOR_LOCK_ID
+    retry_errors = (*TRANSIENT_ERRORS, *UNREACHABLE_ERRORS)
 
     def __init__(self, settings: Settings) -> None:
         if not settings.database_url or not settings.clickhouse_url:
             raise ValueError("the replicator needs both database_url and clickhouse_url")
-        self.settings = settings
-        self.status = ReplicationStatus()
-        self._stopping = asyncio.Event()
+        super().__init__(
+            settings.database_url,
+            interval_s=settings.replication_interval_ms / 1000,
+            retry_max_s=settings.replication_retry_max_ms / 1000,
+        )
+        self.clickhouse_url = settings.clickhouse_url
+        self.batch_rows = settings.replication_batch_rows
+        self.rows_copied = 0
+        self.lag_rows = 0
+        self.lag_seconds = 0.0
 
-    def stop(self) -> None:
-        self._stopping.set()
-
-    async def run(self) -> None:
-        """Replicate until stop(); survive PostgreSQL and ClickHouse outages by retrying."""
-        delay = 0.1
-        while not self._stopping.is_set():
-            try:
-                await self._run_with_lock()
-                delay = 0.1
-            except (*TRANSIENT_ERRORS, *UNREACHABLE_ERRORS) as exc:
-                self.status.state = "retrying"
-                self.status.last_error = f"{type(exc).__name__}: {exc}"
-                await self._measure_lag_alone()
-                log.warning("replication paused: %s; retrying in %.1fs", exc, delay)
-                await self._sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, self.settings.replication_retry_max_ms / 1000)
+    def status(self) -> dict[str, Any]:
+        """What /health reports about replication."""
+        return {
+            "state": self.state,
+            "rows_copied": self.rows_copied,
+            "lag_rows": self.lag_rows,
+            "lag_rows_capped": self.lag_rows >= LAG_COUNT_CAP,
+            "lag_seconds": round(self.lag_seconds, 3),
+            "last_error": self.last_error,
+        }
 
     async def run_once(self) -> int:
         """Copy everything below the current horizon, then return (tests, CLI --once)."""
-        connection = await asyncpg.connect(self.settings.database_url)
-        client = connect(self.settings.clickhouse_url or "")
+        connection = await asyncpg.connect(self.database_url)
+        client = connect(self.clickhouse_url)
         try:
             await asyncio.to_thread(apply_schema, client)
             copied = 0
@@ -125,62 +97,47 @@ class Replicator:
             client.disconnect()
             await connection.close()
 
-    async def _run_with_lock(self) -> None:
-        connection = await asyncpg.connect(self.settings.database_url)
-        client = connect(self.settings.clickhouse_url or "")
+    async def work(self, connection: asyncpg.Connection) -> None:
+        client = connect(self.clickhouse_url)
         try:
-            while not await connection.fetchval(
-                "SELECT pg_try_advisory_lock($1)", REPLICATOR_LOCK_ID
-            ):
-                self.status.state = "standby"  # another process replicates
-                if await self._sleep(self.settings.replication_interval_ms / 1000):
-                    return
             await asyncio.to_thread(apply_schema, client)
-            self.status.state = "running"
-            self.status.last_error = None
-            interval = self.settings.replication_interval_ms / 1000
-            while not self._stopping.is_set():
+            while not self.stopping:
                 copied = await self._cycle(connection, client)
-                if copied < self.settings.replication_batch_rows:
+                if copied < self.batch_rows:
                     await self._measure_lag(connection)
                     if not copied:
                         # Idle: still touch ClickHouse, so /health notices an outage.
                         await asyncio.to_thread(client.execute, "SELECT 1")
-                    if await self._sleep(interval):
+                    if await self.sleep(self.interval_s):
                         return
         finally:
             client.disconnect()
-            await connection.close()  # releases the advisory lock
 
     async def _cycle(self, connection: asyncpg.Connection, client: Any) -> int:
-        """Copy one block of at most replication_batch_rows; return how many rows."""
-        checkpoint = await connection.fetchrow(LOAD_CHECKPOINT, TARGET)
-        txid, last_id = (checkpoint[0], checkpoint[1]) if checkpoint else ("0", 0)
-        horizon = await connection.fetchval(HORIZON)
+        """Copy one block of at most batch_rows; return how many rows."""
+        txid, last_id = await load_checkpoint(connection, TARGET)
         rows = await connection.fetch(
-            FETCH_BATCH, txid, last_id, horizon, self.settings.replication_batch_rows
+            FETCH_BATCH, txid, last_id, await horizon(connection), self.batch_rows
         )
         if not rows:
             return 0
         columns = [list(column) for column in zip(*(tuple(r)[:8] for r in rows), strict=True)]
         await asyncio.to_thread(insert_columns, client, columns)
-        last = rows[-1]
-        await connection.execute(SAVE_CHECKPOINT, TARGET, last[8], last[0])
-        self.status.rows_copied += len(rows)
+        # Only after ClickHouse has the block: a crash before this line re-sends it.
+        await save_checkpoint(connection, TARGET, (rows[-1][8], rows[-1][0]))
+        self.rows_copied += len(rows)
         return len(rows)
 
     async def _measure_lag(self, connection: asyncpg.Connection) -> None:
-        checkpoint = await connection.fetchrow(LOAD_CHECKPOINT, TARGET)
-        txid, last_id = (checkpoint[0], checkpoint[1]) if checkpoint else ("0", 0)
+        txid, last_id = await load_checkpoint(connection, TARGET)
         count, oldest = await connection.fetchrow(MEASURE_LAG, txid, last_id, LAG_COUNT_CAP)
-        self.status.lag_rows = count
-        self.status.lag_rows_capped = count >= LAG_COUNT_CAP
-        self.status.lag_seconds = _age_s(oldest)
+        self.lag_rows = count
+        self.lag_seconds = _age_s(oldest)
 
-    async def _measure_lag_alone(self) -> None:
+    async def on_outage(self) -> None:
         """Keep /health's lag current while ClickHouse is down (best effort)."""
         try:
-            connection = await asyncpg.connect(self.settings.database_url, timeout=2)
+            connection = await asyncpg.connect(self.database_url, timeout=2)
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError):
             return
         try:
@@ -189,14 +146,6 @@ class Replicator:
             pass
         finally:
             await connection.close()
-
-    async def _sleep(self, seconds: float) -> bool:
-        """Sleep unless stopped; True when stop() was called."""
-        try:
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
 
 
 def _age_s(moment: datetime | None) -> float:

@@ -10,9 +10,7 @@ bitmap of dense integer ids, rather than a count.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,7 +20,7 @@ import asyncpg
 from pyroaring import BitMap
 
 from event_metrics.settings import Settings
-from event_metrics.writer import TRANSIENT_ERRORS
+from event_metrics.watermark import LockedWorker, horizon, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +31,6 @@ HOUR, DAY = 0, 1
 # Dimension levels: which of (event_name, channel) a rollup row keeps.
 LEVELS = {0: (True, True), 1: (True, False), 2: (False, True), 3: (False, False)}
 
-LOAD_CHECKPOINT = "SELECT txid::text, last_id FROM replication_state WHERE target = $1"
 ENSURE_CHECKPOINT = """
 INSERT INTO replication_state (target, txid, last_id) VALUES ($1, '0', 0)
 ON CONFLICT (target) DO NOTHING
@@ -41,13 +38,6 @@ ON CONFLICT (target) DO NOTHING
 LOCK_CHECKPOINT = """
 SELECT txid::text, last_id FROM replication_state WHERE target = $1 FOR UPDATE
 """
-SAVE_CHECKPOINT = """
-INSERT INTO replication_state (target, txid, last_id, updated_at)
-VALUES ($1, $2::text::xid8, $3, now())
-ON CONFLICT (target) DO UPDATE
-SET txid = excluded.txid, last_id = excluded.last_id, updated_at = excluded.updated_at
-"""
-HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
 # The last row of the next block: the block is every row after the checkpoint up to it.
 BLOCK_END = """
 SELECT txid::text, id FROM (
@@ -126,12 +116,6 @@ def roll_up(rows: Iterable[tuple[datetime, str, str, int, list[int]]]) -> dict[K
     return out
 
 
-async def load_checkpoint(connection: asyncpg.Connection) -> tuple[str, int]:
-    """The (txid, id) of the last event folded into the rollups."""
-    row = await connection.fetchrow(LOAD_CHECKPOINT, TARGET)
-    return (row[0], row[1]) if row else ("0", 0)
-
-
 async def refresh_block(connection: asyncpg.Connection, *, max_rows: int) -> int:
     """Fold the next block of committed events into the rollups; return the rows folded.
 
@@ -141,15 +125,16 @@ async def refresh_block(connection: asyncpg.Connection, *, max_rows: int) -> int
     async with connection.transaction():
         await connection.execute(ENSURE_CHECKPOINT, TARGET)
         txid, last_id = await connection.fetchrow(LOCK_CHECKPOINT, TARGET)
-        horizon = await connection.fetchval(HORIZON)
-        end = await connection.fetchrow(BLOCK_END, txid, last_id, horizon, max_rows)
+        end = await connection.fetchrow(
+            BLOCK_END, txid, last_id, await horizon(connection), max_rows
+        )
         if end is None:
             return 0
         block = (txid, last_id, end[0], end[1])
         await connection.execute(REGISTER_USERS, *block)
         fine = await connection.fetch(AGGREGATE_BLOCK, *block)
         await _merge(connection, roll_up(tuple(r) for r in fine))
-        await connection.execute(SAVE_CHECKPOINT, TARGET, end[0], end[1])
+        await save_checkpoint(connection, TARGET, (end[0], end[1]))
     return sum(r["events"] for r in fine)
 
 
@@ -188,57 +173,29 @@ async def rebuild(connection: asyncpg.Connection, *, block_rows: int = 2_000_000
     return total
 
 
-class RollupRefresher:
+class RollupRefresher(LockedWorker):
     """Background task: keeps the rollups current while it holds the refresher lock."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.state = "starting"
-        self.rows_folded = 0
-        self._stopping = asyncio.Event()
+    lock_id = REFRESHER_LOCK_ID
 
-    def stop(self) -> None:
-        self._stopping.set()
+    def __init__(self, settings: Settings) -> None:
+        if not settings.database_url:
+            raise ValueError("the rollup refresher needs database_url")
+        super().__init__(
+            settings.database_url,
+            interval_s=settings.rollup_interval_ms / 1000,
+            retry_max_s=settings.retry_max_ms / 1000,
+        )
+        self.block_rows = settings.rollup_block_rows
+        self.rows_folded = 0
 
     def status(self) -> dict[str, Any]:
-        return {"state": self.state, "rows_folded": self.rows_folded}
+        """What /health reports about the rollups."""
+        return {"state": self.state, "rows_folded": self.rows_folded, "last_error": self.last_error}
 
-    async def run(self) -> None:
-        """Refresh until stop(); survive PostgreSQL outages by retrying."""
-        delay = 0.1
-        while not self._stopping.is_set():
-            try:
-                await self._run_with_lock()
-                delay = 0.1
-            except TRANSIENT_ERRORS as exc:
-                self.state = "retrying"
-                log.warning("rollup refresh paused: %s; retrying in %.1fs", exc, delay)
-                await self._sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 5.0)
-
-    async def _run_with_lock(self) -> None:
-        connection = await asyncpg.connect(self.settings.database_url)
-        try:
-            while not await connection.fetchval(
-                "SELECT pg_try_advisory_lock($1)", REFRESHER_LOCK_ID
-            ):
-                self.state = "standby"
-                if await self._sleep(self.settings.rollup_interval_ms / 1000):
-                    return
-            self.state = "running"
-            while not self._stopping.is_set():
-                folded = await refresh_block(connection, max_rows=self.settings.rollup_block_rows)
-                self.rows_folded += folded
-                if folded < self.settings.rollup_block_rows and await self._sleep(
-                    self.settings.rollup_interval_ms / 1000
-                ):
-                    return
-        finally:
-            await connection.close()
-
-    async def _sleep(self, seconds: float) -> bool:
-        try:
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
+    async def work(self, connection: asyncpg.Connection) -> None:
+        while not self.stopping:
+            folded = await refresh_block(connection, max_rows=self.block_rows)
+            self.rows_folded += folded
+            if folded < self.block_rows and await self.sleep(self.interval_s):
+                return

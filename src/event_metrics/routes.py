@@ -297,7 +297,7 @@ async def health(state: State) -> Response[Health]:
         queue_capacity=services.queue.max_events,
         oldest_queued_age_s=round(services.queue.oldest_age_s(), 3),
         rows_written=services.writers.rows_written,
-        replication=services.replicator.status.as_dict() if services.replicator else None,
+        replication=services.replicator.status() if services.replicator else None,
         rollups=services.refresher.status() if services.refresher else None,
     )
     return Response(body, status_code=200 if body.status == "ok" else 503)

@@ -16,6 +16,7 @@ from event_metrics.queue import IngestQueue
 from event_metrics.replicator import Replicator
 from event_metrics.rollups import RollupRefresher
 from event_metrics.settings import Settings
+from event_metrics.watermark import LockedWorker
 from event_metrics.writer import WriterPool, init_writer_connection
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
         )
 
 
-async def _stop_background(worker: Replicator | RollupRefresher, task: asyncio.Task[None]) -> None:
+async def _stop_background(worker: LockedWorker, task: asyncio.Task[None]) -> None:
     worker.stop()
     try:
         await asyncio.wait_for(task, timeout=10)
