@@ -10,14 +10,10 @@ rollups, plus the user ids of raw rows.
 from __future__ import annotations
 
 import asyncio
-import bisect
-import itertools
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import asyncpg
 from pyroaring import BitMap
@@ -28,14 +24,13 @@ from event_metrics.metrics import (
     MetricsResponse,
     bucket_start,
     build_response,
-    local_midnight,
 )
 from event_metrics.metrics_postgres import BUCKETS
-from event_metrics.rollups import DAY, HOUR, LEVELS, TARGET
+from event_metrics.rollup_plan import Plan, bucket_bounds, level_for
+from event_metrics.rollups import DAY, HOUR, TARGET
 from event_metrics.watermark import load_checkpoint
 from event_metrics.writer import TRANSIENT_ERRORS
 
-HOUR_S, DAY_S = 3600, 86400
 CURSOR = "($1::text::xid8, $2::bigint)"
 
 PENDING_COUNT = f"""
@@ -61,7 +56,6 @@ WHERE r.level = $5
 """
 USER_IDS = "SELECT user_id, uid FROM user_ids WHERE user_id = ANY($1::text[])"
 
-Span = tuple[int, int]  # [lo, hi) in epoch seconds
 PartKey = tuple[int, datetime, str, str]  # (grain, bucket, event_name, channel) of a rollup row
 CellKey = tuple[int, tuple[str, ...]]  # (bucket index, output dimension values)
 
@@ -93,123 +87,6 @@ class Cell:
             else:
                 users.add(uid)
         return len(users) + unknown
-
-
-def level_for(dimensions: Iterable[str]) -> int:
-    """The rollup level that keeps exactly these dimensions."""
-    wanted = set(dimensions)
-    for level, (name, channel) in LEVELS.items():
-        if wanted == {d for d, keep in (("event_name", name), ("channel", channel)) if keep}:
-            return level
-    raise ValueError(f"no rollup level for {wanted}")
-
-
-def bucket_bounds(query: MetricsQuery) -> list[int]:
-    """Epoch starts of the buckets that cut [from, to), then `to` itself."""
-    start, end = int(query.start.timestamp()), int(query.end.timestamp())
-    if query.granularity == "total":
-        return [start, end]
-    zone = query.zone
-    bounds = [int(_floor(query.start, query.granularity, zone).timestamp())]
-    while bounds[-1] < end:
-        moment = datetime.fromtimestamp(bounds[-1], UTC)
-        bounds.append(int(_next(moment, query.granularity, zone).timestamp()))
-    bounds[-1] = end
-    return bounds
-
-
-def _floor(moment: datetime, granularity: str, zone: ZoneInfo) -> datetime:
-    local = moment.astimezone(zone)
-    if granularity == "hour":
-        return moment - timedelta(
-            minutes=local.minute, seconds=local.second, microseconds=local.microsecond
-        )
-    day = local.date()
-    if granularity == "week":
-        day -= timedelta(days=day.weekday())
-    elif granularity == "month":
-        day = day.replace(day=1)
-    return local_midnight(day, zone)
-
-
-def _next(start: datetime, granularity: str, zone: ZoneInfo) -> datetime:
-    if granularity == "hour":
-        return _floor(start + timedelta(hours=1), granularity, zone)
-    day = start.astimezone(zone).date()
-    if granularity == "day":
-        day += timedelta(days=1)
-    elif granularity == "week":
-        day += timedelta(days=7)
-    else:
-        day = (day.replace(day=28) + timedelta(days=4)).replace(day=1)
-    return local_midnight(day, zone)
-
-
-def cover(lo: int, hi: int) -> tuple[list[Span], list[Span], list[Span]]:
-    """Split [lo, hi) into whole UTC days, whole UTC hours and sub-hour raw pieces."""
-    first_hour, last_hour = -(-lo // HOUR_S) * HOUR_S, hi // HOUR_S * HOUR_S
-    if first_hour >= last_hour:
-        return [], [], [(lo, hi)]
-    pieces = [s for s in ((lo, first_hour), (last_hour, hi)) if s[0] < s[1]]
-    first_day, last_day = -(-first_hour // DAY_S) * DAY_S, last_hour // DAY_S * DAY_S
-    if first_day >= last_day:
-        return [], [(first_hour, last_hour)], pieces
-    hours = [s for s in ((first_hour, first_day), (last_day, last_hour)) if s[0] < s[1]]
-    return [(first_day, last_day)], hours, pieces
-
-
-def _merge(spans: list[Span]) -> list[Span]:
-    merged: list[Span] = []
-    for lo, hi in sorted(spans):
-        if merged and merged[-1][1] == lo:
-            merged[-1] = (merged[-1][0], hi)
-        else:
-            merged.append((lo, hi))
-    return merged
-
-
-@dataclass
-class Plan:
-    """The rollup rows and raw pieces that answer one set of buckets at one level."""
-
-    bounds: list[int]
-    level: int
-    dimensions: tuple[str, ...]  # what each cell is grouped by in the output
-    bucketed: bool
-    days: list[Span] = field(default_factory=list)
-    hours: list[Span] = field(default_factory=list)
-    pieces: list[Span] = field(default_factory=list)
-    bitmaps_up_front: bool = False
-
-    @classmethod
-    def make(
-        cls,
-        bounds: list[int],
-        start: int,
-        level: int,
-        dimensions: tuple[str, ...],
-        *,
-        bucketed: bool,
-    ) -> Plan:
-        """Cover each bucket, the first one clipped to the window's start."""
-        plan = cls(bounds, level, dimensions, bucketed)
-        days: list[Span] = []
-        hours: list[Span] = []
-        pieces: list[Span] = []
-        for lo, hi in itertools.pairwise(bounds):
-            bucket_days, bucket_hours, bucket_pieces = cover(max(lo, start), hi)
-            units = sum((b - a) // DAY_S for a, b in bucket_days)
-            units += sum((b - a) // HOUR_S for a, b in bucket_hours)
-            # A bucket made of several rollup rows needs their bitmaps to union.
-            plan.bitmaps_up_front |= units > 1 or (units == 1 and bool(bucket_pieces))
-            days += bucket_days
-            hours += bucket_hours
-            pieces += bucket_pieces
-        plan.days, plan.hours, plan.pieces = _merge(days), _merge(hours), _merge(pieces)
-        return plan
-
-    def index(self, epoch: float) -> int:
-        return bisect.bisect_right(self.bounds, epoch) - 1
 
 
 async def fetch_metrics(
