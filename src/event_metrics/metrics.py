@@ -176,18 +176,24 @@ def build_response(
     rows: Iterable[SeriesRow],
 ) -> MetricsResponse:
     """Normalise an engine's rows into the response: formatted buckets, sorted series."""
+    width = len(query.group_by)
+    starts: dict[Any, tuple[float, str]] = {}  # many rows share a bucket: convert it once
     keyed = []
     for row in rows:
-        start = bucket_start(query, row[0])
-        groups = [_dimension_value(value) for value in row[1 : 1 + len(query.group_by)]]
-        keyed.append((start, groups, int(row[-2]), int(row[-1])))
-    # Sort in Python so that both engines order ties identically (None first).
-    # Sort by the UTC instant: same-zone datetimes compare by wall time, which would tie
-    # the two 01:00 hours of a DST fall-back.
-    keyed.sort(key=lambda item: (item[0].timestamp(), [(v is not None, v or "") for v in item[1]]))
+        start = starts.get(row[0])
+        if start is None:
+            moment = bucket_start(query, row[0])
+            start = starts[row[0]] = (moment.timestamp(), format_instant(moment))
+        groups = tuple(_dimension_value(value) for value in row[1 : 1 + width])
+        # Sort by the UTC instant (same-zone datetimes compare by wall time, which would
+        # tie the two 01:00 hours of a DST fall-back), then by group with None first, in
+        # Python, so that both engines order ties identically.
+        order = (start[0], tuple((v is not None, v or "") for v in groups))
+        keyed.append((order, start[1], groups, int(row[-2]), int(row[-1])))
+    keyed.sort(key=lambda item: item[0])
     series = []
-    for start, groups, events, users in keyed:
-        entry: dict[str, Any] = {"bucket_start": format_instant(start)}
+    for _, start_text, groups, events, users in keyed:
+        entry: dict[str, Any] = {"bucket_start": start_text}
         entry.update(zip(query.group_by, groups, strict=True))
         entry["events"] = events
         entry["unique_users"] = users

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,27 +59,45 @@ PartKey = tuple[int, datetime, str, str]  # (grain, bucket, event_name, channel)
 CellKey = tuple[int, tuple[str, ...]]  # (bucket index, output dimension values)
 
 
-@dataclass
+class Part:
+    """One rollup row in a cell: its key, cardinality, and bitmap once read."""
+
+    __slots__ = ("blob", "count", "key")
+
+    def __init__(self, key: PartKey, count: int, blob: bytes | None) -> None:
+        self.key, self.count, self.blob = key, count, blob
+
+
 class Cell:
     """One series row (or the total) assembled from rollup rows and raw rows."""
 
-    events: int = 0
-    counts: dict[PartKey, int] = field(default_factory=dict)  # users_count per rollup row
-    bitmaps: dict[PartKey, bytes] = field(default_factory=dict)
-    raw_users: set[str] = field(default_factory=set)
+    # Thousands of cells per response: one list each, the user set only when needed.
+    __slots__ = ("events", "parts", "raw_users")
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.parts: list[Part] = []
+        self.raw_users: set[str] | None = None
+
+    def add_raw(self, events: int, users: list[str]) -> None:
+        self.events += events
+        if self.raw_users is None:
+            self.raw_users = set()
+        self.raw_users.update(users)
 
     @property
     def needs_union(self) -> bool:
-        return len(self.counts) > 1 or (bool(self.counts) and bool(self.raw_users))
+        return len(self.parts) > 1 or (bool(self.parts) and bool(self.raw_users))
 
     def unique_users(self, uids: dict[str, int]) -> int:
-        if len(self.counts) == 1 and not self.raw_users:
-            return next(iter(self.counts.values()))  # one rollup row: its stored cardinality
+        if len(self.parts) == 1 and not self.raw_users:
+            return self.parts[0].count  # one rollup row: its stored cardinality
         users = BitMap()
-        for blob in self.bitmaps.values():
-            users |= BitMap.deserialize(blob)
+        for part in self.parts:
+            assert part.blob is not None, "bitmaps are fetched for every cell that unions"
+            users |= BitMap.deserialize(part.blob)
         unknown = 0
-        for user in self.raw_users:
+        for user in self.raw_users or ():
             uid = uids.get(user)
             if uid is None:
                 unknown += 1  # not folded into any rollup yet, so in no bitmap
@@ -132,7 +149,9 @@ async def _fetch(
             await _add_pending(connection, query, series_plan, cursor, series, total)
         for plan, cells in ((series_plan, series), (total_plan, total)):
             await _add_missing_bitmaps(connection, plan, cells)
-        raw_users = {u for cell in (*series.values(), *total.values()) for u in cell.raw_users}
+        raw_users = {
+            u for cell in (*series.values(), *total.values()) for u in cell.raw_users or ()
+        }
         uids = dict(await connection.fetch(USER_IDS, list(raw_users))) if raw_users else {}
 
     rows = [
@@ -164,16 +183,16 @@ async def _add_rollups(
         event_filter = " AND r.event_name = $5"
     users = "r.users" if plan.bitmaps_up_front else "NULL::bytea"
     sql = FETCH_ROLLUPS.format(users=users, event_filter=event_filter)
+    positions = [2 if dimension == "event_name" else 3 for dimension in plan.dimensions]
+    indexes: dict[datetime, int] = {}  # rows of one bucket share its index
     for row in await connection.fetch(sql, *params):
         grain, bucket, name, channel, events, count, blob = row
-        index = plan.index(bucket.timestamp()) if plan.bucketed else 0
-        values = {"event_name": name, "channel": channel}
-        cell = cells[(index, tuple(values[d] for d in plan.dimensions))]
+        index = indexes.get(bucket)
+        if index is None:
+            index = indexes[bucket] = plan.index(bucket.timestamp()) if plan.bucketed else 0
+        cell = cells[(index, tuple(row[p] for p in positions))]
         cell.events += events
-        part = (grain, bucket, name, channel)
-        cell.counts[part] = count
-        if blob is not None:
-            cell.bitmaps[part] = blob
+        cell.parts.append(Part((grain, bucket, name, channel), count, blob))
 
 
 def _raw_sql(query: MetricsQuery, plan: Plan, source: str, params: list[Any]) -> str:
@@ -201,8 +220,7 @@ def _add_raw_rows(
     for row in rows:
         index = plan.index(bucket_start(query, row[0]).timestamp()) if plan.bucketed else 0
         cell = cells[(index, tuple(row[1 : 1 + width]))]
-        cell.events += row[-2]
-        cell.raw_users.update(row[-1])
+        cell.add_raw(row[-2], row[-1])
 
 
 async def _add_pieces(
@@ -245,8 +263,7 @@ async def _add_pending(
     _add_raw_rows(query, plan, rows, series)
     whole = total[(0, ())]
     for row in rows:
-        whole.events += row[-2]
-        whole.raw_users.update(row[-1])
+        whole.add_raw(row[-2], row[-1])
 
 
 async def _add_missing_bitmaps(
@@ -257,17 +274,15 @@ async def _add_missing_bitmaps(
         part
         for cell in cells.values()
         if cell.needs_union
-        for part in cell.counts
-        if part not in cell.bitmaps
+        for part in cell.parts
+        if part.blob is None
     ]
     if not missing:
         return
-    columns = [list(c) for c in zip(*missing, strict=True)]
+    columns = [list(c) for c in zip(*(part.key for part in missing), strict=True)]
     found = {
         (r[0], r[1], r[2], r[3]): r[4]
         for r in await connection.fetch(FETCH_BITMAPS, *columns, plan.level)
     }
-    for cell in cells.values():
-        if cell.needs_union:
-            for part in cell.counts:
-                cell.bitmaps.setdefault(part, found[part])
+    for part in missing:
+        part.blob = found[part.key]
