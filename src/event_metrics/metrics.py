@@ -177,6 +177,7 @@ def build_response(
 ) -> MetricsResponse:
     """Normalise an engine's rows into the response: formatted buckets, sorted series."""
     width = len(query.group_by)
+    names = query.group_by
     starts: dict[Any, tuple[float, str]] = {}  # many rows share a bucket: convert it once
     keyed = []
     for row in rows:
@@ -184,19 +185,20 @@ def build_response(
         if start is None:
             moment = bucket_start(query, row[0])
             start = starts[row[0]] = (moment.timestamp(), format_instant(moment))
-        groups = tuple(_dimension_value(value) for value in row[1 : 1 + width])
         # Sort by the UTC instant (same-zone datetimes compare by wall time, which would
-        # tie the two 01:00 hours of a DST fall-back), then by group with None first, in
-        # Python, so that both engines order ties identically.
-        order = (start[0], tuple((v is not None, v or "") for v in groups))
-        keyed.append((order, start[1], groups, int(row[-2]), int(row[-1])))
+        # tie the two 01:00 hours of a DST fall-back), then by the stored group values,
+        # where a missing channel is '' and so comes first; in Python, so that both
+        # engines order ties identically.
+        keyed.append(((start[0], tuple(row[1 : 1 + width])), start[1], row))
     keyed.sort(key=lambda item: item[0])
     series = []
-    for _, start_text, groups, events, users in keyed:
+    for (_, groups), start_text, row in keyed:
         entry: dict[str, Any] = {"bucket_start": start_text}
-        entry.update(zip(query.group_by, groups, strict=True))
-        entry["events"] = events
-        entry["unique_users"] = users
+        for name, value in zip(names, groups, strict=True):
+            # An event sent without a channel is stored with '' and reported as null.
+            entry[name] = value or None
+        entry["events"] = int(row[-2])
+        entry["unique_users"] = int(row[-1])
         series.append(entry)
     zone = query.zone
     return MetricsResponse(
@@ -210,8 +212,3 @@ def build_response(
         total=Totals(events=int(total[0]), unique_users=int(total[1])),
         series=series,
     )
-
-
-def _dimension_value(value: Any) -> str | None:
-    # An event sent without a channel is stored with '' and reported as null.
-    return value if value else None

@@ -38,24 +38,25 @@ SELECT count(*) FROM (
 ) pending
 """
 FETCH_ROLLUPS = """
-SELECT r.grain, r.bucket, r.event_name, r.channel, r.events, r.users_count, {users}
+SELECT r.grain, extract(epoch FROM r.bucket)::bigint, r.event_name, r.channel, r.events,
+       r.users_count, {users}
 FROM rollups r
 JOIN unnest($1::smallint[], $2::timestamptz[], $3::timestamptz[]) AS k(grain, lo, hi)
   ON r.grain = k.grain AND r.bucket >= k.lo AND r.bucket < k.hi
 WHERE r.level = $4{event_filter}
 """
 FETCH_BITMAPS = """
-SELECT r.grain, r.bucket, r.event_name, r.channel, r.users
+SELECT r.grain, extract(epoch FROM r.bucket)::bigint, r.event_name, r.channel, r.users
 FROM rollups r
-JOIN unnest($1::smallint[], $2::timestamptz[], $3::text[], $4::text[])
+JOIN unnest($1::smallint[], $2::bigint[], $3::text[], $4::text[])
      AS k(grain, bucket, event_name, channel)
-  ON r.grain = k.grain AND r.bucket = k.bucket
+  ON r.grain = k.grain AND r.bucket = to_timestamp(k.bucket)
  AND r.event_name = k.event_name AND r.channel = k.channel
 WHERE r.level = $5
 """
 USER_IDS = "SELECT user_id, uid FROM user_ids WHERE user_id = ANY($1::text[])"
 
-PartKey = tuple[int, datetime, str, str]  # (grain, bucket, event_name, channel) of a rollup row
+PartKey = tuple[int, int, str, str]  # (grain, bucket epoch, event_name, channel) of a rollup row
 CellKey = tuple[int, tuple[str, ...]]  # (bucket index, output dimension values)
 
 
@@ -155,7 +156,7 @@ async def _fetch(
         uids = dict(await connection.fetch(USER_IDS, list(raw_users))) if raw_users else {}
 
     rows = [
-        (datetime.fromtimestamp(bounds[index], UTC), *groups, cell.events, cell.unique_users(uids))
+        (bounds[index], *groups, cell.events, cell.unique_users(uids))
         for (index, groups), cell in series.items()
         if cell.events
     ]
@@ -183,14 +184,21 @@ async def _add_rollups(
         event_filter = " AND r.event_name = $5"
     users = "r.users" if plan.bitmaps_up_front else "NULL::bytea"
     sql = FETCH_ROLLUPS.format(users=users, event_filter=event_filter)
+    # Output dimension values sit at fixed row positions: event_name 2, channel 3.
     positions = [2 if dimension == "event_name" else 3 for dimension in plan.dimensions]
-    indexes: dict[datetime, int] = {}  # rows of one bucket share its index
+    indexes: dict[int, int] = {}  # rows of one bucket share its index
     for row in await connection.fetch(sql, *params):
         grain, bucket, name, channel, events, count, blob = row
         index = indexes.get(bucket)
         if index is None:
-            index = indexes[bucket] = plan.index(bucket.timestamp()) if plan.bucketed else 0
-        cell = cells[(index, tuple(row[p] for p in positions))]
+            index = indexes[bucket] = plan.index(bucket) if plan.bucketed else 0
+        if len(positions) == 2:
+            groups: tuple[str, ...] = (row[positions[0]], row[positions[1]])
+        elif positions:
+            groups = (row[positions[0]],)
+        else:
+            groups = ()
+        cell = cells[(index, groups)]
         cell.events += events
         cell.parts.append(Part((grain, bucket, name, channel), count, blob))
 
