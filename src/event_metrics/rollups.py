@@ -10,6 +10,7 @@ bitmap of dense integer ids, rather than a count.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -132,27 +133,35 @@ async def refresh_block(connection: asyncpg.Connection, *, max_rows: int) -> int
             return 0
         block = (txid, last_id, end[0], end[1])
         await connection.execute(REGISTER_USERS, *block)
-        fine = await connection.fetch(AGGREGATE_BLOCK, *block)
-        await _merge(connection, roll_up(tuple(r) for r in fine))
+        fine = [tuple(r) for r in await connection.fetch(AGGREGATE_BLOCK, *block)]
+        # Bitmap work is CPU-bound: off the event loop, so requests are not held up.
+        changes = await asyncio.to_thread(roll_up, fine)
+        await _merge(connection, changes)
         await save_checkpoint(connection, TARGET, (end[0], end[1]))
-    return sum(r["events"] for r in fine)
+    return sum(r[3] for r in fine)
 
 
 async def _merge(connection: asyncpg.Connection, changes: dict[Key, Aggregate]) -> None:
     keys = list(changes)
     columns: list[list[Any]] = [list(c) for c in zip(*keys, strict=True)]
-    for row in await connection.fetch(READ_ROLLUPS, *columns):
-        key = (row[0], row[1], row[2], row[3], row[4])
-        change = changes[key]
+    existing = await connection.fetch(READ_ROLLUPS, *columns)
+    values = await asyncio.to_thread(_combine, keys, changes, existing)
+    await connection.execute(WRITE_ROLLUPS, *columns, *values)
+
+
+def _combine(
+    keys: list[Key], changes: dict[Key, Aggregate], existing: list[asyncpg.Record]
+) -> tuple[list[int], list[int], list[bytes]]:
+    """Add the stored rows to the changes: new events, cardinalities and bitmaps."""
+    for row in existing:
+        change = changes[(row[0], row[1], row[2], row[3], row[4])]
         change.events += row[5]
         change.users |= BitMap.deserialize(row[6])
-    values = [changes[k] for k in keys]
-    await connection.execute(
-        WRITE_ROLLUPS,
-        *columns,
-        [v.events for v in values],
-        [len(v.users) for v in values],
-        [v.users.serialize() for v in values],
+    merged = [changes[k] for k in keys]
+    return (
+        [m.events for m in merged],
+        [len(m.users) for m in merged],
+        [m.users.serialize() for m in merged],
     )
 
 

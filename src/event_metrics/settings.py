@@ -55,7 +55,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     # Rollups (pre-aggregated hours and days with exact user bitmaps) for /metrics.
     rollups: bool = True
-    rollup_interval_ms: int = 1_000
+    rollup_interval_ms: int = 5_000
     rollup_block_rows: int = 100_000
     rollup_max_pending_rows: int = 200_000
 
