@@ -13,11 +13,16 @@ from litestar.testing import AsyncTestClient
 from pyroaring import BitMap
 
 from conftest import ClientFactory, wait_until
-from event_metrics.rollups import rebuild, refresh_block
+from event_metrics.rollups import REFRESHER_LOCK_ID, rebuild, refresh_block
 from test_backends import post_all
 
-# A refresher that folds once at start-up (nothing yet) and then sleeps: the tests fold.
-IDLE_REFRESHER = {"rollup_interval_ms": 3_600_000}
+
+@pytest.fixture
+async def parked(db: asyncpg.Connection) -> asyncpg.Connection:
+    """Hold the refresher's lock, so the app's refresher waits in standby: the test folds."""
+    await db.execute("SELECT pg_advisory_lock($1)", REFRESHER_LOCK_ID)
+    return db
+
 
 WINDOWS = [
     ("2026-10-24T00:00:00Z", "2026-11-09T00:00:00Z"),  # whole UTC days
@@ -83,10 +88,10 @@ async def assert_plans_agree(client: AsyncTestClient[Any], rng: random.Random) -
 
 
 async def test_rollups_equal_raw_while_folding(
-    make_client: ClientFactory, db: asyncpg.Connection
+    make_client: ClientFactory, db: asyncpg.Connection, parked: asyncpg.Connection
 ) -> None:
     rng = random.Random(3)
-    async with make_client(**IDLE_REFRESHER) as client:
+    async with make_client() as client:
         await post_all(client, random_events(seed=3, count=900)[:600])
         await assert_plans_agree(client, rng)  # nothing folded: all rows pending
         assert await refresh_block(db, max_rows=250) == 250
@@ -110,9 +115,9 @@ async def rollup_contents(db: asyncpg.Connection) -> dict[tuple[Any, ...], tuple
 
 
 async def test_rebuild_gives_the_same_rollups(
-    make_client: ClientFactory, db: asyncpg.Connection
+    make_client: ClientFactory, db: asyncpg.Connection, parked: asyncpg.Connection
 ) -> None:
-    async with make_client(**IDLE_REFRESHER) as client:
+    async with make_client() as client:
         events = random_events(seed=5, count=500)
         for start in range(0, len(events), 100):  # folded in several small blocks
             await post_all(client, events[start : start + 100])
@@ -127,9 +132,9 @@ async def test_rebuild_gives_the_same_rollups(
 
 
 async def test_acknowledged_event_is_visible_at_once(
-    make_client: ClientFactory, db: asyncpg.Connection
+    make_client: ClientFactory, db: asyncpg.Connection, parked: asyncpg.Connection
 ) -> None:
-    async with make_client(**IDLE_REFRESHER) as client:
+    async with make_client() as client:
         await post_all(client, random_events(seed=8, count=50))
         while await refresh_block(db, max_rows=1000):
             pass
@@ -178,9 +183,9 @@ async def test_background_refresher_folds_everything(
 
 @pytest.mark.parametrize("max_pending", [1, 10_000])
 async def test_auto_plan_falls_back_to_raw_when_refresher_lags(
-    make_client: ClientFactory, db: asyncpg.Connection, max_pending: int
+    make_client: ClientFactory, db: asyncpg.Connection, parked: asyncpg.Connection, max_pending: int
 ) -> None:
-    async with make_client(rollup_max_pending_rows=max_pending, **IDLE_REFRESHER) as client:
+    async with make_client(rollup_max_pending_rows=max_pending) as client:
         await post_all(client, random_events(seed=4, count=40))
         response = await client.get(
             "/metrics", params={"from": "2026-10-24T00:00:00Z", "to": "2026-11-09T00:00:00Z"}
