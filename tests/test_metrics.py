@@ -508,6 +508,8 @@ WINDOW = {"from": "2026-11-01T00:00:00Z", "to": "2026-11-02T00:00:00Z"}
         pytest.param({**WINDOW, "timezone": "+05:30"}, "timezone", id="tz-offset"),
         pytest.param({**WINDOW, "timezone": "../../etc/passwd"}, "timezone", id="tz-path"),
         pytest.param({**WINDOW, "event_name": "x" * 201}, "event_name", id="event-name-long"),
+        pytest.param({**WINDOW, "backend": "mysql"}, "backend", id="backend-unknown"),
+        pytest.param({**WINDOW, "plan": "fastest"}, "plan", id="plan-unknown"),
     ],
 )
 async def test_invalid_parameter_is_400_naming_it(
