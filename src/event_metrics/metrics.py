@@ -163,6 +163,10 @@ def local_midnight(day: date, zone: ZoneInfo) -> datetime:
     return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
 
 
+def _order(item: tuple[Any, ...]) -> tuple[Any, ...]:
+    return item[0], item[1]
+
+
 def format_instant(moment: datetime) -> str:
     """RFC 3339 with the UTC offset, seconds precision."""
     return moment.isoformat(timespec="seconds")
@@ -177,7 +181,6 @@ def build_response(
 ) -> MetricsResponse:
     """Normalise an engine's rows into the response: formatted buckets, sorted series."""
     width = len(query.group_by)
-    names = query.group_by
     starts: dict[Any, tuple[float, str]] = {}  # many rows share a bucket: convert it once
     keyed = []
     for row in rows:
@@ -189,17 +192,28 @@ def build_response(
         # tie the two 01:00 hours of a DST fall-back), then by the stored group values,
         # where a missing channel is '' and so comes first; in Python, so that both
         # engines order ties identically.
-        keyed.append(((start[0], tuple(row[1 : 1 + width])), start[1], row))
-    keyed.sort(key=lambda item: item[0])
-    series = []
-    for (_, groups), start_text, row in keyed:
-        entry: dict[str, Any] = {"bucket_start": start_text}
-        for name, value in zip(names, groups, strict=True):
-            # An event sent without a channel is stored with '' and reported as null.
-            entry[name] = value or None
-        entry["events"] = int(row[-2])
-        entry["unique_users"] = int(row[-1])
-        series.append(entry)
+        keyed.append((start[0], tuple(row[1 : 1 + width]), start[1], row[-2], row[-1]))
+    keyed.sort(key=_order)
+    # An event sent without a channel is stored with '' and reported as null.
+    if width == 0:
+        series = [
+            {"bucket_start": text, "events": int(events), "unique_users": int(users)}
+            for _, _, text, events, users in keyed
+        ]
+    elif width == 1:
+        (name,) = query.group_by
+        series = [
+            {"bucket_start": text, name: groups[0] or None, "events": int(events),
+             "unique_users": int(users)}
+            for _, groups, text, events, users in keyed
+        ]  # fmt: skip
+    else:
+        first, second = query.group_by
+        series = [
+            {"bucket_start": text, first: groups[0] or None, second: groups[1] or None,
+             "events": int(events), "unique_users": int(users)}
+            for _, groups, text, events, users in keyed
+        ]  # fmt: skip
     zone = query.zone
     return MetricsResponse(
         from_=format_instant(query.start.astimezone(zone)),
