@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -55,6 +57,15 @@ def build_sql(query: MetricsQuery) -> tuple[Statement, Statement]:
     return (series, params), total
 
 
+@contextlib.contextmanager
+def postgres_answering() -> Iterator[None]:
+    """Report PostgreSQL not answering as BackendUnavailable (a 503), not a 500."""
+    try:
+        yield
+    except TRANSIENT_ERRORS as exc:
+        raise BackendUnavailable(f"PostgreSQL did not answer: {type(exc).__name__}") from exc
+
+
 async def fetch_metrics(
     pool: asyncpg.Pool, query: MetricsQuery, *, timeout_s: float
 ) -> MetricsResponse:
@@ -67,13 +78,11 @@ async def fetch_metrics(
             rows: list[asyncpg.Record] = await connection.fetch(sql, *params, timeout=timeout_s)
             return rows
 
-    try:
+    with postgres_answering():
         if query.granularity == "total" and not query.group_by:
             series = totals = await fetch(series_statement)  # one row is both
         else:
             series, totals = await asyncio.gather(fetch(series_statement), fetch(total_statement))
-    except TRANSIENT_ERRORS as exc:
-        raise BackendUnavailable(f"PostgreSQL did not answer: {type(exc).__name__}") from exc
     total = (totals[0]["events"], totals[0]["unique_users"])
     rows = [tuple(row) for row in series if row["events"]]
     return build_response(query, backend="postgres", total=total, rows=rows)

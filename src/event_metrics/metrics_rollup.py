@@ -18,17 +18,15 @@ import asyncpg
 from pyroaring import BitMap
 
 from event_metrics.metrics import (
-    BackendUnavailable,
     MetricsQuery,
     MetricsResponse,
     bucket_start,
     build_response,
 )
-from event_metrics.metrics_postgres import BUCKETS
+from event_metrics.metrics_postgres import BUCKETS, postgres_answering
 from event_metrics.rollup_plan import Plan, bucket_bounds, level_for
 from event_metrics.rollups import DAY, HOUR, TARGET
 from event_metrics.watermark import load_checkpoint
-from event_metrics.writer import TRANSIENT_ERRORS
 
 CURSOR = "($1::text::xid8, $2::bigint)"
 
@@ -111,11 +109,9 @@ async def fetch_metrics(
     pool: asyncpg.Pool, query: MetricsQuery, *, max_pending: int | None, timeout_s: float
 ) -> MetricsResponse | None:
     """Answer from rollups, or None when the refresher lags so far that raw is cheaper."""
-    try:
+    with postgres_answering():
         async with asyncio.timeout(timeout_s):
             return await _fetch(pool, query, max_pending)
-    except TRANSIENT_ERRORS as exc:
-        raise BackendUnavailable(f"PostgreSQL did not answer: {type(exc).__name__}") from exc
 
 
 async def _fetch(
