@@ -280,19 +280,17 @@ async def metrics(
 @get("/health", summary="Liveness of PostgreSQL, queue depth, replication lag")
 async def health(state: State) -> Response[Health]:
     services = _services(state)
-    postgres = "ok"
     started = time.monotonic()
     try:
         async with asyncio.timeout(2):
             async with services.query_pool.acquire() as connection:
                 await connection.fetchval("SELECT 1")
+        postgres = f"ok ({(time.monotonic() - started) * 1000:.1f} ms)"
     except Exception as exc:  # any failure to answer means unavailable
         postgres = f"unavailable: {type(exc).__name__}: {exc}"
     body = Health(
-        status="ok" if postgres == "ok" else "unavailable",
-        postgres=postgres
-        if postgres != "ok"
-        else f"ok ({(time.monotonic() - started) * 1000:.1f} ms)",
+        status="ok" if postgres.startswith("ok") else "unavailable",
+        postgres=postgres,
         queue_depth=services.queue.depth,
         queue_capacity=services.queue.max_events,
         oldest_queued_age_s=round(services.queue.oldest_age_s(), 3),

@@ -58,14 +58,12 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
             stack.push_async_callback(clickhouse.close)
             if settings.replicate:
                 replicator = Replicator(settings)
-                task = asyncio.create_task(replicator.run(), name="replicator")
-                stack.push_async_callback(_stop_background, replicator, task)
+                _start_background(stack, replicator, "replicator")
 
         refresher = None
         if settings.rollups:
             refresher = RollupRefresher(settings)
-            task = asyncio.create_task(refresher.run(), name="rollup-refresher")
-            stack.push_async_callback(_stop_background, refresher, task)
+            _start_background(stack, refresher, "rollup-refresher")
 
         queue = IngestQueue(settings.queue_max_events)
         writers = WriterPool(settings, queue, write_pool)
@@ -81,6 +79,12 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
             replicator=replicator,
             refresher=refresher,
         )
+
+
+def _start_background(stack: contextlib.AsyncExitStack, worker: LockedWorker, name: str) -> None:
+    """Run a worker as a task, stopped (with a time limit) when the stack unwinds."""
+    task = asyncio.create_task(worker.run(), name=name)
+    stack.push_async_callback(_stop_background, worker, task)
 
 
 async def _stop_background(worker: LockedWorker, task: asyncio.Task[None]) -> None:
