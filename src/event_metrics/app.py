@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -87,6 +88,20 @@ def _http_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Err
     )
 
 
+def _tune_gc() -> None:
+    """Keep the cyclic garbage collector off the request path.
+
+    Nothing the service builds per request is cyclic, yet a 15,000-row /metrics answer
+    allocates enough objects to trigger dozens of collections, and each full one walked
+    every module, route and pool object: 10-60 ms, half of such a request. Freezing what
+    startup allocated takes those out of every later walk, and a larger first threshold
+    makes collections rarer. Cycles are still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def create_app(settings: Settings) -> Litestar:
     """Build the app; pools, writers and the replicator start in its lifespan."""
 
@@ -94,6 +109,7 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with run_services(settings) as services:
             app.state.services = services
+            _tune_gc()
             yield
 
     handlers: dict[Any, Any] = {
