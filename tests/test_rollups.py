@@ -134,6 +134,51 @@ async def test_rollups_equal_raw_while_folding(
         await assert_plans_agree(client, rng)
 
 
+# Plans whose rollup rows are the series rows as they are (see test_rollup_plan.py),
+# plus London's 25-hour day clipped to one UTC day, which must not be read that way.
+DIRECT_CASES = [
+    ("2026-10-24T00:00:00Z", "2026-11-09T00:00:00Z", "hour", "UTC"),
+    ("2026-10-24T00:00:00Z", "2026-11-09T00:00:00Z", "hour", "America/New_York"),
+    ("2026-10-24T00:00:00Z", "2026-11-09T00:00:00Z", "day", "UTC"),
+    ("2026-10-30T05:00:00Z", "2026-11-02T09:00:00Z", "hour", "America/New_York"),
+    ("2026-10-25T00:00:00Z", "2026-10-30T00:00:00Z", "day", "Europe/London"),
+]
+
+
+async def assert_direct_plans_agree(client: AsyncTestClient[Any]) -> None:
+    for (start, end, granularity, zone), group_by, event_name in itertools.product(
+        DIRECT_CASES, ["", "channel", "event_name", "channel,event_name"], [None, "purchase"]
+    ):
+        params = {
+            "from": start,
+            "to": end,
+            "granularity": granularity,
+            "group_by": group_by,
+            "timezone": zone,
+        }
+        if event_name:
+            params["event_name"] = event_name
+        raw, rollup = await answers(client, params)
+        assert raw == rollup, params
+        assert raw["series"], params
+
+
+async def test_direct_plans_equal_raw_while_folding(
+    make_client: ClientFactory, db: asyncpg.Connection, parked: asyncpg.Connection
+) -> None:
+    """Series read straight from rollup rows, while pending rows touch some buckets."""
+    async with make_client() as client:
+        events = random_events(seed=11, count=800)
+        await post_all(client, events[:500])
+        await assert_direct_plans_agree(client)  # every bucket touched by pending rows
+        await fold(db, max_rows=300)
+        await assert_direct_plans_agree(client)  # some buckets folded, some touched
+        await fold_all(db)
+        await assert_direct_plans_agree(client)  # no pending rows: rows as they are
+        await post_all(client, events[450:])  # late events and retries into folded hours
+        await assert_direct_plans_agree(client)
+
+
 async def rollup_contents(db: asyncpg.Connection) -> dict[tuple[Any, ...], tuple[int, list[int]]]:
     rows = await db.fetch(
         "SELECT grain, level, bucket, event_name, channel, events, users FROM rollups"

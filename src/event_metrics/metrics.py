@@ -163,10 +163,6 @@ def local_midnight(day: date, zone: ZoneInfo) -> datetime:
     return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
 
 
-def _order(item: tuple[Any, ...]) -> tuple[Any, ...]:
-    return item[0], item[1]
-
-
 def format_instant(moment: datetime) -> str:
     """RFC 3339 with the UTC offset, seconds precision."""
     return moment.isoformat(timespec="seconds")
@@ -191,9 +187,10 @@ def build_response(
         # Sort by the UTC instant (same-zone datetimes compare by wall time, which would
         # tie the two 01:00 hours of a DST fall-back), then by the stored group values,
         # where a missing channel is '' and so comes first; in Python, so that both
-        # engines order ties identically.
+        # engines order ties identically. No two rows share both, so a plain tuple sort
+        # never looks further.
         keyed.append((start[0], tuple(row[1 : 1 + width]), start[1], row[-2], row[-1]))
-    keyed.sort(key=_order)
+    keyed.sort()
     # An event sent without a channel is stored with '' and reported as null.
     if width == 0:
         series = [
