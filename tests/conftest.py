@@ -9,7 +9,9 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
@@ -123,6 +125,21 @@ async def client(make_client: ClientFactory) -> AsyncIterator[AsyncTestClient[An
 
 async def stored_keys(db: asyncpg.Connection) -> list[str]:
     return [r[0] for r in await db.fetch("SELECT idempotency_key FROM events ORDER BY id")]
+
+
+def local_hour_start(epoch: int, zone: ZoneInfo) -> int:
+    """The hour bucket holding an instant, by definition rather than by formula: the last
+    whole minute at or before it when the local clock read HH:00 or the UTC offset changed
+    (scanned minute by minute, so independent of the engines' and the planner's arithmetic).
+    """
+
+    def offset(moment: int) -> Any:
+        return datetime.fromtimestamp(moment, zone).utcoffset()
+
+    moment = epoch - epoch % 60
+    while datetime.fromtimestamp(moment, zone).minute and offset(moment) == offset(moment - 60):
+        moment -= 60
+    return moment
 
 
 async def wait_until(

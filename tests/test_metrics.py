@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from conftest import ClientFactory
+from conftest import ClientFactory, local_hour_start
 
 GRANULARITIES = ["hour", "day", "week", "month", "total"]
 GROUP_BYS: list[list[str]] = [[], ["channel"], ["event_name"], ["channel", "event_name"]]
@@ -73,7 +73,7 @@ def bucket_of(ts: datetime, granularity: str, zone: ZoneInfo, start: datetime) -
         return start.astimezone(zone)
     local = ts.astimezone(zone)  # sets fold for the repeated hour of a fall-back
     if granularity == "hour":
-        return local.replace(minute=0, second=0, microsecond=0)
+        return datetime.fromtimestamp(local_hour_start(int(ts.timestamp()), zone), zone)
     day = local.date()
     if granularity == "week":
         day -= timedelta(days=day.weekday())  # Monday
@@ -323,6 +323,42 @@ async def test_new_york_fall_back_day_and_hours(
     assert starts[2] - starts[1] == timedelta(hours=25)
     assert days["from"] == "2026-10-31T00:00:00-04:00"
     assert days["to"] == "2026-11-03T00:00:00-05:00"
+
+
+@pytest.mark.parametrize("plan", ["raw", "rollup"])
+async def test_lord_howe_hours_across_half_hour_dst_changes(
+    client: AsyncTestClient[Any], db: asyncpg.Connection, plan: str
+) -> None:
+    """Lord Howe moves its clocks by 30 minutes: on 2026-04-05 02:00 becomes 01:30 again,
+    on 2026-10-04 02:00 becomes 02:30. Buckets are (local hour, UTC offset) pairs."""
+    rng = random.Random(7)
+    windows = [("2026-04-04T11:00:00Z", "2026-04-04T18:00:00Z"),
+               ("2026-10-03T12:00:00Z", "2026-10-03T19:00:00Z")]  # fmt: skip
+    events = []
+    for start, _ in windows:
+        for n in range(7 * 60 // 4):  # one every 4 minutes, on and off the half hours
+            moment = z(start) + timedelta(minutes=4 * n, seconds=rng.randrange(60))
+            user, channel = f"u{rng.randrange(9)}", rng.choice(["web", None])
+            events.append(Event(f"lh-{start}-{n}", "click", user, channel, moment))
+    await store(client, events)
+    tz = "Australia/Lord_Howe"
+    starts = set()
+    for start, end in windows:
+        body = await get_metrics(
+            client, **{"from": start, "to": end}, granularity="hour", group_by="channel",
+            timezone=tz, plan=plan,
+        )  # fmt: skip
+        total, series = expected_metrics(
+            events, start=z(start), end=z(end), granularity="hour", group_by=["channel"],
+            timezone=tz, event_name=None,
+        )  # fmt: skip
+        assert body["total"] == total
+        assert normalise(body["series"]) == normalise(series)
+        starts |= {row["bucket_start"][11:] for row in body["series"]}
+    # A bucket starts at each whole hour and at each change of offset.
+    assert {"01:00:00+11:00", "01:30:00+10:30", "02:00:00+10:30"} <= starts  # April
+    assert {"01:00:00+10:30", "02:30:00+11:00", "03:00:00+11:00"} <= starts  # October
+    assert not {"02:00:00+11:00", "01:30:00+11:00"} & starts
 
 
 async def test_new_york_spring_forward_day_and_hours(

@@ -2,45 +2,72 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from event_metrics.metrics import parse_query
+from conftest import local_hour_start
+from event_metrics.metrics import MetricsQuery, parse_query
 from event_metrics.rollup_plan import Plan, bucket_bounds, level_for
 
 
 def local_hour_starts(start: datetime, end: datetime, zone: ZoneInfo) -> list[int]:
-    """Hour buckets by definition: every whole minute whose local time reads HH:00:00,
-    found by scanning minute by minute, plus the one at or before `start`, then `end`."""
-    minute = timedelta(minutes=1)
-    first = start.replace(second=0)
-    while first.astimezone(zone).minute:
-        first -= minute
-    bounds = [int(first.timestamp())]
-    moment = first + minute
-    while moment < end:
-        if moment.astimezone(zone).minute == 0:
-            bounds.append(int(moment.timestamp()))
-        moment += minute
-    return [*bounds, int(end.timestamp())]
+    """Every distinct hour bucket of the instants in [start, end), then `end`."""
+    lo, hi = int(start.timestamp()), int(end.timestamp())
+    buckets = sorted({local_hour_start(t, zone) for t in range(lo, hi, 60)})
+    return [*buckets, hi]
+
+
+def hour_query(start: str, end: str, zone: str) -> MetricsQuery:
+    return parse_query(
+        start=start, end=end, event_name=None, granularity="hour", group_by=None,
+        timezone=zone, max_window_days=400,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
     "zone",
     ["UTC", "America/New_York", "Europe/London", "Asia/Kolkata", "Asia/Kathmandu",
-    ],
+     "Australia/Lord_Howe"],
 )  # fmt: skip
-def test_hour_bounds_are_the_local_hour_starts(zone: str) -> None:
-    # Lord Howe moves by 30 minutes on Oct 4, London on Oct 25, New York on Nov 1.
-    start, end = "2026-09-28T00:17:00Z", "2026-11-05T09:00:00Z"
-    query = parse_query(
-        start=start, end=end, event_name=None, granularity="hour", group_by=None,
-        timezone=zone, max_window_days=400,
-    )  # fmt: skip
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        # Lord Howe moves by 30 minutes on Apr 5 and Oct 4, London by an hour on Mar 29
+        # and Oct 25, New York on Nov 1.
+        ("2026-03-27T00:17:00Z", "2026-04-08T09:00:00Z"),
+        ("2026-09-28T00:17:00Z", "2026-11-05T09:00:00Z"),
+    ],
+)
+def test_hour_bounds_are_the_local_hour_starts(zone: str, start: str, end: str) -> None:
+    query = hour_query(start, end, zone)
     expected = local_hour_starts(query.start, query.end, ZoneInfo(zone))
     assert bucket_bounds(query) == expected
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "local_starts"),
+    [
+        # 02:00 becomes 02:30: hour 02 lasts 30 minutes.
+        ("2026-10-03T13:00:00Z", "2026-10-03T18:00:00Z",
+         ["23:00+10:30", "00:00+10:30", "01:00+10:30", "02:30+11:00", "03:00+11:00",
+          "04:00+11:00"]),
+        # 02:00 becomes 01:30 again: hour 01 comes twice, 60 then 30 minutes.
+        ("2026-04-04T12:00:00Z", "2026-04-04T17:00:00Z",
+         ["23:00+11:00", "00:00+11:00", "01:00+11:00", "01:30+10:30", "02:00+10:30",
+          "03:00+10:30"]),
+    ],
+)  # fmt: skip
+def test_lord_howe_hours_across_its_half_hour_dst_changes(
+    start: str, end: str, local_starts: list[str]
+) -> None:
+    zone = ZoneInfo("Australia/Lord_Howe")
+    bounds = bucket_bounds(hour_query(start, end, zone.key))
+    starts = [
+        datetime.fromtimestamp(b, zone).isoformat(timespec="minutes")[11:] for b in bounds[:-1]
+    ]
+    assert starts == local_starts
 
 
 def make_plan(start: str, end: str, granularity: str, zone: str) -> Plan:

@@ -146,12 +146,49 @@ def bucket_start(query: MetricsQuery, bucket: Any) -> datetime:
     if query.granularity == "total":
         return query.start.astimezone(zone)
     if isinstance(bucket, datetime):
-        return bucket.astimezone(zone)
+        bucket = int(bucket.timestamp())
     if isinstance(bucket, int):
+        if query.granularity == "hour":
+            bucket = hour_start(bucket, zone)
         return datetime.fromtimestamp(bucket, zone)
     if isinstance(bucket, date):
         return local_midnight(bucket, zone).astimezone(zone)
     raise TypeError(f"unexpected bucket value {bucket!r}")
+
+
+def utc_offset(epoch: int, zone: ZoneInfo) -> int:
+    """The zone's UTC offset at an instant, in seconds."""
+    offset = datetime.fromtimestamp(epoch, zone).utcoffset()
+    assert offset is not None
+    return int(offset.total_seconds())
+
+
+def offset_change(lo: int, hi: int, zone: ZoneInfo) -> int | None:
+    """The first instant in (lo, hi] with another UTC offset than lo's (at most one
+    change is assumed, as in every zone since 1970), or None."""
+    before = utc_offset(lo, zone)
+    if utc_offset(hi, zone) == before:
+        return None
+    while hi - lo > 1:
+        middle = (lo + hi) // 2
+        lo, hi = (middle, hi) if utc_offset(middle, zone) == before else (lo, middle)
+    return hi
+
+
+def hour_start(label: int, zone: ZoneInfo) -> int:
+    """Where the hour bucket the SQL labels `label` starts.
+
+    An hour bucket holds the instants with the same local hour and the same UTC offset, so
+    the two 01:00 hours of a fall-back stay apart. Both engines label it with the instant
+    minus its local minutes and seconds: the whole hour on the clock of the bucket's own
+    offset. Where offsets change by 30 minutes (Lord Howe Island), that can be an instant
+    before the bucket, still on the old offset, reading hh:30; the bucket then starts at
+    the change, within the hour after it.
+    """
+    local = datetime.fromtimestamp(label, zone)
+    if not local.minute and not local.second:
+        return label
+    return offset_change(label, label + 3600, zone) or label
 
 
 def local_midnight(day: date, zone: ZoneInfo) -> datetime:

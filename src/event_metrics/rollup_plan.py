@@ -10,7 +10,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from event_metrics.metrics import MetricsQuery, local_midnight
+from event_metrics.metrics import (
+    MetricsQuery,
+    hour_start,
+    local_midnight,
+    offset_change,
+    utc_offset,
+)
 from event_metrics.rollups import LEVELS
 
 HOUR_S, DAY_S = 3600, 86400
@@ -32,15 +38,9 @@ def bucket_bounds(query: MetricsQuery) -> list[int]:
     if query.granularity == "total":
         return [start, end]
     zone = query.zone
-    bounds = [int(_floor(query.start, query.granularity, zone).timestamp())]
     if query.granularity == "hour":
-        # _next(hour) inlined on epoch seconds: 4,320 hours of a 180-day window in 2 ms.
-        while bounds[-1] < end:
-            after = bounds[-1] + HOUR_S
-            local = datetime.fromtimestamp(after, zone)
-            bounds.append(after - local.minute * 60 - local.second)
-        bounds[-1] = end
-        return bounds
+        return _hour_bounds(start, end, zone)
+    bounds = [int(_floor(query.start, query.granularity, zone).timestamp())]
     while bounds[-1] < end:
         moment = datetime.fromtimestamp(bounds[-1], UTC)
         bounds.append(int(_next(moment, query.granularity, zone).timestamp()))
@@ -48,13 +48,27 @@ def bucket_bounds(query: MetricsQuery) -> list[int]:
     return bounds
 
 
+def _hour_bounds(start: int, end: int, zone: ZoneInfo) -> list[int]:
+    """Hour buckets (see metrics.hour_start): one starts at each whole local hour and at
+    each change of UTC offset. On epoch seconds, 4,320 hours of 180 days take 3 ms."""
+    local = datetime.fromtimestamp(start, zone)
+    at = hour_start(start - local.minute * 60 - local.second, zone)
+    offset = utc_offset(at, zone)
+    bounds = [at]
+    while at < end:
+        at = at + HOUR_S - (at + offset) % HOUR_S  # the next whole hour on this offset
+        after = utc_offset(at, zone)
+        if after != offset:  # the offset changed on the way: a bucket starts there
+            at = offset_change(bounds[-1], at, zone) or at
+            after = utc_offset(at, zone)
+        bounds.append(at)
+        offset = after
+    bounds[-1] = end
+    return bounds
+
+
 def _floor(moment: datetime, granularity: str, zone: ZoneInfo) -> datetime:
-    local = moment.astimezone(zone)
-    if granularity == "hour":
-        return moment - timedelta(
-            minutes=local.minute, seconds=local.second, microseconds=local.microsecond
-        )
-    day = local.date()
+    day = moment.astimezone(zone).date()
     if granularity == "week":
         day -= timedelta(days=day.weekday())
     elif granularity == "month":
@@ -63,8 +77,6 @@ def _floor(moment: datetime, granularity: str, zone: ZoneInfo) -> datetime:
 
 
 def _next(start: datetime, granularity: str, zone: ZoneInfo) -> datetime:
-    if granularity == "hour":
-        return _floor(start + timedelta(hours=1), granularity, zone)
     day = start.astimezone(zone).date()
     if granularity == "day":
         day += timedelta(days=1)
