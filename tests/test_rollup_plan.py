@@ -19,9 +19,9 @@ def local_hour_starts(start: datetime, end: datetime, zone: ZoneInfo) -> list[in
     return [*buckets, hi]
 
 
-def hour_query(start: str, end: str, zone: str) -> MetricsQuery:
+def make_query(start: str, end: str, granularity: str, zone: str) -> MetricsQuery:
     return parse_query(
-        start=start, end=end, event_name=None, granularity="hour", group_by=None,
+        start=start, end=end, event_name=None, granularity=granularity, group_by="channel",
         timezone=zone, max_window_days=400,
     )  # fmt: skip
 
@@ -41,7 +41,7 @@ def hour_query(start: str, end: str, zone: str) -> MetricsQuery:
     ],
 )
 def test_hour_bounds_are_the_local_hour_starts(zone: str, start: str, end: str) -> None:
-    query = hour_query(start, end, zone)
+    query = make_query(start, end, "hour", zone)
     expected = local_hour_starts(query.start, query.end, ZoneInfo(zone))
     assert bucket_bounds(query) == expected
 
@@ -63,7 +63,7 @@ def test_lord_howe_hours_across_its_half_hour_dst_changes(
     start: str, end: str, local_starts: list[str]
 ) -> None:
     zone = ZoneInfo("Australia/Lord_Howe")
-    bounds = bucket_bounds(hour_query(start, end, zone.key))
+    bounds = bucket_bounds(make_query(start, end, "hour", zone.key))
     starts = [
         datetime.fromtimestamp(b, zone).isoformat(timespec="minutes")[11:] for b in bounds[:-1]
     ]
@@ -71,10 +71,7 @@ def test_lord_howe_hours_across_its_half_hour_dst_changes(
 
 
 def make_plan(start: str, end: str, granularity: str, zone: str) -> Plan:
-    query = parse_query(
-        start=start, end=end, event_name=None, granularity=granularity, group_by="channel",
-        timezone=zone, max_window_days=400,
-    )  # fmt: skip
+    query = make_query(start, end, granularity, zone)
     bounds = bucket_bounds(query)
     return Plan.make(
         bounds,

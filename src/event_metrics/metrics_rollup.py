@@ -154,7 +154,7 @@ async def _fetch(
             await _add_pieces(connection, query, series_plan, cursor, series)
         if pending:
             await _add_pending(connection, query, series_plan, cursor, series, total)
-        if direct and series:
+        if series_plan.direct and series:
             # Buckets that pending rows touch are assembled cell by cell instead.
             touched = sorted({index for index, _ in series})
             await _add_rollups(connection, query, series_plan.only(touched), series)
