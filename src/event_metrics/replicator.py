@@ -32,12 +32,15 @@ TARGET = "clickhouse"
 # Held by the one active replicator across all service processes.
 REPLICATOR_LOCK_ID = 0x45564D52  # "EVMR"
 
+# The txid goes out as text (asyncpg has no xid8 codec) under another name: ORDER BY
+# prefers an output column to a table column of the same name, and sorting by the text
+# put '10000' before '9995', moving the checkpoint past rows never copied.
 FETCH_BATCH = """
 SELECT id, idempotency_key, event_name, user_id, channel, ts, received_at,
-       coalesce(properties::text, ''), txid::text
+       coalesce(properties::text, ''), txid::text AS txid_text
 FROM events
 WHERE (txid, id) > ($1::text::xid8, $2::bigint) AND txid < $3::text::xid8
-ORDER BY txid, id
+ORDER BY events.txid, events.id
 LIMIT $4
 """
 # Lag: rows after the checkpoint (capped, so /health stays cheap) and the oldest one's age.

@@ -40,14 +40,15 @@ LOCK_CHECKPOINT = """
 SELECT txid::text, last_id FROM replication_state WHERE target = $1 FOR UPDATE
 """
 # The last row of the next block: the block is every row after the checkpoint up to it.
+# Sorted by the xid8 column, not by its text (which made blocks end early at 10^n).
 BLOCK_END = """
-SELECT txid::text, id FROM (
+SELECT block.txid::text AS txid_text, block.id FROM (
     SELECT txid, id FROM events
     WHERE (txid, id) > ($1::text::xid8, $2::bigint) AND txid < $3::text::xid8
     ORDER BY txid, id
     LIMIT $4
 ) block
-ORDER BY txid DESC, id DESC
+ORDER BY block.txid DESC, block.id DESC
 LIMIT 1
 """
 BLOCK = "(txid, id) > ($1::text::xid8, $2::bigint) AND (txid, id) <= ($3::text::xid8, $4::bigint)"
