@@ -30,6 +30,7 @@ from clickhouse_server import ClickHouseServer, find_clickhouse_binary
 from event_metrics import metrics_clickhouse
 from event_metrics.clickhouse import MIGRATIONS, apply_schema
 from event_metrics.metrics import MetricsQuery
+from event_metrics.replicator import split_by_month
 
 REQUIRE_SERVICES = os.environ.get("EVENT_METRICS_REQUIRE_SERVICES") == "1"
 
@@ -789,3 +790,30 @@ def test_project_queries_agree_on_both_engines(ch18: Engine, chdb_engine: Engine
     _, (total_sql, params) = metrics_clickhouse.build_sql(everything)
     expected = len({row[1] for row in EVENT_ROWS if params["start"] <= row[5] < params["end"]})
     assert ch18(total_sql, params)[0][0] == chdb_engine(total_sql, params)[0][0] == expected
+
+
+# --------------------------------------------------------------------------------------------
+# inserts across partitions
+# --------------------------------------------------------------------------------------------
+
+
+def test_current_clickhouse_refuses_an_insert_over_100_partitions(chdb_engine: Engine) -> None:
+    """Why the replicator inserts month by month: one block of 101 months is refused by
+    current ClickHouse (code 252, max_partitions_per_insert_block), its split is not."""
+    _fresh(chdb_engine, "events_months")
+    start = datetime(2015, 1, 15, tzinfo=UTC)
+    rows = [
+        (n, f"k{n}", "e", "u", "", start + timedelta(days=31 * n), start, "") for n in range(101)
+    ]
+    as_ints = [tuple(int(v.timestamp()) if isinstance(v, datetime) else v for v in r) for r in rows]
+    with pytest.raises(RuntimeError, match=r"252|TOO_MANY_PARTS|partitions"):
+        chdb_engine.insert("events_months", EVENTS_COLUMNS, as_ints)
+    blocks = split_by_month(rows)
+    assert len(blocks) == 101
+    for block in blocks:
+        chdb_engine.insert(
+            "events_months",
+            EVENTS_COLUMNS,
+            [tuple(int(v.timestamp()) if isinstance(v, datetime) else v for v in r) for r in block],
+        )
+    assert chdb_engine("SELECT count() FROM events_months") == [(101,)]

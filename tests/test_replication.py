@@ -210,7 +210,7 @@ async def test_clickhouse_outage_while_events_keep_arriving(
 
             async def retrying() -> bool:
                 health: dict[str, Any] = (await client.get("/health")).json()
-                return bool(health["replication"]["state"] == "retrying")
+                return bool(health["replication"]["state"] == "failing")
 
             await wait_until(retrying, what="replicator noticing the outage")
             server.start()

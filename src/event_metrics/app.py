@@ -12,10 +12,13 @@ from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 
-from event_metrics import __version__
+from event_metrics import __version__, request_ids
 from event_metrics.errors import ErrorBody
-from event_metrics.metrics import BackendUnavailable, InvalidParameter
+from event_metrics.metrics import AnswerTooLarge, BackendUnavailable, InvalidParameter
+from event_metrics.metrics_service import MetricsBusy
 from event_metrics.payload import (
+    BodyTimeout,
+    ClientDisconnected,
     MalformedPayload,
     PayloadTooLarge,
     TooManyEvents,
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 # Domain error -> (HTTP status, error code, add Retry-After).
 ERROR_STATUSES: dict[type[Exception], tuple[int, str, bool]] = {
     MalformedPayload: (400, "malformed_body", False),
+    ClientDisconnected: (400, "client_disconnected", False),
+    BodyTimeout: (408, "body_timeout", False),
     InvalidParameter: (400, "invalid_parameter", False),
     PayloadTooLarge: (413, "body_too_large", False),
     TooManyEvents: (413, "too_many_events", False),
@@ -42,6 +47,8 @@ ERROR_STATUSES: dict[type[Exception], tuple[int, str, bool]] = {
     QueueClosed: (503, "shutting_down", True),
     StorageUnavailable: (503, "storage_unavailable", True),
     BackendUnavailable: (503, "backend_unavailable", True),
+    AnswerTooLarge: (400, "answer_too_large", False),
+    MetricsBusy: (503, "metrics_busy", True),
 }
 
 
@@ -71,10 +78,13 @@ def _validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> 
 
 
 def _unexpected_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
-    # A bug, not a client error: log it with its traceback, answer in the usual shape.
-    log.exception("unhandled error", exc_info=exc)
+    # A bug, not a client error: the log gets the traceback, the client only the id to
+    # quote (an exception's text may hold internals or echo the request).
+    request_id = request_ids.current.get()
+    log.error("unhandled error in request %s", request_id, exc_info=exc)
+    detail = f"an unexpected error occurred; it was logged under request id {request_id}"
     return Response(
-        ErrorBody(error="internal_error", detail=f"{type(exc).__name__}: {exc}"),
+        ErrorBody(error="internal_error", detail=detail, request_id=request_id),
         status_code=500,
     )
 
@@ -126,13 +136,18 @@ def create_app(settings: Settings) -> Litestar:
     handlers[ValidationException] = _validation_handler
     handlers[HTTPException] = _http_handler
     handlers[Exception] = _unexpected_handler
-    return Litestar(
+    app = Litestar(
         route_handlers=[ingest, metrics, health],
         lifespan=[lifespan],
         exception_handlers=handlers,
         openapi_config=OpenAPIConfig(title="event-metrics", version=__version__),
         request_max_body_size=settings.max_body_bytes,
+        # Logging is configured once by the process (cli.py), not by each app.
+        logging_config=None,
     )
+    # Outermost, so that 404s and the exception handlers' answers carry the id too.
+    app.asgi_handler = request_ids.middleware(app.asgi_handler)
+    return app
 
 
 def app_from_env() -> Litestar:

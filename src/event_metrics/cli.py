@@ -12,9 +12,8 @@ from typing import Any
 
 import asyncpg
 import msgspec
-import uvicorn
 
-from event_metrics import rollups
+from event_metrics import http_server, rollups
 from event_metrics.migrations import upgrade_head
 from event_metrics.postgres import start_embedded
 from event_metrics.replicator import Replicator
@@ -43,18 +42,7 @@ def serve(settings: Settings) -> None:
     # lets the finally below stop the embedded PostgreSQL instead of leaving it running.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        uvicorn.run(
-            "event_metrics.app:app_from_env",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.http_workers,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=settings.shutdown_timeout_ms // 1000 + 5,
-        )
+        http_server.run(settings)
     finally:
         if server is not None:
             server.cleanup()

@@ -6,8 +6,10 @@ import msgspec
 
 
 class ErrorBody(msgspec.Struct, omit_defaults=True):
-    """{"error": code, "detail": what is wrong, "parameter": which one (when one is)}."""
+    """{"error": code, "detail": what is wrong, "parameter": which one (when one is),
+    "request_id": the id the server logged it under (on 500s)}."""
 
     error: str
     detail: str
     parameter: str | None = None
+    request_id: str | None = None

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, NamedTuple
 
 import msgspec
+
+from event_metrics import json_checks
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -25,6 +27,7 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     The fields are the common core of Segment `track` (event, userId, timestamp, sentAt,
     messageId, properties, context.channel) and PostHog `capture` (event, distinct_id,
     timestamp, uuid, properties), so compatibility endpoints only rename fields.
+    `properties` stays the client's JSON text: it is checked, then stored as sent.
     """
 
     event_name: Name
@@ -32,7 +35,7 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     timestamp: Instant | None = None
     idempotency_key: Key | None = None
     channel: Channel | None = None
-    properties: dict[str, Any] | None = None
+    properties: msgspec.Raw = msgspec.Raw(b"")
     sent_at: Instant | None = None
 
 
@@ -53,11 +56,20 @@ class InvalidEvent(Exception):
 
 
 _decoder = msgspec.json.Decoder(EventIn)
+_values = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder(order="sorted")
+# A repeated field is ambiguous ({"event_name": "a", "event_name": "b"}); msgspec keeps
+# the last one silently, so a field name seen twice sends the event to the exact check.
+_FIELD_TOKENS = tuple(f'"{f.encode_name}"'.encode() for f in msgspec.structs.fields(EventIn))
 
 
 def parse_event(
-    raw: bytes, *, received_at: datetime, max_event_bytes: int, max_future: timedelta
+    raw: bytes,
+    *,
+    received_at: datetime,
+    max_event_bytes: int,
+    max_future: timedelta,
+    max_depth: int = 32,
 ) -> Row:
     """Validate one JSON-encoded event and turn it into a Row, or raise InvalidEvent."""
     if len(raw) > max_event_bytes:
@@ -66,23 +78,33 @@ def parse_event(
         event = _decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise InvalidEvent(_describe(str(exc))) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidEvent(f"not a valid JSON event: {exc}") from None
-    return to_row(event, received_at=received_at, max_future=max_future)
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+        raise InvalidEvent(f"not a valid JSON event: {_reason(exc)}") from None
+    if b"\\u" in raw or any(raw.count(token) > 1 for token in _FIELD_TOKENS):
+        try:
+            json_checks.refuse_duplicate_keys(raw)
+        except json_checks.InvalidJSON as exc:
+            raise InvalidEvent(str(exc)) from None
+    properties = None
+    text = bytes(event.properties)
+    if text and text != b"null":
+        try:
+            if not isinstance(json_checks.decode(text, max_depth=max_depth), dict):
+                raise InvalidEvent("properties must be a JSON object")
+        except json_checks.InvalidJSON as exc:
+            raise InvalidEvent(f"properties: {exc}") from None
+        properties = text.decode()
+    return to_row(event, properties, received_at=received_at, max_future=max_future)
 
 
-def to_row(event: EventIn, *, received_at: datetime, max_future: timedelta) -> Row:
+def to_row(
+    event: EventIn, properties: str | None, *, received_at: datetime, max_future: timedelta
+) -> Row:
     """Apply clock-skew correction, time bounds and key derivation to a decoded event."""
     for field in ("event_name", "user_id", "idempotency_key", "channel"):
         value = getattr(event, field)
         if value is not None and "\x00" in value:
             raise InvalidEvent(f"{field} must not contain NUL characters")
-    properties = None
-    if event.properties is not None:
-        encoded = _encoder.encode(event.properties)
-        if b"\\u0000" in encoded:
-            raise InvalidEvent("properties must not contain NUL characters")
-        properties = encoded.decode()
 
     for field in ("timestamp", "sent_at"):
         value = getattr(event, field)
@@ -120,15 +142,27 @@ def derive_key(event: EventIn, properties: str | None) -> str:
     Only content that includes the client's own timestamp proves that two requests carry
     the same occurrence, so only then is the key a hash of the content (an identical retry
     collapses); without a timestamp every event gets a fresh random key. sent_at is left
-    out on purpose: a retry is sent later than the first attempt.
+    out on purpose: a retry is sent later than the first attempt. Properties enter in one
+    canonical form (keys sorted), so a retry that orders them differently still matches.
     """
     if event.timestamp is None:
         return f"rnd:{uuid.uuid4().hex}"
     stamp = event.timestamp.astimezone(UTC).isoformat()
+    canonical = None
+    if properties is not None:
+        canonical = _encoder.encode(_values.decode(properties)).decode()
     content = _encoder.encode(
-        [event.event_name, event.user_id, event.channel or "", stamp, properties]
+        [event.event_name, event.user_id, event.channel or "", stamp, canonical]
     )
     return f"sha:{hashlib.sha256(content).hexdigest()[:40]}"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not valid UTF-8"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)
 
 
 def _fits_utc(value: datetime) -> bool:

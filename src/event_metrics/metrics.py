@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal, get_args
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import msgspec
 
@@ -25,6 +27,21 @@ class InvalidParameter(Exception):
     def __init__(self, parameter: str, message: str) -> None:
         super().__init__(message)
         self.parameter = parameter
+
+
+class AnswerTooLarge(Exception):
+    """The answer would have more series rows than one response may hold."""
+
+    def __init__(self, max_rows: int) -> None:
+        super().__init__(
+            f"the answer has more than {max_rows} series rows (EVENT_METRICS_MAX_SERIES_ROWS): "
+            "narrow the window, use a coarser granularity or group by fewer dimensions"
+        )
+
+
+def check_row_count(count: int, max_rows: int) -> None:
+    if count > max_rows:
+        raise AnswerTooLarge(max_rows)
 
 
 class BackendUnavailable(Exception):
@@ -89,6 +106,8 @@ def parse_query(
         )
     if event_name is not None and not 0 < len(event_name) <= 200:
         raise InvalidParameter("event_name", "event_name must be 1 to 200 characters")
+    if event_name is not None and "\x00" in event_name:
+        raise InvalidParameter("event_name", "event_name must not contain NUL characters")
     granularity = granularity or "total"
     if granularity not in GRANULARITIES:
         raise InvalidParameter(
@@ -107,10 +126,10 @@ def parse_query(
             raise InvalidParameter("group_by", f"group_by names {part} twice")
         dimensions.append(part)  # type: ignore[arg-type]
     zone = timezone or "UTC"
-    try:
-        ZoneInfo(zone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidParameter("timezone", f"unknown time zone {zone!r}") from None
+    if zone not in iana_zones():
+        raise InvalidParameter(
+            "timezone", f"unknown time zone {zone[:60]!r}: use an IANA name such as Europe/Berlin"
+        )
     return MetricsQuery(
         start=start_at,
         end=end_at,
@@ -119,6 +138,14 @@ def parse_query(
         group_by=tuple(dimensions),
         timezone=zone,
     )
+
+
+@functools.cache
+def iana_zones() -> frozenset[str]:
+    """Zone names of the IANA database (the `tzdata` package's list): the same on every
+    host, unlike the files under /usr/share/zoneinfo (localtime, posixrules, right/...)."""
+    listing = importlib.resources.files("tzdata").joinpath("zones").read_text("utf-8")
+    return frozenset(line.strip() for line in listing.splitlines() if line.strip()) - {"Factory"}
 
 
 def _parse_instant(name: str, value: str | None) -> datetime:
@@ -134,7 +161,10 @@ def _parse_instant(name: str, value: str | None) -> datetime:
     if parsed.microsecond:
         # ClickHouse stores whole seconds; whole-second bounds keep both engines identical.
         raise InvalidParameter(name, f"{name} must be a whole second: {value!r}")
-    parsed = parsed.astimezone(UTC)
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is valid RFC 3339, but not in UTC
+        raise InvalidParameter(name, f"{name} must be between 1970 and 2105") from None
     if parsed.year < 1970 or parsed.year > 2105:
         raise InvalidParameter(name, f"{name} must be between 1970 and 2105")
     return parsed

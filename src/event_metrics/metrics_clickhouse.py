@@ -13,6 +13,7 @@ from event_metrics.metrics import (
     MetricsQuery,
     MetricsResponse,
     build_response,
+    check_row_count,
 )
 
 # Bucket expressions; %(tz)s is substituted by clickhouse-driver as a quoted literal (the
@@ -36,8 +37,9 @@ Statement = tuple[str, dict[str, Any]]
 UNKNOWN_TABLE = 60  # ClickHouse error code
 
 
-def build_sql(query: MetricsQuery) -> tuple[Statement, Statement]:
-    """The series and total statements with their (client-side substituted) parameters."""
+def build_sql(query: MetricsQuery, max_rows: int | None = None) -> tuple[Statement, Statement]:
+    """The series and total statements with their (client-side substituted) parameters;
+    the series asks for one row more than max_rows, so an answer too large is noticed."""
     params: dict[str, Any] = {
         "start": int(query.start.timestamp()),
         "end": int(query.end.timestamp()),
@@ -58,13 +60,18 @@ def build_sql(query: MetricsQuery) -> tuple[Statement, Statement]:
         select.append(COLUMNS[dimension])
         keys.append(COLUMNS[dimension])
     group = f" GROUP BY {', '.join(keys)}" if keys else ""
-    series = f"SELECT {', '.join(select)}, {AGGREGATES} FROM events FINAL WHERE {where}{group}"
+    limit = f" LIMIT {int(max_rows) + 1}" if max_rows is not None and keys else ""
+    series = (
+        f"SELECT {', '.join(select)}, {AGGREGATES} FROM events FINAL WHERE {where}{group}{limit}"
+    )
     return (series, params), (total, params)
 
 
-async def fetch_metrics(pool: ClickHousePool, query: MetricsQuery) -> MetricsResponse:
+async def fetch_metrics(
+    pool: ClickHousePool, query: MetricsQuery, max_rows: int
+) -> MetricsResponse:
     """Run the series and the total concurrently on two clients."""
-    series_statement, total_statement = build_sql(query)
+    series_statement, total_statement = build_sql(query, max_rows)
     try:
         if query.granularity == "total" and not query.group_by:
             series = totals = await pool.execute(*series_statement)
@@ -80,6 +87,7 @@ async def fetch_metrics(pool: ClickHousePool, query: MetricsQuery) -> MetricsRes
         raise BackendUnavailable(
             "ClickHouse has no events table yet: the replicator creates it when it first runs"
         ) from exc
+    check_row_count(len(series), max_rows)
     total = (totals[0][-2], totals[0][-1]) if totals else (0, 0)
     rows = [row for row in series if row[-2]]
     return build_response(query, backend="clickhouse", total=total, rows=rows)

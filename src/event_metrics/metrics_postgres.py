@@ -14,6 +14,7 @@ from event_metrics.metrics import (
     MetricsQuery,
     MetricsResponse,
     build_response,
+    check_row_count,
 )
 from event_metrics.writer import TRANSIENT_ERRORS
 
@@ -34,8 +35,9 @@ AGGREGATES = "count(*) AS events, count(DISTINCT user_id) AS unique_users"
 Statement = tuple[str, list[Any]]
 
 
-def build_sql(query: MetricsQuery) -> tuple[Statement, Statement]:
-    """The series statement and the whole-window total statement, with their parameters."""
+def build_sql(query: MetricsQuery, max_rows: int | None = None) -> tuple[Statement, Statement]:
+    """The series statement and the whole-window total statement, with their parameters;
+    the series asks for one row more than max_rows, so an answer too large is noticed."""
     params: list[Any] = [query.start, query.end]
     where = "ts >= $1 AND ts < $2"
     if query.event_name is not None:
@@ -53,7 +55,8 @@ def build_sql(query: MetricsQuery) -> tuple[Statement, Statement]:
         select.append(COLUMNS[dimension])
         keys.append(str(position))
     group = f" GROUP BY {', '.join(keys)}" if keys else ""
-    series = f"SELECT {', '.join(select)}, {AGGREGATES} FROM events WHERE {where}{group}"
+    limit = f" LIMIT {int(max_rows) + 1}" if max_rows is not None and keys else ""
+    series = f"SELECT {', '.join(select)}, {AGGREGATES} FROM events WHERE {where}{group}{limit}"
     return (series, params), total
 
 
@@ -67,10 +70,10 @@ def postgres_answering() -> Iterator[None]:
 
 
 async def fetch_metrics(
-    pool: asyncpg.Pool, query: MetricsQuery, *, timeout_s: float
+    pool: asyncpg.Pool, query: MetricsQuery, *, timeout_s: float, max_rows: int
 ) -> MetricsResponse:
     """Run the series and the total concurrently on two connections."""
-    series_statement, total_statement = build_sql(query)
+    series_statement, total_statement = build_sql(query, max_rows)
 
     async def fetch(statement: Statement) -> list[asyncpg.Record]:
         sql, params = statement
@@ -83,6 +86,7 @@ async def fetch_metrics(
             series = totals = await fetch(series_statement)  # one row is both
         else:
             series, totals = await asyncio.gather(fetch(series_statement), fetch(total_statement))
+    check_row_count(len(series), max_rows)
     total = (totals[0]["events"], totals[0]["unique_users"])
     rows = [tuple(row) for row in series if row["events"]]
     return build_response(query, backend="postgres", total=total, rows=rows)

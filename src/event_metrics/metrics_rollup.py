@@ -24,6 +24,7 @@ from event_metrics.metrics import (
     SeriesRow,
     bucket_start,
     build_response,
+    check_row_count,
 )
 from event_metrics.metrics_postgres import BUCKETS, postgres_answering
 from event_metrics.rollup_plan import Plan, bucket_bounds, level_for
@@ -111,18 +112,24 @@ class Cell:
 
 
 async def fetch_metrics(
-    pool: asyncpg.Pool, query: MetricsQuery, *, max_pending: int | None, timeout_s: float
+    pool: asyncpg.Pool,
+    query: MetricsQuery,
+    *,
+    max_pending: int | None,
+    timeout_s: float,
+    max_rows: int,
 ) -> MetricsResponse | None:
     """Answer from rollups, or None when the refresher lags so far that raw is cheaper."""
     with postgres_answering():
         async with asyncio.timeout(timeout_s):
-            return await _fetch(pool, query, max_pending)
+            return await _fetch(pool, query, max_pending, max_rows)
 
 
 async def _fetch(
-    pool: asyncpg.Pool, query: MetricsQuery, max_pending: int | None
+    pool: asyncpg.Pool, query: MetricsQuery, max_pending: int | None, max_rows: int
 ) -> MetricsResponse | None:
     bounds = bucket_bounds(query)
+    check_row_count(len(bounds) - 1, max_rows)  # the buckets alone, before any query
     filtered = ("event_name",) if query.event_name is not None else ()
     start = int(query.start.timestamp())
     series_plan = Plan.make(
@@ -148,7 +155,8 @@ async def _fetch(
         await _add_pieces(connection, query, total_plan, cursor, total)
         direct: list[asyncpg.Record] = []
         if series_plan.direct:
-            direct = await _direct_rows(connection, query, series_plan)
+            direct = await _direct_rows(connection, query, series_plan, max_rows)
+            check_row_count(len(direct), max_rows)
         else:
             await _add_rollups(connection, query, series_plan, series)
             await _add_pieces(connection, query, series_plan, cursor, series)
@@ -160,6 +168,7 @@ async def _fetch(
             await _add_rollups(connection, query, series_plan.only(touched), series)
             skip = {bounds[index] for index in touched}
             direct = [row for row in direct if row[0] not in skip]
+        check_row_count(len(series) + len(direct), max_rows)  # before the bitmap unions
         for plan, cells in ((series_plan, series), (total_plan, total)):
             await _add_missing_bitmaps(connection, plan, cells)
         raw_users = {
@@ -182,7 +191,12 @@ async def _fetch(
 
 
 async def _fetch_rollups(
-    connection: asyncpg.Connection, query: MetricsQuery, plan: Plan, columns: str
+    connection: asyncpg.Connection,
+    query: MetricsQuery,
+    plan: Plan,
+    columns: str,
+    *,
+    limit: int | None = None,
 ) -> list[asyncpg.Record]:
     """`columns` of the rollup rows that cover the plan's whole days and hours."""
     ranges = [(DAY, lo, hi) for lo, hi in plan.days] + [(HOUR, lo, hi) for lo, hi in plan.hours]
@@ -199,19 +213,22 @@ async def _fetch_rollups(
         params.append(query.event_name)
         event_filter = " AND r.event_name = $5"
     sql = FETCH_ROLLUPS.format(columns=columns, event_filter=event_filter)
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
     rows: list[asyncpg.Record] = await connection.fetch(sql, *params)
     return rows
 
 
 async def _direct_rows(
-    connection: asyncpg.Connection, query: MetricsQuery, plan: Plan
+    connection: asyncpg.Connection, query: MetricsQuery, plan: Plan, max_rows: int
 ) -> list[asyncpg.Record]:
     """Series rows read straight from rollups, for a plan where each row is one cell:
     (bucket epoch, *dimension values, events, unique users), the shape build_response
-    takes, so 15,000-row answers cost no per-row Python here."""
+    takes, so 15,000-row answers cost no per-row Python here. One row more than max_rows
+    at most, enough to notice an answer too large."""
     dimensions = "".join(f"r.{d}, " for d in plan.dimensions)
     columns = f"extract(epoch FROM r.bucket)::bigint, {dimensions}r.events, r.users_count"
-    return await _fetch_rollups(connection, query, plan, columns)
+    return await _fetch_rollups(connection, query, plan, columns, limit=max_rows + 1)
 
 
 async def _add_rollups(

@@ -40,8 +40,22 @@ def _to_schema(node: dict[str, Any], definitions: dict[str, Any]) -> Schema:
     return Schema(**fields)
 
 
+def _documented(struct: type[msgspec.Struct]) -> type[msgspec.Struct]:
+    """The struct as clients see it: a field kept as raw JSON text (msgspec.Raw) is a JSON
+    object or null on the wire."""
+    fields: list[tuple[str, Any, Any]] = []
+    for field in msgspec.structs.fields(struct):
+        kind = dict[str, Any] | None if field.type is msgspec.Raw else field.type
+        default = None if field.type is msgspec.Raw else field.default
+        if field.required:
+            fields.append((field.encode_name, kind))  # type: ignore[arg-type]
+        else:
+            fields.append((field.encode_name, kind, default))
+    return msgspec.defstruct(struct.__name__, fields, forbid_unknown_fields=True)
+
+
 def _event_schema() -> Schema:
-    (ref,), definitions = msgspec.json.schema_components([EventIn])
+    (ref,), definitions = msgspec.json.schema_components([_documented(EventIn)])
     return _to_schema(ref, definitions)
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from typing import NamedTuple
 
 import msgspec
+from litestar.types import Receive
+
+from event_metrics import json_checks
 
 JSON_TYPES = frozenset({"application/json", "text/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
@@ -41,15 +46,83 @@ def media_type(content_type: str | None) -> str:
     return kind
 
 
+class BodyTimeout(Exception):
+    """The client did not send its whole body within the read deadline."""
+
+
+class ClientDisconnected(Exception):
+    """The client went away before sending its whole body."""
+
+
+class BodyHeaders(NamedTuple):
+    content_type: str | None
+    content_encoding: str | None
+    content_length: int | None
+
+
+def body_headers(raw: Iterable[tuple[bytes, bytes]]) -> BodyHeaders:
+    """Content-Type, -Encoding and -Length (the first of each) from the ASGI header list.
+
+    Read from the scope directly: request.headers builds a multidict per request, which
+    costs more than parsing a one-event body.
+    """
+    content_type = content_encoding = length = None
+    for name, value in raw:  # ASGI servers lower-case header names
+        if name == b"content-type" and content_type is None:
+            content_type = value.decode("latin-1")
+        elif name == b"content-encoding" and content_encoding is None:
+            content_encoding = value.decode("latin-1")
+        elif name == b"content-length" and length is None and value.isdigit():
+            length = int(value)
+    return BodyHeaders(content_type, content_encoding, length)
+
+
+async def read_request_body(
+    receive: Receive, headers: BodyHeaders, *, max_bytes: int, timeout_s: float
+) -> bytes:
+    """The whole (gunzipped) body, with every limit enforced before the work is done.
+
+    A declared Content-Length over the limit is refused before the first read, so a
+    client sending `Expect: 100-continue` never gets its `100 Continue`; the bytes on the
+    wire and the bytes after gunzip are each bounded by max_bytes; and the whole body
+    must arrive within timeout_s.
+    """
+    if headers.content_length is not None and headers.content_length > max_bytes:
+        raise PayloadTooLarge(
+            f"Content-Length {headers.content_length} is over the limit of {max_bytes} bytes"
+        )
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await read_body(
+                _body_chunks(receive), encoding=headers.content_encoding, max_bytes=max_bytes
+            )
+    except TimeoutError:
+        raise BodyTimeout(f"the body did not arrive within {timeout_s:g} s") from None
+
+
+async def _body_chunks(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise ClientDisconnected("the client disconnected before sending its whole body")
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
 async def read_body(chunks: AsyncIterator[bytes], *, encoding: str | None, max_bytes: int) -> bytes:
-    """Read the body, gunzipping if asked, never holding more than max_bytes of either."""
+    """Read the body, gunzipping if asked; at most max_bytes on the wire and after gunzip."""
     encoding = (encoding or "identity").strip().lower()
     if encoding not in ("identity", "gzip", "x-gzip"):
         raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; use gzip")
     inflater = zlib.decompressobj(wbits=31) if encoding != "identity" else None
     parts: list[bytes] = []
-    size = 0
+    size = wire = 0
     async for chunk in chunks:
+        # Without this, one gzip member of empty deflate blocks was read for gigabytes.
+        wire += len(chunk)
+        if wire > max_bytes:
+            raise PayloadTooLarge(f"body is over {max_bytes} bytes")
         pending = chunk
         while pending:
             if inflater is None:
@@ -77,7 +150,11 @@ async def read_body(chunks: AsyncIterator[bytes], *, encoding: str | None, max_b
 
 
 def split_events(body: bytes, *, kind: str, max_events: int) -> list[bytes]:
-    """Split a body into the raw JSON of each event, without validating the events."""
+    """Split a body into the raw JSON of each event, without validating the events.
+
+    A JSON body must be valid as a whole (UTF-8, one unambiguous envelope) or nothing in
+    it is taken; NDJSON lines are events of their own, each accepted or rejected alone.
+    """
     if kind in NDJSON_TYPES:
         items = [line for line in body.splitlines() if line.strip()]
         for number, line in enumerate(items, start=1):
@@ -85,6 +162,10 @@ def split_events(body: bytes, *, kind: str, max_events: int) -> list[bytes]:
             if first != b"{":
                 raise MalformedPayload(f"line {number} is not a JSON object")
     else:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedPayload(f"body is not valid UTF-8 (byte {exc.start})") from None
         items = _split_json(body)
     if not items:
         raise MalformedPayload("the body holds no events")
@@ -102,6 +183,8 @@ def _split_json(body: bytes) -> list[bytes]:
             fields = _raw_object.decode(body)
             wrapped = fields.get("events")
             if wrapped is not None and len(fields) == 1:
+                if body.count(b'"events"') > 1:
+                    _refuse_second_envelope(body)
                 # msgspec.Raw is a buffer, not bytes: it has no lstrip().
                 inner = bytes(wrapped)
                 if inner.lstrip()[:1] != b"[":
@@ -113,7 +196,23 @@ def _split_json(body: bytes) -> list[bytes]:
             raise MalformedPayload('body must be an event, a list of events or {"events": [...]}')
     except msgspec.DecodeError as exc:
         raise MalformedPayload(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedPayload("body is nested too deeply") from None
     for index, item in enumerate(items):
         if bytes(item).lstrip()[:1] != b"{":
             raise MalformedPayload(f"item {index} is not a JSON object")
     return [bytes(item) for item in items]
+
+
+def _refuse_second_envelope(body: bytes) -> None:
+    """{"events": [A], "events": [B]} decodes as B alone: refuse it, it is ambiguous.
+
+    Only reached when the text "events" occurs more than once, which an event may
+    legitimately contain; the keys of the outer object then decide.
+    """
+    try:
+        keys = json_checks.top_level_keys(body)
+    except json_checks.InvalidJSON as exc:
+        raise MalformedPayload(f"body is not valid JSON: {exc}") from None
+    if keys.count("events") > 1:
+        raise MalformedPayload('body is ambiguous: "events" appears twice')

@@ -15,15 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC
 from typing import Any
 
 import asyncpg
 
-from event_metrics.clickhouse import UNREACHABLE_ERRORS, apply_schema, connect, insert_columns
+from event_metrics.backoff import Backoff
+from event_metrics.clickhouse import COLUMNS, apply_schema, connect, insert_columns
 from event_metrics.settings import Settings
-from event_metrics.watermark import LockedWorker, horizon, load_checkpoint, save_checkpoint
+from event_metrics.watermark import (
+    LAG_COUNT_CAP,
+    LockedWorker,
+    horizon,
+    load_checkpoint,
+    measure_lag,
+    save_checkpoint,
+)
 from event_metrics.writer import TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
@@ -43,23 +51,27 @@ WHERE (txid, id) > ($1::text::xid8, $2::bigint) AND txid < $3::text::xid8
 ORDER BY events.txid, events.id
 LIMIT $4
 """
-# Lag: rows after the checkpoint (capped, so /health stays cheap) and the oldest one's age.
-MEASURE_LAG = """
-SELECT count(*), min(received_at) FROM (
-    SELECT received_at FROM events
-    WHERE (txid, id) > ($1::text::xid8, $2::bigint)
-    ORDER BY txid, id
-    LIMIT $3
-) pending
-"""
-LAG_COUNT_CAP = 1_000_000
+
+
+def split_by_month(rows: Sequence[Sequence[Any]]) -> list[list[Sequence[Any]]]:
+    """Rows (in COLUMNS order) grouped by their monthly ClickHouse partition.
+
+    One insert per partition: current ClickHouse refuses an insert that touches more than
+    100 partitions (max_partitions_per_insert_block), which one valid request can do.
+    """
+    at = COLUMNS.index("ts")
+    months: dict[tuple[int, int], list[Sequence[Any]]] = {}
+    for row in rows:
+        ts = row[at].astimezone(UTC)
+        months.setdefault((ts.year, ts.month), []).append(row)
+    return list(months.values())
 
 
 class Replicator(LockedWorker):
     """Copies events from PostgreSQL to ClickHouse while it holds the replicator lock."""
 
     lock_id = REPLICATOR_LOCK_ID
-    retry_errors = (*TRANSIENT_ERRORS, *UNREACHABLE_ERRORS)
+    name = "replicator"
 
     def __init__(self, settings: Settings) -> None:
         if not settings.database_url or not settings.clickhouse_url:
@@ -100,12 +112,14 @@ class Replicator(LockedWorker):
             client.disconnect()
             await connection.close()
 
-    async def work(self, connection: asyncpg.Connection) -> None:
+    async def work(self, connection: asyncpg.Connection, backoff: Backoff) -> None:
         client = connect(self.clickhouse_url)
         try:
             await asyncio.to_thread(apply_schema, client)
             while not self.stopping:
                 copied = await self._cycle(connection, client)
+                self.loop_state.set("running")
+                backoff.reset()
                 if copied < self.batch_rows:
                     await self._measure_lag(connection)
                     if not copied:
@@ -124,21 +138,20 @@ class Replicator(LockedWorker):
         )
         if not rows:
             return 0
-        columns = [list(column) for column in zip(*(tuple(r)[:8] for r in rows), strict=True)]
-        await asyncio.to_thread(insert_columns, client, columns)
+        for block in split_by_month([tuple(row)[:8] for row in rows]):
+            columns = [list(column) for column in zip(*block, strict=True)]
+            await asyncio.to_thread(insert_columns, client, columns)
         # Only after ClickHouse has the block: a crash before this line re-sends it.
-        await save_checkpoint(connection, TARGET, (rows[-1][8], rows[-1][0]))
+        await save_checkpoint(connection, TARGET, (rows[-1]["txid_text"], rows[-1]["id"]))
         self.rows_copied += len(rows)
         return len(rows)
 
     async def _measure_lag(self, connection: asyncpg.Connection) -> None:
-        txid, last_id = await load_checkpoint(connection, TARGET)
-        count, oldest = await connection.fetchrow(MEASURE_LAG, txid, last_id, LAG_COUNT_CAP)
-        self.lag_rows = count
-        self.lag_seconds = _age_s(oldest)
+        checkpoint = await load_checkpoint(connection, TARGET)
+        self.lag_rows, self.lag_seconds = await measure_lag(connection, checkpoint)
 
     async def on_outage(self) -> None:
-        """Keep /health's lag current while ClickHouse is down (best effort)."""
+        """Keep /health's lag current while failing (best effort)."""
         try:
             connection = await asyncpg.connect(self.database_url, timeout=2)
         except (*TRANSIENT_ERRORS, asyncpg.PostgresError):
@@ -149,9 +162,3 @@ class Replicator(LockedWorker):
             pass
         finally:
             await connection.close()
-
-
-def _age_s(moment: datetime | None) -> float:
-    if moment is None:
-        return 0.0
-    return max(0.0, time.time() - moment.timestamp())

@@ -11,6 +11,7 @@ bitmap of dense integer ids, rather than a count.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,8 +21,15 @@ from typing import Any
 import asyncpg
 from pyroaring import BitMap
 
+from event_metrics.backoff import Backoff
 from event_metrics.settings import Settings
-from event_metrics.watermark import LockedWorker, horizon, save_checkpoint
+from event_metrics.watermark import (
+    LockedWorker,
+    horizon,
+    load_checkpoint,
+    measure_lag,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +195,7 @@ class RollupRefresher(LockedWorker):
     """Background task: keeps the rollups current while it holds the refresher lock."""
 
     lock_id = REFRESHER_LOCK_ID
+    name = "rollup refresher"
 
     def __init__(self, settings: Settings) -> None:
         if not settings.database_url:
@@ -194,18 +203,42 @@ class RollupRefresher(LockedWorker):
         super().__init__(
             settings.database_url,
             interval_s=settings.rollup_interval_ms / 1000,
-            retry_max_s=settings.retry_max_ms / 1000,
+            retry_max_s=settings.rollup_retry_max_ms / 1000,
         )
         self.block_rows = settings.rollup_block_rows
         self.rows_folded = 0
+        self.lag_rows = 0
+        self.lag_seconds = 0.0
 
     def status(self) -> dict[str, Any]:
         """What /health reports about the rollups."""
-        return {"state": self.state, "rows_folded": self.rows_folded, "last_error": self.last_error}
+        return {
+            "state": self.state,
+            "rows_folded": self.rows_folded,
+            "lag_rows": self.lag_rows,
+            "lag_seconds": round(self.lag_seconds, 3),
+            "last_error": self.last_error,
+        }
 
-    async def work(self, connection: asyncpg.Connection) -> None:
+    async def work(self, connection: asyncpg.Connection, backoff: Backoff) -> None:
         while not self.stopping:
             folded = await refresh_block(connection, max_rows=self.block_rows)
             self.rows_folded += folded
-            if folded < self.block_rows and await self.sleep(self.interval_s):
-                return
+            self.loop_state.set("running")
+            backoff.reset()
+            if folded < self.block_rows:
+                await self._measure_lag(connection)
+                if await self.sleep(self.interval_s):
+                    return
+
+    async def _measure_lag(self, connection: asyncpg.Connection) -> None:
+        checkpoint = await load_checkpoint(connection, TARGET)
+        self.lag_rows, self.lag_seconds = await measure_lag(connection, checkpoint)
+
+    async def on_outage(self) -> None:
+        with contextlib.suppress(Exception):
+            connection = await asyncpg.connect(self.database_url, timeout=2)
+            try:
+                await self._measure_lag(connection)
+            finally:
+                await connection.close()

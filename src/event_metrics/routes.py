@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.exceptions import InternalServerException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter, QueryParameter
-from litestar.types import Receive
 
-from event_metrics import metrics_clickhouse, metrics_postgres, metrics_rollup
+from event_metrics import metrics_service
+from event_metrics.backoff import describe
 from event_metrics.errors import ErrorBody
 from event_metrics.events import InvalidEvent, Row, parse_event
-from event_metrics.metrics import InvalidParameter, MetricsResponse, parse_query
+from event_metrics.metrics import MetricsResponse, parse_query
 from event_metrics.openapi import IngestOperation
-from event_metrics.payload import media_type, read_body, split_events
+from event_metrics.payload import body_headers, media_type, read_request_body, split_events
 from event_metrics.services import Services
 from event_metrics.writer import StorageUnavailable
 
@@ -44,12 +42,13 @@ class IngestResponse(msgspec.Struct, omit_defaults=True):
 
 
 class Health(msgspec.Struct, omit_defaults=True):
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok", "degraded", "unavailable"]
     postgres: str
     queue_depth: int
     queue_capacity: int
     oldest_queued_age_s: float
     rows_written: int
+    writers: dict[str, Any]
     replication: dict[str, Any] | None = None
     rollups: dict[str, Any] | None = None
 
@@ -75,6 +74,7 @@ def _services(state: State) -> Services:
         400: ResponseSpec(
             IngestResponse, description="some events rejected (the others are stored)"
         ),
+        408: ResponseSpec(ErrorBody, description="the body did not arrive in time"),
         413: ResponseSpec(ErrorBody, description="body or batch over the limits"),
         415: ResponseSpec(ErrorBody, description="unsupported Content-Type or -Encoding"),
         503: ResponseSpec(ErrorBody, description="queue full or commit not confirmed in time"),
@@ -83,17 +83,24 @@ def _services(state: State) -> Services:
 async def ingest(
     request: Request[Any, Any, Any],
     wait: Annotated[
-        bool, Parameter(description="wait for the database commit before answering")
+        bool,
+        Parameter(
+            description="true (default): answer after the database commit, so a 200 means "
+            "stored. false: answer 202 as soon as the events are queued; events queued but "
+            "not yet committed are lost if the process is killed (SIGKILL, power loss), so "
+            "use it only where losing a few events is acceptable."
+        ),
     ] = True,
 ) -> Response[IngestResponse]:
     services: Services = request.app.state.services
     settings = services.settings
-    content_type, content_encoding = _body_headers(request.scope["headers"])
-    kind = media_type(content_type)
-    body = await read_body(
-        _body_chunks(request.receive),
-        encoding=content_encoding,
+    headers = body_headers(request.scope["headers"])
+    kind = media_type(headers.content_type)
+    body = await read_request_body(
+        request.receive,
+        headers,
         max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_ms / 1000,
     )
     items = split_events(body, kind=kind, max_events=settings.max_batch_events)
 
@@ -110,6 +117,7 @@ async def ingest(
                     received_at=received_at,
                     max_event_bytes=settings.max_event_bytes,
                     max_future=max_future,
+                    max_depth=settings.max_property_depth,
                 )
             )
             positions.append(index)
@@ -133,32 +141,6 @@ async def ingest(
     return _ingest_response(
         items, positions, rejected, outcome, settings.results_full_max, status_code=200
     )
-
-
-# POST /events reads the ASGI scope and receive channel itself: request.headers and
-# request.stream() build a header multidict per request, which cost more than parsing a
-# one-event body. The request size limit is read_body's either way.
-
-
-def _body_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
-    """Content-Type and Content-Encoding (the first of each) from the ASGI header list."""
-    content_type = content_encoding = None
-    for name, value in raw:  # ASGI servers lower-case header names
-        if name == b"content-type" and content_type is None:
-            content_type = value.decode("latin-1")
-        elif name == b"content-encoding" and content_encoding is None:
-            content_encoding = value.decode("latin-1")
-    return content_type, content_encoding
-
-
-async def _body_chunks(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":  # http.disconnect
-            raise InternalServerException("client disconnected prematurely")
-        yield message.get("body", b"")
-        if not message.get("more_body", False):
-            return
 
 
 def _ingest_response(
@@ -256,28 +238,19 @@ async def metrics(
         timezone=timezone,
         max_window_days=settings.max_window_days,
     )
-    timeout_s = settings.query_timeout_ms / 1000
-    if (backend or settings.backend) == "clickhouse":
-        if services.clickhouse is None:
-            raise InvalidParameter(
-                "backend", "ClickHouse is not configured (set EVENT_METRICS_CLICKHOUSE_URL)"
-            )
-        mirrored = await metrics_clickhouse.fetch_metrics(services.clickhouse, query)
-        return Response(mirrored, headers={"X-Metrics-Plan": "clickhouse"})
-    plan = plan or "auto"
-    if settings.rollups and plan != "raw":
-        # Exact either way; rollups are cheaper unless the refresher lags far behind.
-        limit = settings.rollup_max_pending_rows if plan == "auto" else None
-        from_rollups = await metrics_rollup.fetch_metrics(
-            services.query_pool, query, max_pending=limit, timeout_s=timeout_s
+    async with services.metrics_gate.turn():
+        answer, used = await metrics_service.answer(
+            query,
+            settings=settings,
+            backend=backend or settings.backend,
+            plan=plan or "auto",
+            query_pool=services.query_pool,
+            clickhouse=services.clickhouse,
         )
-        if from_rollups is not None:
-            return Response(from_rollups, headers={"X-Metrics-Plan": "rollup"})
-    raw = await metrics_postgres.fetch_metrics(services.query_pool, query, timeout_s=timeout_s)
-    return Response(raw, headers={"X-Metrics-Plan": "raw"})
+    return Response(answer, headers={"X-Metrics-Plan": used})
 
 
-@get("/health", summary="Liveness of PostgreSQL, queue depth, replication lag")
+@get("/health", summary="Liveness of PostgreSQL, the writers, replication and rollups")
 async def health(state: State) -> Response[Health]:
     services = _services(state)
     started = time.monotonic()
@@ -287,15 +260,27 @@ async def health(state: State) -> Response[Health]:
                 await connection.fetchval("SELECT 1")
         postgres = f"ok ({(time.monotonic() - started) * 1000:.1f} ms)"
     except Exception as exc:  # any failure to answer means unavailable
-        postgres = f"unavailable: {type(exc).__name__}: {exc}"
+        postgres = f"unavailable: {describe(exc)}"
+    writers = services.writers.status()
+    replication = services.replicator.status() if services.replicator else None
+    rollups = services.refresher.status() if services.refresher else None
+    # Unavailable (503) when events cannot be acknowledged; degraded (200) when only a
+    # follower of the events table is failing.
+    if not postgres.startswith("ok") or writers["state"] != "running":
+        status: Literal["ok", "degraded", "unavailable"] = "unavailable"
+    elif any(part and part["state"] == "failing" for part in (replication, rollups)):
+        status = "degraded"
+    else:
+        status = "ok"
     body = Health(
-        status="ok" if postgres.startswith("ok") else "unavailable",
+        status=status,
         postgres=postgres,
         queue_depth=services.queue.depth,
         queue_capacity=services.queue.max_events,
         oldest_queued_age_s=round(services.queue.oldest_age_s(), 3),
         rows_written=services.writers.rows_written,
-        replication=services.replicator.status() if services.replicator else None,
-        rollups=services.refresher.status() if services.refresher else None,
+        writers=writers,
+        replication=replication,
+        rollups=rollups,
     )
-    return Response(body, status_code=200 if body.status == "ok" else 503)
+    return Response(body, status_code=503 if status == "unavailable" else 200)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from event_metrics.clickhouse import ClickHousePool
+from event_metrics.metrics_service import MetricsGate
 from event_metrics.postgres import create_pool
 from event_metrics.queue import IngestQueue
 from event_metrics.replicator import Replicator
@@ -28,6 +29,7 @@ class Services:
     queue: IngestQueue
     writers: WriterPool
     query_pool: asyncpg.Pool
+    metrics_gate: MetricsGate
     clickhouse: ClickHousePool | None = None
     replicator: Replicator | None = None
     refresher: RollupRefresher | None = None
@@ -78,6 +80,11 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
             clickhouse=clickhouse,
             replicator=replicator,
             refresher=refresher,
+            metrics_gate=MetricsGate(
+                running=settings.metrics_max_running,
+                waiting=settings.metrics_max_waiting,
+                wait_s=settings.metrics_wait_ms / 1000,
+            ),
         )
 
 

@@ -33,6 +33,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_body_bytes: int = 5 * 1024 * 1024
     max_batch_events: int = 10_000
     max_event_bytes: int = 64 * 1024
+    max_property_depth: int = 32
+    body_timeout_ms: int = 10_000
+    header_timeout_ms: int = 5_000
+    keepalive_timeout_ms: int = 5_000
+    max_header_bytes: int = 64 * 1024
+    max_connections: int = 4_096
     max_future_seconds: int = 24 * 3600
     results_full_max: int = 100
 
@@ -45,6 +51,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ack_timeout_ms: int = 10_000
     retry_initial_ms: int = 50
     retry_max_ms: int = 2_000
+    writer_stall_ms: int = 5_000
     retry_after_seconds: int = 1
     shutdown_timeout_ms: int = 10_000
     db_pool_size: int = 4
@@ -52,12 +59,17 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Metrics.
     max_window_days: int = 400
     query_timeout_ms: int = 30_000
+    max_series_rows: int = 50_000
+    metrics_max_running: int = 2
+    metrics_max_waiting: int = 8
+    metrics_wait_ms: int = 2_000
 
     # Rollups (pre-aggregated hours and days with exact user bitmaps) for /metrics.
     rollups: bool = True
     rollup_interval_ms: int = 5_000
     rollup_block_rows: int = 100_000
     rollup_max_pending_rows: int = 200_000
+    rollup_retry_max_ms: int = 5_000
 
     # Replication to ClickHouse.
     replicate: bool = True
@@ -73,11 +85,16 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             "shutdown_timeout_ms", "db_pool_size", "max_window_days", "query_timeout_ms",
             "replication_batch_rows", "replication_interval_ms", "replication_retry_max_ms",
             "results_full_max", "max_future_seconds", "rollup_interval_ms", "rollup_block_rows",
-            "rollup_max_pending_rows",
+            "rollup_max_pending_rows", "rollup_retry_max_ms", "writer_stall_ms",
+            "max_property_depth", "body_timeout_ms", "header_timeout_ms",
+            "keepalive_timeout_ms", "max_header_bytes", "max_connections", "max_series_rows",
+            "metrics_max_running", "metrics_wait_ms",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be a positive integer")
+        if self.metrics_max_waiting < 0:
+            raise ConfigError(f"{PREFIX}METRICS_MAX_WAITING must not be negative")
         if self.flush_interval_ms < 0:
             raise ConfigError(f"{PREFIX}FLUSH_INTERVAL_MS must not be negative")
         if self.port > 65535:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
+import time
 
 import asyncpg
 
+from event_metrics.backoff import Backoff, LoopState
 from event_metrics.writer import TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,17 @@ VALUES ($1, $2::text::xid8, $3, now())
 ON CONFLICT (target) DO UPDATE
 SET txid = excluded.txid, last_id = excluded.last_id, updated_at = excluded.updated_at
 """
+# Rows after a checkpoint (capped, so /health and /metrics stay cheap), and the oldest
+# one's age.
+PENDING = """
+SELECT count(*), min(received_at) FROM (
+    SELECT received_at FROM events
+    WHERE (txid, id) > ($1::text::xid8, $2::bigint)
+    ORDER BY txid, id
+    LIMIT $3
+) pending
+"""
+LAG_COUNT_CAP = 1_000_000
 Checkpoint = tuple[str, int]  # (txid as text, id) of the last row handled
 START: Checkpoint = ("0", 0)
 
@@ -49,24 +61,41 @@ async def save_checkpoint(
     await connection.execute(SAVE_CHECKPOINT, target, *checkpoint)
 
 
+async def measure_lag(
+    connection: asyncpg.Connection, checkpoint: Checkpoint, cap: int = LAG_COUNT_CAP
+) -> tuple[int, float]:
+    """(rows after the checkpoint, at most `cap`; seconds since the oldest was received)."""
+    count, oldest = await connection.fetchrow(PENDING, *checkpoint, cap)
+    return count, 0.0 if oldest is None else max(0.0, time.time() - oldest.timestamp())
+
+
 class LockedWorker:
     """A background loop that works only while it holds a PostgreSQL advisory lock.
 
     Several service processes may run one each; the lock makes one of them active and
     the others wait in "standby". Losing the connection releases the lock, so another
-    process takes over from the saved checkpoint. Outages are retried with backoff.
+    process takes over from the saved checkpoint. Any failure, an outage or a server
+    error, is retried with backoff and reported as state "failing": the loop only ends
+    when stop() is called.
     """
 
     lock_id: int
-    retry_errors: tuple[type[BaseException], ...] = TRANSIENT_ERRORS
+    name: str
 
     def __init__(self, database_url: str, *, interval_s: float, retry_max_s: float) -> None:
         self.database_url = database_url
         self.interval_s = interval_s
         self.retry_max_s = retry_max_s
-        self.state = "starting"
-        self.last_error: str | None = None
+        self.loop_state = LoopState(self.name, log)
         self._stopping = asyncio.Event()
+
+    @property
+    def state(self) -> str:
+        return self.loop_state.state
+
+    @property
+    def last_error(self) -> str | None:
+        return self.loop_state.last_error
 
     def stop(self) -> None:
         self._stopping.set()
@@ -76,38 +105,41 @@ class LockedWorker:
         return self._stopping.is_set()
 
     async def run(self) -> None:
-        """Work until stop(), retrying through outages."""
-        delay = 0.1
+        """Work until stop(), retrying through every failure."""
+        backoff = Backoff(initial_s=0.1, max_s=self.retry_max_s)
         while not self._stopping.is_set():
             try:
-                connection = await asyncpg.connect(self.database_url)
+                connection = await asyncpg.connect(self.database_url, timeout=10)
                 try:
                     if await self._wait_for_lock(connection):
-                        self.state, self.last_error = "running", None
-                        await self.work(connection)
+                        # A failing loop stays failing until work() completes a cycle.
+                        if self.loop_state.state != "failing":
+                            self.loop_state.set("running")
+                        await self.work(connection, backoff)
                 finally:
                     await connection.close()  # releases the advisory lock
-                delay = 0.1
-            except self.retry_errors as exc:
-                self.state, self.last_error = "retrying", f"{type(exc).__name__}: {exc}"
-                await self.on_outage()
-                log.warning("%s paused: %s; retrying in %.1fs", type(self).__name__, exc, delay)
-                await self.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, self.retry_max_s)
+            except Exception as exc:
+                await self.on_outage()  # first, so /health never shows a stale lag
+                self.loop_state.fail(exc, retry_in_s=self.retry_max_s)
+                if not isinstance(exc, TRANSIENT_ERRORS):
+                    log.debug("%s failure", self.name, exc_info=exc)
+                await self.sleep(backoff.next_delay())
+        self.loop_state.set("stopped")
 
     async def _wait_for_lock(self, connection: asyncpg.Connection) -> bool:
         while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_id):
-            self.state = "standby"  # another process is the active one
+            self.loop_state.set("standby")  # another process is the active one
             if await self.sleep(self.interval_s):
                 return False
         return True
 
-    async def work(self, connection: asyncpg.Connection) -> None:
-        """Run cycles on the lock-holding connection until stop() (sleep() says when)."""
+    async def work(self, connection: asyncpg.Connection, backoff: Backoff) -> None:
+        """Run cycles on the lock-holding connection until stop() (sleep() says when);
+        reset `backoff` after each cycle that succeeds."""
         raise NotImplementedError
 
     async def on_outage(self) -> None:
-        """Hook: refresh what /health reports while retrying."""
+        """Hook: refresh what /health reports while failing."""
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep unless stopped; True when stop() was called."""

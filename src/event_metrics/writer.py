@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
+from event_metrics.backoff import Backoff, LoopState, describe
 from event_metrics.events import Row
 from event_metrics.queue import IngestQueue, Ticket
 from event_metrics.settings import Settings
@@ -166,14 +168,37 @@ class WriterPool:
         self.queue = queue
         self.pool = pool
         self.rows_written = 0
+        self.commits = 0
+        self.loop_state = LoopState("writers", log, state="running")
         self._tasks: list[asyncio.Task[None]] = []
-        self._in_flight: set[Ticket] = set()
+        # Batch -> when its first write attempt started: how /health sees a stall.
+        self._in_flight: dict[int, tuple[float, list[Ticket]]] = {}
 
     def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._run(), name=f"writer-{n}")
             for n in range(self.settings.writer_count)
         ]
+
+    def oldest_in_flight_s(self) -> float:
+        """Seconds the oldest batch being written has waited for its commit, 0 if none."""
+        if not self._in_flight:
+            return 0.0
+        return time.monotonic() - min(started for started, _ in self._in_flight.values())
+
+    def status(self) -> dict[str, Any]:
+        """What /health reports: failing while writes fail, stalled while a commit hangs."""
+        oldest = self.oldest_in_flight_s()
+        state = self.loop_state.state
+        if state == "running" and oldest > self.settings.writer_stall_ms / 1000:
+            state = "stalled"
+        return {
+            "state": state,
+            "batches_in_flight": len(self._in_flight),
+            "oldest_in_flight_s": round(oldest, 3),
+            "commits": self.commits,
+            "last_error": self.loop_state.last_error,
+        }
 
     async def stop(self) -> None:
         """Take no new events, drain within the shutdown limit, then cancel the rest."""
@@ -184,8 +209,8 @@ class WriterPool:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         # Whatever is left was never committed: tell the waiting clients so.
-        leftovers = [*self._in_flight, *self.queue.take_all_nowait()]
-        for ticket in leftovers:
+        leftovers = [t for _, batch in self._in_flight.values() for t in batch]
+        for ticket in [*leftovers, *self.queue.take_all_nowait()]:
             if not ticket.future.done():
                 ticket.future.set_exception(StorageUnavailable("the service shut down first"))
 
@@ -197,45 +222,50 @@ class WriterPool:
                 batch = await self.queue.take(settings.batch_max_events, settings.flush_interval_s)
                 if not batch:
                     return
-                self._in_flight.update(batch)
+                self._in_flight[id(batch)] = (time.monotonic(), batch)
                 try:
                     await self._write_with_retry(lease, batch)
                 except Exception as exc:
                     # A writer that died would leave every later request waiting for its
                     # ack timeout: fail this batch (nothing was acknowledged) and go on.
                     log.exception("writer failed on a batch")
+                    self.loop_state.fail(exc)
                     await lease.drop()
                     for ticket in batch:
                         if not ticket.future.done():
-                            ticket.future.set_exception(StorageUnavailable(str(exc)))
+                            ticket.future.set_exception(StorageUnavailable(describe(exc)))
                 finally:
-                    self._in_flight.difference_update(batch)
+                    del self._in_flight[id(batch)]
         finally:
             await lease.release()
 
     async def _write_with_retry(self, lease: _Lease, batch: list[Ticket]) -> None:
-        delay = self.settings.retry_initial_ms / 1000
+        settings = self.settings
+        backoff = Backoff(
+            initial_s=settings.retry_initial_ms / 1000, max_s=settings.retry_max_ms / 1000
+        )
         while True:
             try:
                 connection = await lease.get()
-                self.rows_written += await write_rows(
-                    connection, batch, copy_min_rows=self.settings.copy_min_rows
-                )
+                stored = await write_rows(connection, batch, copy_min_rows=settings.copy_min_rows)
+                # Added after the await: `+= await` would read the counter before it.
+                self.rows_written += stored
+                self.commits += 1
+                self.loop_state.set("running")
                 return
             except TRANSIENT_ERRORS as exc:
                 # At-least-once: the same rows go again; ON CONFLICT makes a retry of a
                 # batch that did commit harmless.
                 await lease.drop()
-                log.warning("write failed (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, self.settings.retry_max_ms / 1000)
+                self.loop_state.fail(exc, retry_in_s=backoff.max_s)
+                await asyncio.sleep(backoff.next_delay())
             except asyncpg.PostgresError as exc:
                 if len(batch) > 1:
                     # Isolate the request that PostgreSQL refuses so the others still land.
                     for ticket in batch:
                         await self._write_with_retry(lease, [ticket])
                     return
-                log.error("PostgreSQL refused a request's events: %s", exc)
+                log.error("PostgreSQL refused a request's events: %s", describe(exc))
                 if not batch[0].future.done():
-                    batch[0].future.set_exception(StorageRejected(str(exc)))
+                    batch[0].future.set_exception(StorageRejected(describe(exc)))
                 return

@@ -1,0 +1,148 @@
+"""What JSON we accept and store as it was sent: valid UTF-8, no duplicate keys, bounded
+depth, no NUL, and numbers PostgreSQL's jsonb can hold.
+
+Properties are stored as the client's own JSON text, so their digits survive (a float
+round trip turns 12345678901234567890.5 into 12345678901234567000). jsonb keeps the last
+of two equal keys and refuses NUL, lone surrogates and numbers beyond numeric's range;
+an event holding any of those is refused here, on its own, instead of failing its batch.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import msgspec
+
+# PostgreSQL numeric: at most 131072 digits before the decimal point, 16383 after.
+_MAX_WHOLE_DIGITS = 131_072
+_MAX_FRACTION_DIGITS = 16_383
+
+
+class InvalidJSON(ValueError):
+    """The JSON is not something we store; the message says why."""
+
+
+def _check_float(text: str) -> int:
+    try:
+        number = Decimal(text)
+    except InvalidOperation:  # pragma: no cover - msgspec only passes valid literals
+        raise InvalidJSON(f"number {text[:40]} is not valid") from None
+    exponent = number.as_tuple().exponent
+    if (
+        not isinstance(exponent, int)
+        or number.adjusted() >= _MAX_WHOLE_DIGITS
+        or -exponent > _MAX_FRACTION_DIGITS
+    ):
+        raise InvalidJSON(f"number {text[:40]} is out of range")
+    return 0  # the value itself is not needed: the text is what gets stored
+
+
+_any = msgspec.json.Decoder(float_hook=_check_float)
+
+
+def decode(raw: bytes | memoryview, *, max_depth: int) -> Any:
+    """Decode JSON that must follow the rules above; raise InvalidJSON saying why not.
+
+    Floats come back as 0: callers keep the raw text, the decoded value is for checking.
+    """
+    data = bytes(raw)
+    try:
+        value = _any.decode(data)
+    except UnicodeDecodeError:
+        raise InvalidJSON("not valid UTF-8") from None
+    except RecursionError:
+        raise InvalidJSON(f"nested deeper than {max_depth} levels") from None
+    except msgspec.ValidationError as exc:  # raised by _check_float
+        raise InvalidJSON(str(exc).split(" - at `")[0]) from None
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise InvalidJSON(f"not valid JSON: {exc}") from None
+    if b"\\" not in data:
+        # No escapes: every ':' in the text separates a key from its value or sits inside
+        # a string exactly as decoded. Fewer members than separators means two keys of
+        # one object were equal and decoding dropped one.
+        members, colons = _walk_plain(value, max_depth)
+        if data.count(b":") != members + colons:
+            refuse_duplicate_keys(data)
+    else:
+        _walk_escaped(value, max_depth)
+        refuse_duplicate_keys(data)
+    return value
+
+
+def _walk_plain(value: Any, max_depth: int, depth: int = 1) -> tuple[int, int]:
+    """(object members, ':' inside strings) of a decoded value, checking its depth."""
+    members = colons = 0
+    kind = type(value)
+    if kind in (dict, list) and depth > max_depth:
+        raise InvalidJSON(f"nested deeper than {max_depth} levels")
+    if kind is dict:
+        members = len(value)
+        for key, item in value.items():
+            colons += key.count(":")
+            if type(item) is str:
+                colons += item.count(":")
+            elif type(item) in (dict, list):
+                more = _walk_plain(item, max_depth, depth + 1)
+                members, colons = members + more[0], colons + more[1]
+    elif kind is list:
+        for item in value:
+            if type(item) is str:
+                colons += item.count(":")
+            elif type(item) in (dict, list):
+                more = _walk_plain(item, max_depth, depth + 1)
+                members, colons = members + more[0], colons + more[1]
+    return members, colons
+
+
+def _walk_escaped(value: Any, max_depth: int, depth: int = 1) -> None:
+    """Depth, and NUL in any key or string (only an escape can put one there)."""
+    kind = type(value)
+    if kind in (dict, list) and depth > max_depth:
+        raise InvalidJSON(f"nested deeper than {max_depth} levels")
+    if kind is str:
+        if "\x00" in value:
+            raise InvalidJSON("strings must not contain NUL (\\u0000)")
+    elif kind is dict:
+        for key, item in value.items():
+            if "\x00" in key:
+                raise InvalidJSON("keys must not contain NUL (\\u0000)")
+            _walk_escaped(item, max_depth, depth + 1)
+    elif kind is list:
+        for item in value:
+            _walk_escaped(item, max_depth, depth + 1)
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> None:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise InvalidJSON(f"key {key[:60]!r} appears twice in one object")
+        seen.add(key)
+
+
+def refuse_duplicate_keys(data: bytes) -> None:
+    """The exact check, object by object (the slower path: escapes, or a count mismatch)."""
+    try:
+        json.loads(data, object_pairs_hook=_refuse_duplicates, parse_float=len, parse_int=len)
+    except InvalidJSON:
+        raise
+    except RecursionError:
+        raise InvalidJSON("nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise InvalidJSON(f"not valid JSON: {exc}") from None
+
+
+def top_level_keys(data: bytes) -> list[str]:
+    """The keys of a JSON object in order, repeats included (objects become pair lists,
+    and the outermost one is built last)."""
+    try:
+        pairs = json.loads(data, object_pairs_hook=list, parse_float=len, parse_int=len)
+    except RecursionError:
+        raise InvalidJSON("nested too deeply") from None
+    except ValueError as exc:
+        raise InvalidJSON(f"not valid JSON: {exc}") from None
+    if not isinstance(pairs, list):
+        raise InvalidJSON("not a JSON object")
+    return [key for key, _ in pairs]

@@ -1,0 +1,166 @@
+"""Background work never fails silently: every failure is retried, logged once per change
+of state, and shown in /health, and the loop carries on when the cause goes away."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from clickhouse_driver import Client
+
+from conftest import ClientFactory, wait_until
+from test_replication import clickhouse_keys, postgres_keys
+
+
+def event(key: str, ts: datetime | None = None) -> dict[str, Any]:
+    moment = ts or datetime.now(UTC)
+    return {"event_name": "e", "user_id": "u", "idempotency_key": key,
+            "timestamp": moment.isoformat()}  # fmt: skip
+
+
+async def health(client: Any) -> dict[str, Any]:
+    body: dict[str, Any] = (await client.get("/health")).json()
+    return body
+
+
+def warnings_from(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and text in r.getMessage()
+    ]
+
+
+async def test_clickhouse_server_error_is_retried_and_shown(
+    make_client: ClientFactory,
+    db: asyncpg.Connection,
+    clickhouse_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="event_metrics")
+    ch = Client.from_url(clickhouse_url)
+    try:
+        async with make_client(
+            clickhouse_url=clickhouse_url,
+            replication_interval_ms=20,
+            replication_retry_max_ms=100,
+        ) as client:
+            assert (await client.post("/events", json=event("a"))).status_code == 200
+            await wait_until(lambda: clickhouse_keys(clickhouse_url) == {"a"}, what="first copy")
+
+            # A server error, not an outage: the insert is refused on every attempt.
+            ch.execute("ALTER TABLE events DROP COLUMN properties")
+            assert (await client.post("/events", json=event("b"))).status_code == 200
+
+            async def failing() -> bool:
+                body = await health(client)
+                return bool(body["replication"]["state"] == "failing")
+
+            await wait_until(failing, what="replicator reported failing")
+            body = await health(client)
+            assert body["status"] == "degraded"
+            assert "properties" in body["replication"]["last_error"]
+            assert body["replication"]["lag_rows"] == 1
+            # Several retries, one warning: logged when the state changed, not per attempt.
+            failed_before = len(warnings_from(caplog, "replicator is failing"))
+            await wait_until(
+                lambda: client.app.state.services.replicator.loop_state.failures >= 4,
+                what="retries",
+            )
+            assert failed_before == len(warnings_from(caplog, "replicator is failing")) == 1
+
+            ch.execute("ALTER TABLE events ADD COLUMN properties String")
+
+            async def recovered() -> bool:
+                return clickhouse_keys(clickhouse_url) == await postgres_keys(db)
+
+            await wait_until(recovered, what="replication after the column came back")
+            body = await health(client)
+            assert body["status"] == "ok"
+            assert body["replication"]["state"] == "running"
+            assert body["replication"]["last_error"] is None
+            assert any("replicator recovered" in r.getMessage() for r in caplog.records)
+    finally:
+        ch.disconnect()
+
+
+async def test_an_insert_spanning_many_months_is_replicated(
+    make_client: ClientFactory, db: asyncpg.Connection, clickhouse_url: str
+) -> None:
+    # Current ClickHouse refuses one insert that touches more than 100 monthly partitions
+    # (tests/test_clickhouse_dialect.py shows it on chdb); the replicator splits by month.
+    start = datetime(2015, 1, 15, tzinfo=UTC)
+    events = [event(f"m{n}", start + timedelta(days=31 * n)) for n in range(101)]
+    async with make_client(clickhouse_url=clickhouse_url, replication_interval_ms=20) as client:
+        assert (await client.post("/events", json=events)).status_code == 200
+        expected = await postgres_keys(db)
+        assert len(expected) == 101
+        await wait_until(lambda: clickhouse_keys(clickhouse_url) == expected, what="copy")
+
+
+async def test_rollup_refresher_failure_is_retried_and_shown(
+    make_client: ClientFactory, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="event_metrics")
+    async with make_client(rollup_interval_ms=20, rollup_retry_max_ms=100) as client:
+        await db.execute("ALTER TABLE rollups RENAME TO rollups_away")
+        try:
+            assert (await client.post("/events", json=event("a"))).status_code == 200
+
+            async def failing() -> bool:
+                return bool((await health(client))["rollups"]["state"] == "failing")
+
+            await wait_until(failing, what="refresher reported failing")
+            body = await health(client)
+            assert body["status"] == "degraded"
+            assert "rollups" in body["rollups"]["last_error"]
+            assert body["rollups"]["lag_rows"] == 1
+        finally:
+            await db.execute("ALTER TABLE rollups_away RENAME TO rollups")
+
+        async def folded() -> bool:
+            return bool((await health(client))["rollups"]["rows_folded"] == 1)
+
+        await wait_until(folded, what="refresher caught up")
+        body = await health(client)
+        assert (body["status"], body["rollups"]["state"]) == ("ok", "running")
+        assert len(warnings_from(caplog, "rollup refresher is failing")) == 1
+
+
+async def test_stalled_commits_make_health_unavailable(
+    make_client: ClientFactory, db: asyncpg.Connection, database_url: str
+) -> None:
+    locker = await asyncpg.connect(database_url)
+    try:
+        async with make_client(writer_stall_ms=200) as client:
+            transaction = locker.transaction()
+            await transaction.start()
+            await locker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+            try:
+                response = await client.post("/events", json=event("a"), params={"wait": "false"})
+                assert response.status_code == 202
+
+                async def stalled() -> bool:
+                    return bool((await health(client))["writers"]["state"] == "stalled")
+
+                await wait_until(stalled, what="writers reported stalled")
+                response = await client.get("/health")
+                assert response.status_code == 503
+                body = response.json()
+                assert body["status"] == "unavailable"
+                assert body["writers"]["batches_in_flight"] == 1
+                assert body["writers"]["oldest_in_flight_s"] >= 0.2
+            finally:
+                await transaction.rollback()
+
+            async def committed() -> bool:
+                return bool((await health(client))["rows_written"] == 1)
+
+            await wait_until(committed, what="the commit after the lock went away")
+            body = await health(client)
+            assert (body["status"], body["writers"]["state"]) == ("ok", "running")
+    finally:
+        await locker.close()
