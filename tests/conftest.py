@@ -6,6 +6,10 @@ import asyncio
 import contextlib
 import inspect
 import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -187,3 +191,62 @@ def clickhouse_url(clickhouse_server: ClickHouseServer) -> Iterator[str]:
         if clickhouse_server.is_running():
             admin.execute(f"DROP DATABASE IF EXISTS {name}")
         admin.disconnect()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class LiveServer:
+    """`event-metrics serve` in a process of its own: the real uvicorn, protocol and all."""
+
+    def __init__(self, database_url: str, **variables: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "EVENT_METRICS_DATABASE_URL": database_url,
+            "EVENT_METRICS_PORT": str(self.port),
+            **{f"EVENT_METRICS_{name.upper()}": value for name, value in variables.items()},
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "event_metrics.cli", "serve"],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited: {self.process.stderr.read().decode()}")  # type: ignore[union-attr]
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("serve did not answer /health within 30 s")
+
+    def stop(self) -> str:
+        """Stop with SIGTERM; return what the process wrote to stderr."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            _, err = self.process.communicate()
+        return err.decode(errors="replace")
+
+
+@contextlib.contextmanager
+def live_server(database_url: str, **variables: str) -> Iterator[LiveServer]:
+    server = LiveServer(database_url, **variables)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -51,6 +51,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         limits = self._limits = _limits()
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._discarding = False
         if len(self.connections) > limits.max_connections:
             transport.write(
                 b"HTTP/1.1 503 Service Unavailable\r\n"
@@ -73,16 +74,27 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._head_timer = None
 
     def _refuse(self, response: bytes) -> None:
+        """Answer, then close once the client has had a moment to read the answer.
+
+        Closing while its request is still arriving would reset the connection and the
+        client might never see why; so half-close, discard what still comes, and close.
+        """
         self._disarm_head_timer()
-        if not self.transport.is_closing():
-            self.transport.write(response)
-            self.transport.close()
+        if self.transport.is_closing():
+            return
+        self.transport.write(response)
+        self._discarding = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(1.0, self.transport.close)
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
         self._refuse(REQUEST_TIMEOUT)
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
         waiting_for_head = self._head_timer is not None
         super().data_received(data)
         if waiting_for_head and self._head_timer is not None:

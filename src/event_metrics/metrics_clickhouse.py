@@ -14,6 +14,7 @@ from event_metrics.metrics import (
     MetricsResponse,
     build_response,
     check_row_count,
+    off_the_loop,
 )
 
 # Bucket expressions; %(tz)s is substituted by clickhouse-driver as a quoted literal (the
@@ -90,4 +91,6 @@ async def fetch_metrics(
     check_row_count(len(series), max_rows)
     total = (totals[0][-2], totals[0][-1]) if totals else (0, 0)
     rows = [row for row in series if row[-2]]
-    return build_response(query, backend="clickhouse", total=total, rows=rows)
+    return await off_the_loop(
+        lambda: build_response(query, backend="clickhouse", total=total, rows=rows), len(rows)
+    )

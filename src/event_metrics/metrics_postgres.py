@@ -15,6 +15,7 @@ from event_metrics.metrics import (
     MetricsResponse,
     build_response,
     check_row_count,
+    off_the_loop,
 )
 from event_metrics.writer import TRANSIENT_ERRORS
 
@@ -89,4 +90,6 @@ async def fetch_metrics(
     check_row_count(len(series), max_rows)
     total = (totals[0]["events"], totals[0]["unique_users"])
     rows = [tuple(row) for row in series if row["events"]]
-    return build_response(query, backend="postgres", total=total, rows=rows)
+    return await off_the_loop(
+        lambda: build_response(query, backend="postgres", total=total, rows=rows), len(rows)
+    )

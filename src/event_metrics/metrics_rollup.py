@@ -25,6 +25,7 @@ from event_metrics.metrics import (
     bucket_start,
     build_response,
     check_row_count,
+    off_the_loop,
 )
 from event_metrics.metrics_postgres import BUCKETS, postgres_answering
 from event_metrics.rollup_plan import Plan, bucket_bounds, level_for
@@ -129,7 +130,6 @@ async def _fetch(
     pool: asyncpg.Pool, query: MetricsQuery, max_pending: int | None, max_rows: int
 ) -> MetricsResponse | None:
     bounds = bucket_bounds(query)
-    check_row_count(len(bounds) - 1, max_rows)  # the buckets alone, before any query
     filtered = ("event_name",) if query.event_name is not None else ()
     start = int(query.start.timestamp())
     series_plan = Plan.make(
@@ -176,18 +176,21 @@ async def _fetch(
         }
         uids = dict(await connection.fetch(USER_IDS, list(raw_users))) if raw_users else {}
 
-    rows: list[SeriesRow] = [
-        (bounds[index], *groups, cell.events, cell.unique_users(uids))
-        for (index, groups), cell in series.items()
-        if cell.events
-    ]
-    whole = total.get((0, ()), Cell())
-    return build_response(
-        query,
-        backend="postgres",
-        total=(whole.events, whole.unique_users(uids)),
-        rows=itertools.chain(direct, rows),
-    )
+    def assemble() -> MetricsResponse:
+        rows: list[SeriesRow] = [
+            (bounds[index], *groups, cell.events, cell.unique_users(uids))
+            for (index, groups), cell in series.items()
+            if cell.events
+        ]
+        whole = total.get((0, ()), Cell())
+        return build_response(
+            query,
+            backend="postgres",
+            total=(whole.events, whole.unique_users(uids)),
+            rows=itertools.chain(direct, rows),
+        )
+
+    return await off_the_loop(assemble, len(series) + len(direct))
 
 
 async def _fetch_rollups(

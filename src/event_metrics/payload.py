@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import zlib
 from collections.abc import AsyncIterator, Iterable
 from typing import NamedTuple
@@ -175,6 +176,7 @@ def split_events(body: bytes, *, kind: str, max_events: int) -> list[bytes]:
 
 
 def _split_json(body: bytes) -> list[bytes]:
+    items: list[bytes] | list[msgspec.Raw]
     first = body.lstrip()[:1]
     try:
         if first == b"[":
@@ -197,11 +199,54 @@ def _split_json(body: bytes) -> list[bytes]:
     except msgspec.DecodeError as exc:
         raise MalformedPayload(f"body is not valid JSON: {exc}") from None
     except RecursionError:
-        raise MalformedPayload("body is nested too deeply") from None
+        # An event nested deeper than msgspec recurses is rejected on its own, later;
+        # the others in the body must still be found.
+        items = _split_deep_array(body)
     for index, item in enumerate(items):
         if bytes(item).lstrip()[:1] != b"{":
             raise MalformedPayload(f"item {index} is not a JSON object")
     return [bytes(item) for item in items]
+
+
+# A string, or a run of one structural character: what the slow splitter steps over.
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|\[+|\]+|\{+|\}+|,')
+_ENVELOPE = re.compile(rb'\s*\{\s*"events"\s*:\s*(\[.*\])\s*\}\s*', re.DOTALL)
+
+
+def _split_deep_array(body: bytes) -> list[bytes]:
+    """The top-level items of a JSON array (or {"events": [...]}) without recursion.
+
+    Only for bodies too deep for msgspec; it steps over strings and brackets in C-speed
+    regex matches, so its cost stays proportional to the body, which is bounded.
+    """
+    envelope = _ENVELOPE.fullmatch(body)
+    data = envelope.group(1) if envelope else body.strip()
+    if data[:1] != b"[" or data[-1:] != b"]":
+        raise MalformedPayload("body is nested too deeply to be an event or a list of events")
+    items: list[bytes] = []
+    stack: list[int] = []  # the open brackets, innermost last
+    start = 1
+    for match in _TOKEN.finditer(data):
+        token = match.group()
+        first = token[0]
+        if first in b"[{":
+            stack.extend(token)
+        elif first in b"]}":
+            opener = b"[" if first == ord("]") else b"{"
+            if len(stack) < len(token) or bytes(stack[-len(token) :]) != opener * len(token):
+                break
+            del stack[-len(token) :]
+            if not stack:  # the closing bracket of the array itself
+                if match.end() != len(data):
+                    break
+                last = data[start : match.end() - 1].strip()
+                if last:
+                    items.append(last)
+                return items
+        elif first == ord(",") and len(stack) == 1:
+            items.append(data[start : match.start()].strip())
+            start = match.end()
+    raise MalformedPayload("body is not valid JSON: unbalanced brackets")
 
 
 def _refuse_second_envelope(body: bytes) -> None:

@@ -60,8 +60,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_window_days: int = 400
     query_timeout_ms: int = 30_000
     max_series_rows: int = 50_000
-    metrics_max_running: int = 2
-    metrics_max_waiting: int = 8
+    metrics_max_running: int = 1
+    metrics_max_waiting: int = 32
     metrics_wait_ms: int = 2_000
 
     # Rollups (pre-aggregated hours and days with exact user bitmaps) for /metrics.

@@ -1,0 +1,279 @@
+"""Property-based fuzzing of the payload and event parsers (hypothesis), of the whole
+POST /events path against the real app and database, and of every route through the
+served OpenAPI schema (schemathesis). Bounded so `make test` stays fast."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from litestar.testing import TestClient
+
+from conftest import live_server
+from event_metrics import json_checks
+from event_metrics.app import create_app
+from event_metrics.events import InvalidEvent, parse_event
+from event_metrics.payload import (
+    JSON_TYPES,
+    NDJSON_TYPES,
+    MalformedPayload,
+    TooManyEvents,
+    split_events,
+)
+from event_metrics.settings import Settings
+
+MAX_DEPTH = 6
+
+# --- JSON text with the hard parts: duplicate keys, escapes, surrogates, NUL, numbers ----
+
+keys = st.sampled_from(["a", "b", "x:y", "é", "\x00", "k\\", 'q"'])
+numbers = st.one_of(
+    st.integers(-(10**30), 10**30).map(str),
+    st.decimals(allow_nan=False, allow_infinity=False, places=3).map(str),
+    st.sampled_from(["1e5", "-2.5E-3", "1e200000", "1e-20000", "12345678901234567890.5", "0"]),
+)
+scalars = st.one_of(
+    st.none().map(lambda _: "null"),
+    st.booleans().map(lambda b: "true" if b else "false"),
+    numbers,
+    st.text(max_size=6).map(lambda t: ("s", t)),
+    st.sampled_from(['"\\ud800"', '"\\udc00"', '"\\ud83d\\ude00"', '"\\u0000"', '"C:\\\\u0000"']),
+)
+trees = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4).map(lambda items: ("list", items)),
+        st.lists(st.tuples(keys, children), max_size=4).map(lambda pairs: ("object", pairs)),
+    ),
+    max_leaves=12,
+)
+
+
+def render_string(text: str, escape: list[bool]) -> str:
+    out = []
+    for n, char in enumerate(text):
+        if char in '"\\' or ord(char) < 0x20 or (escape and escape[n % len(escape)]):
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+def render(tree: Any, escape: list[bool], space: str) -> str:
+    if isinstance(tree, str):
+        return tree
+    kind, value = tree
+    if kind == "s":
+        return render_string(value, escape)
+    if kind == "list":
+        return "[" + f",{space}".join(render(item, escape, space) for item in value) + "]"
+    members = (f"{render_string(k, escape)}:{space}{render(v, escape, space)}" for k, v in value)
+    return "{" + f",{space}".join(members) + "}"
+
+
+def oracle(text: bytes, max_depth: int) -> bool:
+    """Whether the JSON should be accepted, decided with the standard library only."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        names = [k for k, _ in items]
+        if len(set(names)) != len(names):
+            raise ValueError("duplicate")
+        return dict(items)
+
+    def number(literal: str) -> Decimal:
+        value = Decimal(literal)
+        exponent = value.as_tuple().exponent
+        assert isinstance(exponent, int)
+        if value.adjusted() >= 131072 or -exponent > 16383:
+            raise ValueError("range")
+        return value
+
+    def depth_and_strings(value: Any, depth: int = 1) -> None:
+        if not isinstance(value, (dict, list)):
+            return
+        if depth > max_depth:
+            raise ValueError("depth")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            for string in (key, item):
+                if isinstance(string, str):
+                    string.encode("utf-8")  # lone surrogates fail here
+                    if "\x00" in string:
+                        raise ValueError("nul")
+            depth_and_strings(item, depth + 1)
+
+    try:
+        value = json.loads(text.decode("utf-8"), object_pairs_hook=pairs, parse_float=number)
+        if isinstance(value, str):
+            value.encode("utf-8")
+            if "\x00" in value:
+                return False
+        depth_and_strings(value)
+    except (ValueError, UnicodeError, RecursionError):
+        return False
+    return True
+
+
+@settings(max_examples=400, deadline=None)
+@given(tree=trees, escape=st.lists(st.booleans(), max_size=3), space=st.sampled_from(["", " "]))
+def test_json_checks_agree_with_the_standard_library(
+    tree: Any, escape: list[bool], space: str
+) -> None:
+    text = render(tree, escape, space).encode("utf-8", "surrogatepass")
+    try:
+        json_checks.decode(text, max_depth=MAX_DEPTH)
+        accepted = True
+    except json_checks.InvalidJSON:
+        accepted = False
+    assert accepted == oracle(text, MAX_DEPTH), text
+
+
+# --- the parsers never fail in a way that is not a client error ------------------------------
+
+NOW = datetime(2026, 11, 29, tzinfo=UTC)
+fields = st.fixed_dictionaries(
+    {"event_name": st.sampled_from(["e", "", "x" * 201])},
+    optional={
+        "user_id": st.one_of(st.text(max_size=5), st.integers()),
+        "timestamp": st.sampled_from(
+            ["2026-11-01T00:00:00Z", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+             "1969-12-31T23:59:59Z", "nope", 5]
+        ),
+        "sent_at": st.sampled_from(["2026-11-01T00:00:00Z", "0001-01-01T00:00:00+14:00"]),
+        "idempotency_key": st.text(max_size=4),
+        "channel": st.one_of(st.none(), st.text(max_size=3)),
+        "unknown": st.integers(),
+    },
+)  # fmt: skip
+
+
+def event_bytes() -> st.SearchStrategy[bytes]:
+    plain = fields.map(lambda f: json.dumps(f).encode())
+    with_properties = st.tuples(fields, trees, st.lists(st.booleans(), max_size=2)).map(
+        lambda t: (
+            json.dumps(t[0])[:-1].encode()
+            + b', "properties": '
+            + render(t[1], t[2], "").encode("utf-8", "surrogatepass")
+            + b"}"
+        )
+    )
+    return st.one_of(plain, with_properties, st.binary(max_size=40))
+
+
+def bodies() -> st.SearchStrategy[tuple[bytes, str]]:
+    events = st.lists(event_bytes(), max_size=5)
+    as_json = events.map(lambda items: (b"[" + b",".join(items) + b"]", "application/json"))
+    wrapped = events.map(
+        lambda items: (b'{"events":[' + b",".join(items) + b"]}", "application/json")
+    )
+    one = event_bytes().map(lambda item: (item, "application/json"))
+    ndjson = events.map(lambda items: (b"\n".join(items), "application/x-ndjson"))
+    noise = st.binary(max_size=60).map(lambda raw: (raw, "application/json"))
+    return st.one_of(as_json, wrapped, one, ndjson, noise)
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=bodies())
+def test_parsers_raise_only_client_errors(body: tuple[bytes, str]) -> None:
+    raw, kind = body
+    assert kind in JSON_TYPES | NDJSON_TYPES
+    try:
+        items = split_events(raw, kind=kind, max_events=100)
+    except (MalformedPayload, TooManyEvents):
+        return
+    for item in items:
+        try:
+            row = parse_event(
+                item,
+                received_at=NOW,
+                max_event_bytes=65536,
+                max_future=timedelta(days=1),
+                max_depth=MAX_DEPTH,
+            )
+        except InvalidEvent:
+            continue
+        # What is accepted can be stored: text without NUL, JSON PostgreSQL takes.
+        assert "\x00" not in row.event_name + row.user_id + row.idempotency_key + row.channel
+        if row.properties is not None:
+            assert isinstance(msgspec.json.decode(row.properties), dict)
+
+
+# --- the whole path: no 5xx, and nothing half-written ------------------------------------------
+
+
+@pytest.fixture
+def sync_client(settings: Settings) -> Any:
+    app = create_app(msgspec.structs.replace(settings, max_property_depth=MAX_DEPTH))
+    with TestClient(app=app) as client:
+        yield client
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(body=bodies(), gzipped=st.booleans())
+def test_posted_bodies_never_get_5xx_and_store_exactly_what_was_accepted(
+    sync_client: Any, database_url: str, body: tuple[bytes, str], gzipped: bool
+) -> None:
+    raw, kind = body
+    headers = {"Content-Type": kind}
+    if gzipped:
+        raw, headers["Content-Encoding"] = gzip.compress(raw), "gzip"
+    before = asyncio.run(_count(database_url))
+    response = sync_client.post("/events", content=raw, headers=headers)
+    assert response.status_code < 500, response.text
+    stored = asyncio.run(_count(database_url)) - before
+    answer = response.json()
+    if "accepted" in answer:
+        # Derived keys can repeat earlier examples' events: those are duplicates.
+        assert stored == answer["accepted"], answer
+    else:
+        assert stored == 0, answer
+
+
+async def _count(url: str) -> int:
+    connection = await asyncpg.connect(url)
+    try:
+        count: int = await connection.fetchval("SELECT count(*) FROM events")
+        return count
+    finally:
+        await connection.close()
+
+
+# --- every route, from the served schema ---------------------------------------------------------
+
+
+def test_every_route_survives_schemathesis(database_url: str, tmp_path: Path) -> None:
+    with live_server(database_url) as server:
+        result = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "st"), "run",
+                f"{server.url}/schema/openapi.json",
+                "--checks", "not_a_server_error",
+                "--max-examples", "60",
+                "--phases", "examples,coverage,fuzzing",
+                "--generation-allow-x00", "true",
+                "--seed", "20261129",
+                "--workers", "1",
+                "--report-dir", str(tmp_path),
+                "--no-color",
+            ],
+            capture_output=True, text=True, timeout=600,
+            env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
+        )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]

@@ -1,0 +1,155 @@
+"""Limits of the real HTTP server (uvicorn with our protocol) against slow or greedy
+clients, on raw sockets: every limit is enforced before the work is done."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import httpx
+import pytest
+
+from conftest import LiveServer, live_server
+
+EVENT = json.dumps({"event_name": "e", "user_id": "u"}).encode()
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str) -> Iterator[LiveServer]:
+    with live_server(
+        database_url,
+        header_timeout_ms="1000",
+        body_timeout_ms="1000",
+        max_connections="1200",
+        max_header_bytes="16384",
+    ) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def connection(
+    server: LiveServer,
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def read_all(reader: asyncio.StreamReader, timeout_s: float = 10) -> bytes:
+    return await asyncio.wait_for(reader.read(), timeout_s)
+
+
+async def test_oversized_content_length_is_refused_before_100_continue(
+    server: LiveServer, db: asyncpg.Connection
+) -> None:
+    async with connection(server) as (reader, writer):
+        writer.write(
+            b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000000000000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 5)
+    assert status.startswith(b"HTTP/1.1 413"), status
+
+
+async def test_a_connection_that_sends_nothing_is_closed(server: LiveServer) -> None:
+    async with connection(server) as (reader, _):
+        started = time.monotonic()
+        answer = await read_all(reader)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert 0.8 < time.monotonic() - started < 5
+
+
+async def test_a_head_dripped_byte_by_byte_is_cut_off(server: LiveServer) -> None:
+    async with connection(server) as (reader, writer):
+        started = time.monotonic()
+        answer = asyncio.create_task(read_all(reader))
+        head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+        for byte in head:
+            if answer.done() or time.monotonic() - started > 3:
+                break
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                writer.write(bytes([byte]))
+                await writer.drain()
+            await asyncio.sleep(0.05)
+        assert (await answer).startswith(b"HTTP/1.1 408")
+    assert time.monotonic() - started < 4
+
+
+async def test_an_oversized_head_is_refused(server: LiveServer) -> None:
+    async with connection(server) as (reader, writer):
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            for _ in range(40):
+                writer.write(b"X-Filler: " + b"a" * 1000 + b"\r\n")
+                await writer.drain()
+        answer = await read_all(reader)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+
+
+async def test_a_body_that_stops_arriving_gets_408_and_stores_nothing(
+    server: LiveServer, db: asyncpg.Connection
+) -> None:
+    async with connection(server) as (reader, writer):
+        writer.write(
+            b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(EVENT)}\r\n\r\n".encode()
+            + EVENT[:10]
+        )
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 5)
+    assert status.startswith(b"HTTP/1.1 408"), status
+    assert await db.fetchval("SELECT count(*) FROM events") == 0
+
+
+async def test_no_server_header_and_a_request_id(server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        response = await client.get("/health")
+    assert "server" not in response.headers
+    assert response.headers["x-request-id"]
+
+
+async def test_other_clients_are_served_while_1000_slow_connections_are_open(
+    server: LiveServer, db: asyncpg.Connection
+) -> None:
+    slow: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(1000):
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"POST /events HTTP/1.1\r\nHost: x\r\n")  # and then nothing more
+            slow.append(writer)
+        async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+            for n in range(50):
+                response = await client.post(
+                    "/events", content=EVENT, headers={"Content-Type": "application/json"}
+                )
+                assert response.status_code == 200, (n, response.text)
+    finally:
+        for writer in slow:
+            writer.close()
+    assert await db.fetchval("SELECT count(*) FROM events") == 50
+
+
+async def test_connections_over_the_cap_get_503_at_once(database_url: str) -> None:
+    with live_server(database_url, max_connections="20", header_timeout_ms="5000") as capped:
+        held = []
+        try:
+            for _ in range(20):
+                held.append(await asyncio.open_connection("127.0.0.1", capped.port))
+            await asyncio.sleep(0.2)  # let the server accept them all
+            reader, writer = await asyncio.open_connection("127.0.0.1", capped.port)
+            answer = await read_all(reader, timeout_s=3)
+            writer.close()
+        finally:
+            for _, held_writer in held:
+                held_writer.close()
+    assert answer.startswith(b"HTTP/1.1 503"), answer
+    assert b"Retry-After: 1" in answer
