@@ -27,7 +27,7 @@ from clickhouse_driver import Client
 from clickhouse_driver.util.escape import escape_params
 
 from clickhouse_server import ClickHouseServer, find_clickhouse_binary
-from event_metrics import metrics_clickhouse
+from event_metrics import metrics_clickhouse, verify
 from event_metrics.clickhouse import MIGRATIONS, apply_schema
 from event_metrics.metrics import MetricsQuery
 from event_metrics.replicator import split_by_month
@@ -817,3 +817,18 @@ def test_current_clickhouse_refuses_an_insert_over_100_partitions(chdb_engine: E
             [tuple(int(v.timestamp()) if isinstance(v, datetime) else v for v in r) for r in block],
         )
     assert chdb_engine("SELECT count() FROM events_months") == [(101,)]
+
+
+def test_verify_summary_matches_md5_of_the_keys(engine: Engine) -> None:
+    """event-metrics verify: ClickHouse's key checksum is the one PostgreSQL computes."""
+    import hashlib
+
+    _fresh(engine, "events")
+    keys = ["a", "b", "sha:0123", "ключ", "k" * 200]
+    rows = [(n, key, "e", "u", "", 1767268800 + n, 1767268800, "") for n, key in enumerate(keys)]
+    engine.insert("events", EVENTS_COLUMNS, rows)
+    [(day, name, count, first, second)] = engine(verify.CLICKHOUSE_SUMMARY)
+    digests = [hashlib.md5(key.encode()).digest() for key in keys]
+    assert (str(day), name, count) == ("2026-01-01", "e", 5)
+    assert first == sum(int.from_bytes(d[:4], "big") for d in digests)
+    assert second == sum(int.from_bytes(d[4:8], "big") for d in digests)

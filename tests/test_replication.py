@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -225,3 +227,54 @@ async def test_clickhouse_outage_while_events_keep_arriving(
             assert health["replication"]["state"] == "running"
     finally:
         server.stop()
+
+
+def run_cli(*args: str, database_url: str, clickhouse_url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EVENT_METRICS_DATABASE_URL": database_url,
+           "EVENT_METRICS_CLICKHOUSE_URL": clickhouse_url}  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "event_metrics.cli", *args],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+async def test_verify_finds_a_row_deleted_from_clickhouse_and_repairs_it(
+    make_client: ClientFactory, db: asyncpg.Connection, clickhouse_url: str, database_url: str
+) -> None:
+    events = [
+        {"event_name": name, "user_id": f"u{n}", "idempotency_key": f"{name}-{n}",
+         "timestamp": f"2026-0{1 + n % 3}-1{n % 9}T10:00:00Z"}
+        for n in range(40) for name in ("view", "buy")
+    ]  # fmt: skip
+    async with make_client(clickhouse_url=clickhouse_url, replication_interval_ms=20) as client:
+        assert (await client.post("/events", json=events)).status_code == 200
+        expected = await postgres_keys(db)
+        await wait_until(lambda: clickhouse_keys(clickhouse_url) == expected, what="copy")
+    clean = run_cli("verify", "--json", database_url=database_url, clickhouse_url=clickhouse_url)
+    assert clean.returncode == 0, clean.stderr
+    assert json.loads(clean.stdout)["differences"] == []
+
+    ch = Client.from_url(clickhouse_url)
+    try:
+        ch.execute("ALTER TABLE events DELETE WHERE idempotency_key = 'buy-7'")
+        # An extra row PostgreSQL never had, in a cell of its own and in a shared one.
+        ch.execute(
+            "INSERT INTO events (id, idempotency_key, event_name, user_id, channel, ts, "
+            "received_at, properties) VALUES",
+            [(999, "ghost", "view", "u", "", datetime(2026, 1, 10, 10, tzinfo=UTC),
+              datetime(2026, 1, 10, 10, tzinfo=UTC), "")],
+        )  # fmt: skip
+        await wait_until(lambda: "buy-7" not in clickhouse_keys(clickhouse_url), what="delete")
+    finally:
+        ch.disconnect()
+    broken = run_cli("verify", "--json", database_url=database_url, clickhouse_url=clickhouse_url)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    differences = json.loads(broken.stdout)["differences"]
+    assert {(d["day"], d["event_name"], d["missing"], d["extra"]) for d in differences} == {
+        ("2026-02-17", "buy", 1, 0),
+        ("2026-01-10", "view", 0, 1),
+    }
+    fixed = run_cli("verify", "--repair", database_url=database_url, clickhouse_url=clickhouse_url)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "0 cells still differ" in fixed.stdout
+    assert clickhouse_keys(clickhouse_url) == await postgres_keys(db)

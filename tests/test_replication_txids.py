@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from conftest import unavailable, wait_until
-from event_metrics import rollups
+from event_metrics import rollups, verify
 from event_metrics.migrations import upgrade_head
 from event_metrics.replicator import Replicator
 from event_metrics.settings import Settings
@@ -175,6 +175,8 @@ async def test_followers_keep_every_row_under_concurrent_writers(
             return bool(total == len(expected))
 
         await wait_until(folded, what="every row folded into the rollups")
+        report, _ = await verify.run(fresh_db, clickhouse_url, fix=False)
+        assert report.cells > 0 and report.differences == []
     finally:
         for replicator in replicators:
             replicator.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -13,7 +14,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from event_metrics import http_server, rollups
+from event_metrics import http_server, rollups, verify
 from event_metrics.migrations import upgrade_head
 from event_metrics.postgres import start_embedded
 from event_metrics.replicator import Replicator
@@ -98,6 +99,36 @@ def rebuild_rollups(settings: Settings) -> None:
     del server
 
 
+def verify_mirror(settings: Settings, *, fix: bool, as_json: bool) -> None:
+    """Compare ClickHouse with PostgreSQL per UTC day and event name; exit 1 on differences."""
+    if not settings.clickhouse_url:
+        sys.exit("event-metrics: verify needs EVENT_METRICS_CLICKHOUSE_URL")
+    settings, server = _resolve_database(settings)
+    assert settings.database_url is not None and settings.clickhouse_url is not None
+    report, after = asyncio.run(verify.run(settings.database_url, settings.clickhouse_url, fix=fix))
+    final = after or report
+    if as_json:
+        print(json.dumps({
+            "cells": report.cells,
+            "differences": [d.as_dict() for d in report.differences],
+            "repaired_rows": after.repaired if after else 0,
+            "differences_after_repair": [d.as_dict() for d in after.differences] if after else None,
+        }))  # fmt: skip
+    else:
+        print(f"compared {report.cells} (day, event_name) cells: "
+              f"{len(report.differences)} differ")  # fmt: skip
+        for d in report.differences:
+            print(f"  {d.day} {d.event_name!r}: postgres {d.postgres_rows} rows, "
+                  f"clickhouse {d.clickhouse_rows}; missing {len(d.missing)}, "
+                  f"extra {len(d.extra)}")  # fmt: skip
+        if after is not None:
+            print(f"repaired: copied {after.repaired} rows again; "
+                  f"{len(after.differences)} cells still differ")  # fmt: skip
+    del server
+    if final.differences:
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="event-metrics", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +139,13 @@ def main(argv: list[str] | None = None) -> None:
         "--once", action="store_true", help="copy what is committed now, then exit"
     )
     commands.add_parser("rebuild-rollups", help="recompute the rollups from the events table")
+    verify_parser = commands.add_parser(
+        "verify", help="compare the ClickHouse mirror with PostgreSQL; exit 1 on differences"
+    )
+    verify_parser.add_argument(
+        "--repair", action="store_true", help="copy the differing days again, then re-check"
+    )
+    verify_parser.add_argument("--json", action="store_true", help="print a JSON report")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
@@ -120,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
         migrate(settings)
     elif args.command == "rebuild-rollups":
         rebuild_rollups(settings)
+    elif args.command == "verify":
+        verify_mirror(settings, fix=args.repair, as_json=args.json)
     else:
         replicate(settings, once=args.once)
 
