@@ -17,7 +17,6 @@ from event_metrics.errors import ErrorBody
 from event_metrics.metrics import AnswerTooLarge, BackendUnavailable, InvalidParameter
 from event_metrics.metrics_service import MetricsBusy
 from event_metrics.payload import (
-    BodyTimeout,
     ClientDisconnected,
     MalformedPayload,
     PayloadTooLarge,
@@ -37,7 +36,6 @@ log = logging.getLogger(__name__)
 ERROR_STATUSES: dict[type[Exception], tuple[int, str, bool]] = {
     MalformedPayload: (400, "malformed_body", False),
     ClientDisconnected: (400, "client_disconnected", False),
-    BodyTimeout: (408, "body_timeout", False),
     InvalidParameter: (400, "invalid_parameter", False),
     PayloadTooLarge: (413, "body_too_large", False),
     TooManyEvents: (413, "too_many_events", False),

@@ -80,7 +80,7 @@ def parse_event(
         raise InvalidEvent(_describe(str(exc))) from None
     except (msgspec.DecodeError, ValueError, RecursionError) as exc:
         raise InvalidEvent(f"not a valid JSON event: {_reason(exc)}") from None
-    if b"\\u" in raw or any(raw.count(token) > 1 for token in _FIELD_TOKENS):
+    if b"\\u" in raw or _repeats_a_field(raw):
         try:
             json_checks.refuse_duplicate_keys(raw)
         except json_checks.InvalidJSON as exc:
@@ -95,6 +95,14 @@ def parse_event(
             raise InvalidEvent(f"properties: {exc}") from None
         properties = text.decode()
     return to_row(event, properties, received_at=received_at, max_future=max_future)
+
+
+def _repeats_a_field(raw: bytes) -> bool:
+    a, b, c, d, e, f, g = _FIELD_TOKENS  # unrolled: this runs for every event
+    return (
+        raw.count(a) > 1 or raw.count(b) > 1 or raw.count(c) > 1 or raw.count(d) > 1
+        or raw.count(e) > 1 or raw.count(f) > 1 or raw.count(g) > 1
+    )  # fmt: skip
 
 
 def to_row(

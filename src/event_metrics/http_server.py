@@ -2,10 +2,13 @@
 greedy clients.
 
 uvicorn arms its keep-alive timer only after a response, so a connection that never
-sends a complete request head is held forever, and it does not bound the head's size.
-`GuardedHttpProtocol` adds, per connection: a deadline for each request head (408, then
-close), a bound on its size (431), and a cap on open connections (503 at once). The body
-deadline is the ingest handler's (payload.read_request_body).
+sends a complete request is held forever, and it bounds neither the head's size nor the
+time a body may take. `GuardedHttpProtocol` adds, per connection: a deadline for each
+request head and for its body (408, then close), a bound on the head's size (431), and a
+cap on open connections (503 at once).
+
+Deadlines cost no timer per request: each connection notes when its current phase
+began, and one sweep per process, twice a second, closes those past their deadline.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import weakref
+from typing import Literal
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -20,19 +25,40 @@ from event_metrics.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_CLOSE = b"Connection: close\r\nContent-Length: 0\r\n\r\n"
-REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\n" + _CLOSE
-HEAD_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\n" + _CLOSE
+SWEEP_INTERVAL_S = 0.5
+_CLOSE = b"Connection: close\r\n"
+
+
+def _answer(status: bytes, error: str, detail: str, extra: bytes = b"") -> bytes:
+    body = f'{{"error":"{error}","detail":"{detail}"}}'.encode()
+    return (
+        b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n" + extra + _CLOSE
+        + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )  # fmt: skip
+
+
+HEAD_TIMEOUT = _answer(b"408 Request Timeout", "head_timeout", "the request head took too long")
+BODY_TIMEOUT = _answer(b"408 Request Timeout", "body_timeout", "the request body took too long")
+HEAD_TOO_LARGE = _answer(
+    b"431 Request Header Fields Too Large", "head_too_large", "the request head is too large"
+)
+
+Phase = Literal["head", "body", "app"]
 
 
 class Limits:
-    __slots__ = ("head_timeout_s", "max_connections", "max_head_bytes", "retry_after_s")
+    __slots__ = ("body_timeout_s", "head_timeout_s", "max_connections", "max_head_bytes",
+                 "too_many")  # fmt: skip
 
     def __init__(self, settings: Settings) -> None:
         self.head_timeout_s = settings.header_timeout_ms / 1000
+        self.body_timeout_s = settings.body_timeout_ms / 1000
         self.max_head_bytes = settings.max_header_bytes
         self.max_connections = settings.max_connections
-        self.retry_after_s = settings.retry_after_seconds
+        self.too_many = _answer(
+            b"503 Service Unavailable", "too_many_connections", "too many open connections",
+            f"Retry-After: {settings.retry_after_seconds}\r\n".encode(),
+        )  # fmt: skip
 
 
 @functools.cache
@@ -42,36 +68,44 @@ def _limits() -> Limits:
     return Limits(Settings.from_env())
 
 
+_watched: weakref.WeakSet[GuardedHttpProtocol] = weakref.WeakSet()
+_sweeping: set[asyncio.AbstractEventLoop] = set()
+
+
+def _sweep(loop: asyncio.AbstractEventLoop) -> None:
+    now = loop.time()
+    for connection in list(_watched):
+        connection.check_deadline(now)
+    loop.call_later(SWEEP_INTERVAL_S, _sweep, loop)
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a head deadline, a head size bound and a
-    connection cap."""
+    """uvicorn's httptools protocol with head and body deadlines, a head size bound and
+    a connection cap."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         limits = self._limits = _limits()
+        self._phase: Phase | None = "head"  # None: idle between requests (keep-alive)
+        self._since = self.loop.time()
         self._head_bytes = 0
-        self._head_timer: asyncio.TimerHandle | None = None
         self._discarding = False
+        if self.loop not in _sweeping:
+            _sweeping.add(self.loop)
+            self.loop.call_later(SWEEP_INTERVAL_S, _sweep, self.loop)
         if len(self.connections) > limits.max_connections:
-            transport.write(
-                b"HTTP/1.1 503 Service Unavailable\r\n"
-                + f"Retry-After: {limits.retry_after_s}\r\n".encode()
-                + _CLOSE
-            )
-            transport.close()
+            self._refuse(limits.too_many)
             return
-        self._arm_head_timer()
+        _watched.add(self)
 
-    def _arm_head_timer(self) -> None:
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(
-                self._limits.head_timeout_s, self._head_timed_out
-            )
-
-    def _disarm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+    def check_deadline(self, now: float) -> None:
+        """Called by the sweep: close a connection whose head or body is overdue."""
+        limits = self._limits
+        if self._phase == "head" and now - self._since > limits.head_timeout_s:
+            self._refuse(HEAD_TIMEOUT)
+        elif self._phase == "body" and now - self._since > limits.body_timeout_s:
+            started = self.cycle is not None and self.cycle.response_started
+            self._refuse(b"" if started else BODY_TIMEOUT)
 
     def _refuse(self, response: bytes) -> None:
         """Answer, then close once the client has had a moment to read the answer.
@@ -79,41 +113,47 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         Closing while its request is still arriving would reset the connection and the
         client might never see why; so half-close, discard what still comes, and close.
         """
-        self._disarm_head_timer()
+        self._phase = None
+        _watched.discard(self)
         if self.transport.is_closing():
             return
-        self.transport.write(response)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True  # the app's own answer, if any, goes nowhere
+            self.cycle.message_event.set()
+        if response:
+            self.transport.write(response)
         self._discarding = True
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(1.0, self.transport.close)
 
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        self._refuse(REQUEST_TIMEOUT)
-
     def data_received(self, data: bytes) -> None:
         if self._discarding:
             return
-        waiting_for_head = self._head_timer is not None
+        if self._phase is None:  # the first bytes of the next request on this connection
+            self._phase, self._since, self._head_bytes = "head", self.loop.time(), 0
         super().data_received(data)
-        if waiting_for_head and self._head_timer is not None:
+        if self._phase == "head":
             # Still no complete head after this chunk: bound what the parser holds.
             self._head_bytes += len(data)
             if self._head_bytes > self._limits.max_head_bytes:
                 self._refuse(HEAD_TOO_LARGE)
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._head_bytes = 0
-        self._arm_head_timer()  # a keep-alive connection's next request starts here
-
     def on_headers_complete(self) -> None:
-        self._disarm_head_timer()
+        self._phase, self._since = "body", self.loop.time()
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        self._phase = "app"  # the whole request is in; the app has no deadline here
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._phase == "app":
+            self._phase = None  # idle: uvicorn's keep-alive timer closes it in time
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_timer()
+        _watched.discard(self)
         super().connection_lost(exc)
 
 

@@ -5,14 +5,20 @@ while the request runs."""
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
+import os
 import re
-import uuid
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 current: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+# Made-up ids: a random per-process prefix and a counter, unique without the 3 us of a
+# uuid4 on every request.
+_PREFIX = os.urandom(4).hex()
+_counter = itertools.count(1)
 
 HEADER = b"x-request-id"
 # A client's own id is kept only when it is short and plain, so it cannot forge log lines.
@@ -33,7 +39,7 @@ def middleware(app: ASGIApp) -> ASGIApp:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        request_id = _incoming(scope) or uuid.uuid4().hex
+        request_id = _incoming(scope) or f"{_PREFIX}{next(_counter):012x}"
         token = current.set(request_id)
         header = (HEADER, request_id.encode("ascii"))
 

@@ -96,12 +96,7 @@ async def ingest(
     settings = services.settings
     headers = body_headers(request.scope["headers"])
     kind = media_type(headers.content_type)
-    body = await read_request_body(
-        request.receive,
-        headers,
-        max_bytes=settings.max_body_bytes,
-        timeout_s=settings.body_timeout_ms / 1000,
-    )
+    body = await read_request_body(request.receive, headers, max_bytes=settings.max_body_bytes)
     items = split_events(body, kind=kind, max_events=settings.max_batch_events)
 
     received_at = datetime.now(UTC)
