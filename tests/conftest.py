@@ -19,7 +19,6 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
-import msgspec
 import pytest
 from clickhouse_driver import Client
 from litestar.testing import AsyncTestClient
@@ -80,7 +79,7 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 @pytest.fixture
 def settings(database_url: str, db: asyncpg.Connection) -> Settings:
-    return Settings(database_url=database_url)
+    return Settings.build(database_url=database_url)
 
 
 ClientFactory = Callable[..., contextlib.AbstractAsyncContextManager[AsyncTestClient[Any]]]
@@ -92,7 +91,7 @@ def make_client(settings: Settings) -> ClientFactory:
 
     @contextlib.asynccontextmanager
     async def factory(**overrides: Any) -> AsyncIterator[AsyncTestClient[Any]]:
-        app = create_app(msgspec.structs.replace(settings, **overrides))
+        app = create_app(settings.updated(**overrides))
         async with AsyncTestClient(app=app, timeout=60) as client:
             yield client
 
@@ -112,7 +111,7 @@ def make_concurrent_client(settings: Settings) -> ConcurrentClientFactory:
 
     @contextlib.asynccontextmanager
     async def factory(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-        app = create_app(msgspec.structs.replace(settings, **overrides))
+        app = create_app(settings.updated(**overrides))
         transport = httpx.ASGITransport(app=app)
         client = httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60)
         async with app.lifespan(), client:

@@ -34,7 +34,14 @@ def warnings_from(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     ]
 
 
-async def test_clickhouse_server_error_is_retried_and_shown(
+WRONG_TABLE = (
+    "CREATE TABLE events (id UInt64, idempotency_key String, event_name String, "
+    "user_id String, channel String, ts String, received_at DateTime('UTC'), "
+    "properties String) ENGINE = MergeTree() ORDER BY id"
+)
+
+
+async def test_a_clickhouse_table_the_replicator_cannot_write_is_retried_and_shown(
     make_client: ClientFactory,
     db: asyncpg.Connection,
     clickhouse_url: str,
@@ -51,8 +58,9 @@ async def test_clickhouse_server_error_is_retried_and_shown(
             assert (await client.post("/events", json=event("a"))).status_code == 200
             await wait_until(lambda: clickhouse_keys(clickhouse_url) == {"a"}, what="first copy")
 
-            # A server error, not an outage: the insert is refused on every attempt.
-            ch.execute("ALTER TABLE events DROP COLUMN properties")
+            # Someone replaced the table with one whose ts is text: every insert fails.
+            ch.execute("DROP TABLE events")
+            ch.execute(WRONG_TABLE)
             assert (await client.post("/events", json=event("b"))).status_code == 200
 
             async def failing() -> bool:
@@ -62,27 +70,58 @@ async def test_clickhouse_server_error_is_retried_and_shown(
             await wait_until(failing, what="replicator reported failing")
             body = await health(client)
             assert body["status"] == "degraded"
-            assert "properties" in body["replication"]["last_error"]
+            assert body["replication"]["last_error"]
             assert body["replication"]["lag_rows"] == 1
             # Several retries, one warning: logged when the state changed, not per attempt.
-            failed_before = len(warnings_from(caplog, "replicator is failing"))
             await wait_until(
                 lambda: client.app.state.services.replicator.loop_state.failures >= 4,
                 what="retries",
             )
-            assert failed_before == len(warnings_from(caplog, "replicator is failing")) == 1
+            assert len(warnings_from(caplog, "replicator is failing")) == 1
 
-            ch.execute("ALTER TABLE events ADD COLUMN properties String")
+            ch.execute("DROP TABLE events")  # the replicator creates it again on its next try
 
             async def recovered() -> bool:
-                return clickhouse_keys(clickhouse_url) == await postgres_keys(db)
+                return clickhouse_keys(clickhouse_url) == await postgres_keys(db) - {"a"}
 
-            await wait_until(recovered, what="replication after the column came back")
+            await wait_until(recovered, what="replication after the table came back")
             body = await health(client)
             assert body["status"] == "ok"
             assert body["replication"]["state"] == "running"
             assert body["replication"]["last_error"] is None
             assert any("replicator recovered" in r.getMessage() for r in caplog.records)
+    finally:
+        ch.disconnect()
+
+
+async def test_a_dropped_clickhouse_column_is_added_back(
+    make_client: ClientFactory,
+    db: asyncpg.Connection,
+    clickhouse_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The review's repro: once a permanent failure that stopped replication for good.
+    caplog.set_level(logging.INFO, logger="event_metrics")
+    ch = Client.from_url(clickhouse_url)
+    try:
+        async with make_client(
+            clickhouse_url=clickhouse_url,
+            replication_interval_ms=20,
+            replication_retry_max_ms=100,
+        ) as client:
+            assert (await client.post("/events", json=event("a"))).status_code == 200
+            await wait_until(lambda: clickhouse_keys(clickhouse_url) == {"a"}, what="first copy")
+            ch.execute("ALTER TABLE events DROP COLUMN properties")
+            assert (await client.post("/events", json=event("b"))).status_code == 200
+
+            async def both() -> bool:
+                return clickhouse_keys(clickhouse_url) == await postgres_keys(db)
+
+            await wait_until(both, what="replication after the column is added back")
+            assert warnings_from(caplog, "replicator is failing")
+            assert any("column properties added" in r.getMessage() for r in caplog.records)
+            body = await health(client)
+            assert (body["status"], body["replication"]["state"]) == ("ok", "running")
     finally:
         ch.disconnect()
 

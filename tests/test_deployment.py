@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import msgspec
 import pytest
 import yaml
 
-from event_metrics.settings import PREFIX, ConfigError, Settings
+from event_metrics.settings import PREFIX, ConfigError, Settings, variables
 
 ROOT = Path(__file__).resolve().parents[1]
-FIELDS = {field.name: field for field in msgspec.structs.fields(Settings)}
-VARIABLES = {f"{PREFIX}{name.upper()}" for name in FIELDS}
+DEFAULTS = {variable.name: variable.default for variable in variables()}
+ALIASES = {PREFIX + alias for variable in variables() for alias in variable.env.aliases}
+VARIABLES = set(DEFAULTS) | ALIASES
 # Read by the tests and .ci/run, not by the service.
 TEST_VARIABLES = {
     "EVENT_METRICS_REQUIRE_SERVICES",
@@ -87,7 +87,7 @@ def test_compose_variables_are_settings(api_env: dict[str, str]) -> None:
 
 def test_settings_accept_the_compose_environment(api_env: dict[str, str]) -> None:
     settings = Settings.from_env(api_env)
-    assert settings.host == "0.0.0.0"
+    assert settings.http.host == "0.0.0.0"
     assert settings.backend == "clickhouse"
     assert settings.database_url and settings.clickhouse_url
 
@@ -95,7 +95,7 @@ def test_settings_accept_the_compose_environment(api_env: dict[str, str]) -> Non
 def test_api_port_matches_settings_and_containerfile(
     compose: dict[str, Any], api_env: dict[str, str]
 ) -> None:
-    port = Settings.from_env(api_env).port
+    port = Settings.from_env(api_env).http.port
     published = [str(mapping) for mapping in compose["services"]["api"]["ports"]]
     assert any(mapping.rsplit(":", 1)[-1] == str(port) for mapping in published), published
     assert _containerfile("EXPOSE") == [str(port)]
@@ -227,9 +227,7 @@ def test_readme_configuration_table_matches_settings() -> None:
         match = re.match(r"^\| `(EVENT_METRICS_[A-Z0-9_]+)` \| ([^|]+) \|", line)
         if match:
             rows[match.group(1)] = match.group(2).strip()
-    expected = {
-        f"{PREFIX}{name.upper()}": _render_default(field.default) for name, field in FIELDS.items()
-    }
+    expected = {name: _render_default(default) for name, default in DEFAULTS.items()}
     missing = sorted(set(expected) - set(rows))
     assert not missing, "README.md's configuration table lacks rows:\n" + "\n".join(
         f"| `{name}` | {expected[name]} | ... |" for name in missing
@@ -267,7 +265,25 @@ def test_settings_read_only_their_prefix() -> None:
             "PORT": "abc",
         }
     )
-    assert (settings.port, settings.replicate) == (9001, False)
+    assert (settings.http.port, settings.replication.enabled) == (9001, False)
+
+
+def test_renamed_variables_still_accept_their_old_names() -> None:
+    old = Settings.from_env(
+        {"EVENT_METRICS_MAX_BATCH_EVENTS": "7", "EVENT_METRICS_BATCH_MAX_EVENTS": "9"}
+    )
+    new = Settings.from_env(
+        {"EVENT_METRICS_MAX_EVENTS_PER_REQUEST": "7", "EVENT_METRICS_MAX_EVENTS_PER_COMMIT": "9"}
+    )
+    assert old == new
+    assert (new.ingest.max_events_per_request, new.writer.max_events_per_commit) == (7, 9)
+
+
+def test_durations_are_converted_once_to_seconds() -> None:
+    settings = Settings.from_env(
+        {"EVENT_METRICS_FLUSH_INTERVAL_MS": "7", "EVENT_METRICS_ACK_TIMEOUT_MS": "1500"}
+    )
+    assert (settings.writer.flush_interval_s, settings.ingest.ack_timeout_s) == (0.007, 1.5)
 
 
 def test_cli_refuses_bad_configuration_before_starting(tmp_path: Path) -> None:

@@ -216,7 +216,7 @@ def test_parsers_raise_only_client_errors(body: tuple[bytes, str]) -> None:
 
 @pytest.fixture
 def sync_client(settings: Settings) -> Any:
-    app = create_app(msgspec.structs.replace(settings, max_property_depth=MAX_DEPTH))
+    app = create_app(settings.updated(max_property_depth=MAX_DEPTH))
     with TestClient(app=app) as client:
         yield client
 

@@ -334,7 +334,7 @@ async def test_metrics_beyond_the_running_and_waiting_bounds_get_a_quick_503(
             await locker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
             params = {**WINDOW, "plan": "raw"}
             running = asyncio.create_task(client.get("/metrics", params=params))
-            gate = client._transport.app.state.services.metrics_gate  # type: ignore[attr-defined]
+            gate = client._transport.app.state.services.metrics.gate  # type: ignore[attr-defined]
             await wait_until(lambda: gate._slots.locked(), what="the first request running")
             waiting = asyncio.create_task(client.get("/metrics", params=params))
             await wait_until(lambda: gate._waiting == 1, what="the second one waiting")

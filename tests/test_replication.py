@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import msgspec
 from clickhouse_driver import Client
 
 from clickhouse_server import ClickHouseServer
@@ -46,7 +45,8 @@ async def postgres_keys(db: asyncpg.Connection) -> set[str]:
 async def test_rows_committed_out_of_id_order_are_not_skipped(
     settings: Settings, db: asyncpg.Connection, clickhouse_url: str, database_url: str
 ) -> None:
-    settings = msgspec.structs.replace(settings, clickhouse_url=clickhouse_url)
+    database = settings.database_url
+    assert database is not None
     slow = await asyncpg.connect(database_url)
     fast = await asyncpg.connect(database_url)
     try:
@@ -58,7 +58,7 @@ async def test_rows_committed_out_of_id_order_are_not_skipped(
         ids = dict(await db.fetch("SELECT idempotency_key, id FROM events"))
         assert ids == {"fast": 2}  # "slow" (id 1) is not visible yet
 
-        replicator = Replicator(settings)
+        replicator = Replicator(database, clickhouse_url, settings.replication)
         await replicator.run_once()
         # "fast" waits behind the open transaction's horizon rather than being copied
         # past it (a checkpoint beyond id 1 would lose "slow" for good).
@@ -80,10 +80,11 @@ async def test_rows_committed_out_of_id_order_are_not_skipped(
 async def test_one_active_replicator(
     settings: Settings, db: asyncpg.Connection, clickhouse_url: str
 ) -> None:
-    settings = msgspec.structs.replace(
-        settings, clickhouse_url=clickhouse_url, replication_interval_ms=20
+    settings = settings.updated(replication_interval_ms=20)
+    assert settings.database_url is not None
+    first, second = (
+        Replicator(settings.database_url, clickhouse_url, settings.replication) for _ in "12"
     )
-    first, second = Replicator(settings), Replicator(settings)
     tasks = [asyncio.create_task(first.run()), asyncio.create_task(second.run())]
     try:
 

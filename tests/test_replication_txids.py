@@ -12,7 +12,6 @@ import random
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
-import msgspec
 import pytest
 
 from conftest import unavailable, wait_until
@@ -74,15 +73,13 @@ async def burn_to(connection: asyncpg.Connection, target: int) -> None:
 async def test_replicator_copies_every_row_across_txid_10000(
     fresh_db: str, clickhouse_url: str
 ) -> None:
-    settings = Settings(
-        database_url=fresh_db, clickhouse_url=clickhouse_url, replication_batch_rows=5
-    )
+    settings = Settings.build(replication_batch_rows=5)
     connection = await asyncpg.connect(fresh_db)
     try:
         await burn_to(connection, 9_980)
         for n in range(60):  # one transaction each: txids 9,980 ... 10,039
             await connection.execute(INSERT_ONE, f"k{n}", f"u{n}")
-        await Replicator(settings).run_once()
+        await Replicator(fresh_db, clickhouse_url, settings.replication).run_once()
         assert clickhouse_keys(clickhouse_url) == await postgres_keys(connection)
     finally:
         await connection.close()
@@ -132,12 +129,7 @@ async def test_followers_keep_every_row_under_concurrent_writers(
     fresh_db: str, clickhouse_url: str, power: int
 ) -> None:
     rng = random.Random(power)
-    settings = Settings(
-        database_url=fresh_db,
-        clickhouse_url=clickhouse_url,
-        replication_interval_ms=5,
-        rollup_interval_ms=5,
-    )
+    settings = Settings.build(replication_interval_ms=5, rollup_interval_ms=5)
     connection = await asyncpg.connect(fresh_db)
     try:
         await burn_to(connection, power - 150)
@@ -145,14 +137,16 @@ async def test_followers_keep_every_row_under_concurrent_writers(
         tasks = []
         for batch_rows in (1, 3, 7, 50):
             replicator = Replicator(
-                msgspec.structs.replace(settings, replication_batch_rows=batch_rows)
+                fresh_db,
+                clickhouse_url,
+                settings.updated(replication_batch_rows=batch_rows).replication,
             )
             # One runs at a time (advisory lock); stop the active one now and then so
             # others with other block sizes take over mid-stream.
             replicators.append(replicator)
         tasks = [asyncio.create_task(r.run()) for r in replicators]
         refresher = rollups.RollupRefresher(
-            msgspec.structs.replace(settings, rollup_block_rows=rng.choice([2, 5, 13]))
+            fresh_db, settings.updated(rollup_block_rows=rng.choice([2, 5, 13])).rollups
         )
         tasks.append(asyncio.create_task(refresher.run()))
         writers = [

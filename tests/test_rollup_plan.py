@@ -8,8 +8,14 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from conftest import local_hour_start
+from event_metrics.buckets import bucket_bounds as bounds_of
 from event_metrics.metrics import MetricsQuery, parse_query
-from event_metrics.rollup_plan import Plan, bucket_bounds, level_for
+from event_metrics.rollup_plan import Plan
+from event_metrics.schema import level_for
+
+
+def bucket_bounds(query: MetricsQuery) -> list[int]:
+    return bounds_of(query.start, query.end, query.granularity, query.zone)
 
 
 def local_hour_starts(start: datetime, end: datetime, zone: ZoneInfo) -> list[int]:
@@ -76,7 +82,7 @@ def make_plan(start: str, end: str, granularity: str, zone: str) -> Plan:
     return Plan.make(
         bounds,
         int(query.start.timestamp()),
-        level_for(["channel"]),
+        level_for({"channel"}).number,
         ("channel",),
         bucketed=granularity != "total",
     )

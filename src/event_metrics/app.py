@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from litestar import Litestar, Request, Response
+from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 
@@ -55,7 +57,7 @@ def _error_handler(
 ) -> Callable[[Request[Any, Any, Any], Exception], Response[ErrorBody]]:
     def handle(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
         parameter = getattr(exc, "parameter", None)
-        headers = {"Retry-After": str(settings.retry_after_seconds)} if retry else None
+        headers = {"Retry-After": str(settings.http.retry_after_s)} if retry else None
         body = ErrorBody(error=code, detail=str(exc), parameter=parameter)
         return Response(body, status_code=status, headers=headers)
 
@@ -118,6 +120,14 @@ def _startup_objects_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
+def _from_state(part: str | None) -> Callable[[State], Any]:
+    def provide(state: State) -> Any:
+        services = state.services
+        return services if part is None else getattr(services, part)
+
+    return provide
+
+
 def create_app(settings: Settings) -> Litestar:
     """Build the app; pools, writers and the replicator start in its lifespan."""
 
@@ -136,10 +146,16 @@ def create_app(settings: Settings) -> Litestar:
     handlers[Exception] = _unexpected_handler
     app = Litestar(
         route_handlers=[ingest, metrics, health],
+        # Handlers receive the parts they use; the lifespan put them in app.state.
+        dependencies={
+            "ingestor": Provide(_from_state("ingestor"), sync_to_thread=False),
+            "metrics_service": Provide(_from_state("metrics"), sync_to_thread=False),
+            "services": Provide(_from_state(None), sync_to_thread=False),
+        },
         lifespan=[lifespan],
         exception_handlers=handlers,
         openapi_config=OpenAPIConfig(title="event-metrics", version=__version__),
-        request_max_body_size=settings.max_body_bytes,
+        request_max_body_size=settings.ingest.max_body_bytes,
         # Logging is configured once by the process (cli.py), not by each app.
         logging_config=None,
     )

@@ -38,12 +38,12 @@ def serve(settings: Settings) -> None:
     asyncio.run(upgrade_head(settings.database_url))
     # uvicorn's worker processes read settings from the environment again.
     os.environ["EVENT_METRICS_DATABASE_URL"] = settings.database_url
-    log.info("serving on http://%s:%d", settings.host, settings.port)
+    log.info("serving on http://%s:%d", settings.http.host, settings.http.port)
     # uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit
     # lets the finally below stop the embedded PostgreSQL instead of leaving it running.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        http_server.run(settings)
+        http_server.run(settings.http, shutdown_timeout_s=settings.writer.shutdown_timeout_s)
     finally:
         if server is not None:
             server.cleanup()
@@ -64,10 +64,12 @@ def migrate(settings: Settings) -> None:
 
 def replicate(settings: Settings, *, once: bool = False) -> None:
     """Run the PostgreSQL -> ClickHouse replicator on its own (or one catch-up pass)."""
-    if not settings.clickhouse_url:
+    clickhouse_url = settings.clickhouse_url
+    if not clickhouse_url:
         sys.exit("event-metrics: replicate needs EVENT_METRICS_CLICKHOUSE_URL")
     settings, server = _resolve_database(settings)
-    replicator = Replicator(settings)
+    assert settings.database_url is not None
+    replicator = Replicator(settings.database_url, clickhouse_url, settings.replication)
 
     async def run() -> None:
         await upgrade_head(settings.database_url or "")

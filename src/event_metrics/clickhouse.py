@@ -12,45 +12,39 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
+from event_metrics.schema import CLICKHOUSE_TYPES, MIRRORED_COLUMNS
+
 log = logging.getLogger(__name__)
 
-# Each entry is applied once, in order, and recorded in schema_version, so the schema can
-# evolve by appending. Everything here must run on ClickHouse 18.16 and on current
-# releases (tests/test_clickhouse_dialect.py runs it on both).
+# The events table is built from the schema definition: a fresh table has every column,
+# and a column the definition gained since is added to an existing table on start.
+# Changes ALTER cannot make (a new sorting key) are steps in REBUILDS, applied once, in
+# order, and recorded in schema_version. Everything here must run on ClickHouse 18.16
+# and on current releases (tests/test_clickhouse_dialect.py runs it on both).
 #
 # ReplacingMergeTree collapses rows with equal sorting keys. A row's (event_name, ts) is a
 # function of its idempotency_key (PostgreSQL stores each key once), so equal keys mean
 # equal sorting keys, and a repeat lands in the same monthly partition as its original.
-MIGRATIONS: tuple[tuple[int, str], ...] = (
-    (
-        1,
-        """
-        CREATE TABLE IF NOT EXISTS events (
-            id              UInt64,
-            idempotency_key String,
-            event_name      String,
-            user_id         String,
-            channel         String,
-            ts              DateTime('UTC'),
-            received_at     DateTime('UTC'),
-            properties      String
-        ) ENGINE = ReplacingMergeTree()
-        PARTITION BY toYYYYMM(ts)
-        ORDER BY (event_name, ts, idempotency_key)
-        """,
-    ),
+SORTING_KEY = ("event_name", "ts", "idempotency_key")
+EVENTS_DDL = (
+    "CREATE TABLE IF NOT EXISTS events ("
+    + ", ".join(f"{name} {CLICKHOUSE_TYPES[name]}" for name in MIRRORED_COLUMNS)
+    + ") ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMM(ts) "
+    + f"ORDER BY ({', '.join(SORTING_KEY)})"
 )
+# (version, statements): none yet. Version 1 is the table as EVENTS_DDL first made it.
+REBUILDS: tuple[tuple[int, tuple[str, ...]], ...] = ()
+MIGRATIONS = ((1, (EVENTS_DDL,)), *REBUILDS)
 
 CREATE_SCHEMA_VERSION = """
 CREATE TABLE IF NOT EXISTS schema_version (version UInt32, applied_at DateTime('UTC'))
 ENGINE = TinyLog
 """
+EVENT_COLUMNS = """
+SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'events'
+"""
 
-COLUMNS = (
-    "id", "idempotency_key", "event_name", "user_id", "channel", "ts", "received_at",
-    "properties",
-)  # fmt: skip
-INSERT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES"
+INSERT = f"INSERT INTO events ({', '.join(MIRRORED_COLUMNS)}) VALUES"
 
 # Errors that mean "ClickHouse is not there right now", worth a retry.
 UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -77,11 +71,20 @@ def apply_schema(client: Client) -> list[int]:
     """Create or evolve the ClickHouse schema; return the versions applied now."""
     client.execute(CREATE_SCHEMA_VERSION)
     applied = {row[0] for row in client.execute("SELECT version FROM schema_version")}
+    fresh = not client.execute("EXISTS TABLE events")[0][0]
+    client.execute(EVENTS_DDL)
+    present = {row[0] for row in client.execute(EVENT_COLUMNS)}
+    for name in MIRRORED_COLUMNS:
+        if name not in present:
+            client.execute(f"ALTER TABLE events ADD COLUMN {name} {CLICKHOUSE_TYPES[name]}")
+            log.info("ClickHouse events table: column %s added", name)
     done = []
-    for version, ddl in MIGRATIONS:
+    for version, statements in MIGRATIONS:
         if version in applied:
             continue
-        client.execute(ddl)
+        if not fresh:  # a new table already has the shape the step would give it
+            for statement in statements:
+                client.execute(statement)
         client.execute(
             "INSERT INTO schema_version (version, applied_at) SELECT %(v)s, now()", {"v": version}
         )
@@ -91,7 +94,7 @@ def apply_schema(client: Client) -> list[int]:
 
 
 def insert_columns(client: Client, columns: Sequence[Sequence[Any]]) -> None:
-    """Insert one block given column-wise in COLUMNS order (ts values: aware datetimes)."""
+    """Insert one block given column-wise in MIRRORED_COLUMNS order (ts: aware datetimes)."""
     client.execute(INSERT, list(columns), columnar=True)
 
 

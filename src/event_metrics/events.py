@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, NamedTuple
+from typing import Annotated
 
 import msgspec
 
 from event_metrics import json_checks
+from event_metrics.schema import Row
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -37,18 +38,6 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     channel: Channel | None = None
     properties: msgspec.Raw = msgspec.Raw(b"")
     sent_at: Instant | None = None
-
-
-class Row(NamedTuple):
-    """An event as stored: the column order of the COPY into PostgreSQL."""
-
-    idempotency_key: str
-    event_name: str
-    user_id: str
-    channel: str
-    ts: datetime
-    received_at: datetime
-    properties: str | None
 
 
 class InvalidEvent(Exception):

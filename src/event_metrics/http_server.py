@@ -21,7 +21,7 @@ from typing import Literal
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from event_metrics.settings import Settings
+from event_metrics.settings import HttpSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +50,14 @@ class Limits:
     __slots__ = ("body_timeout_s", "head_timeout_s", "max_connections", "max_head_bytes",
                  "too_many")  # fmt: skip
 
-    def __init__(self, settings: Settings) -> None:
-        self.head_timeout_s = settings.header_timeout_ms / 1000
-        self.body_timeout_s = settings.body_timeout_ms / 1000
+    def __init__(self, settings: HttpSettings) -> None:
+        self.head_timeout_s = settings.header_timeout_s
+        self.body_timeout_s = settings.body_timeout_s
         self.max_head_bytes = settings.max_header_bytes
         self.max_connections = settings.max_connections
         self.too_many = _answer(
             b"503 Service Unavailable", "too_many_connections", "too many open connections",
-            f"Retry-After: {settings.retry_after_seconds}\r\n".encode(),
+            f"Retry-After: {settings.retry_after_s}\r\n".encode(),
         )  # fmt: skip
 
 
@@ -65,7 +65,7 @@ class Limits:
 def _limits() -> Limits:
     # uvicorn builds one protocol per connection from an import path (so worker processes
     # can import it): the limits come from the environment, read once per process.
-    return Limits(Settings.from_env())
+    return Limits(Settings.from_env().http)
 
 
 _watched: weakref.WeakSet[GuardedHttpProtocol] = weakref.WeakSet()
@@ -167,7 +167,7 @@ def raise_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def run(settings: Settings) -> None:
+def run(settings: HttpSettings, *, shutdown_timeout_s: float) -> None:
     """Serve the app with uvicorn; worker processes build it from the environment."""
     import uvicorn
 
@@ -177,12 +177,12 @@ def run(settings: Settings) -> None:
         factory=True,
         host=settings.host,
         port=settings.port,
-        workers=settings.http_workers,
+        workers=settings.workers,
         loop="uvloop",
         http="event_metrics.http_server:GuardedHttpProtocol",
         access_log=False,
         log_level="warning",
         server_header=False,
-        timeout_keep_alive=max(1, settings.keepalive_timeout_ms // 1000),
-        timeout_graceful_shutdown=settings.shutdown_timeout_ms // 1000 + 5,
+        timeout_keep_alive=max(1, round(settings.keepalive_timeout_s)),
+        timeout_graceful_shutdown=round(shutdown_timeout_s) + 5,
     )

@@ -7,11 +7,13 @@ import functools
 import importlib.resources
 import re
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar, get_args
 from zoneinfo import ZoneInfo
 
 import msgspec
+
+from event_metrics.buckets import bucket_start
 
 Granularity = Literal["hour", "day", "week", "month", "total"]
 Dimension = Literal["channel", "event_name"]
@@ -173,66 +175,6 @@ def _parse_instant(name: str, value: str | None) -> datetime:
     return parsed
 
 
-def bucket_start(query: MetricsQuery, bucket: Any) -> datetime:
-    """The instant a bucket starts, in the query's time zone."""
-    zone = query.zone
-    if query.granularity == "total":
-        return query.start.astimezone(zone)
-    if isinstance(bucket, datetime):
-        bucket = int(bucket.timestamp())
-    if isinstance(bucket, int):
-        if query.granularity == "hour":
-            bucket = hour_start(bucket, zone)
-        return datetime.fromtimestamp(bucket, zone)
-    if isinstance(bucket, date):
-        return local_midnight(bucket, zone).astimezone(zone)
-    raise TypeError(f"unexpected bucket value {bucket!r}")
-
-
-def utc_offset(epoch: int, zone: ZoneInfo) -> int:
-    """The zone's UTC offset at an instant, in seconds."""
-    offset = datetime.fromtimestamp(epoch, zone).utcoffset()
-    assert offset is not None
-    return int(offset.total_seconds())
-
-
-def offset_change(lo: int, hi: int, zone: ZoneInfo) -> int | None:
-    """The first instant in (lo, hi] with another UTC offset than lo's (at most one
-    change is assumed, as in every zone since 1970), or None."""
-    before = utc_offset(lo, zone)
-    if utc_offset(hi, zone) == before:
-        return None
-    while hi - lo > 1:
-        middle = (lo + hi) // 2
-        lo, hi = (middle, hi) if utc_offset(middle, zone) == before else (lo, middle)
-    return hi
-
-
-def hour_start(label: int, zone: ZoneInfo) -> int:
-    """Where the hour bucket the SQL labels `label` starts.
-
-    An hour bucket holds the instants with the same local hour and the same UTC offset, so
-    the two 01:00 hours of a fall-back stay apart. Both engines label it with the instant
-    minus its local minutes and seconds: the whole hour on the clock of the bucket's own
-    offset. Where offsets change by 30 minutes (Lord Howe Island), that can be an instant
-    before the bucket, still on the old offset, reading hh:30; the bucket then starts at
-    the change, within the hour after it.
-    """
-    local = datetime.fromtimestamp(label, zone)
-    if not local.minute and not local.second:
-        return label
-    return offset_change(label, label + 3600, zone) or label
-
-
-def local_midnight(day: date, zone: ZoneInfo) -> datetime:
-    """The first instant of a local date, in UTC.
-
-    Where midnight does not exist (a DST jump at 00:00), fold=0 maps it to the first
-    instant of the day.
-    """
-    return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
-
-
 def format_instant(moment: datetime) -> str:
     """RFC 3339 with the UTC offset, seconds precision."""
     return moment.isoformat(timespec="seconds")
@@ -260,12 +202,13 @@ def build_response(
 ) -> MetricsResponse:
     """Normalise an engine's rows into the response: formatted buckets, sorted series."""
     width = len(query.group_by)
+    zone = query.zone
     starts: dict[Any, tuple[float, str]] = {}  # many rows share a bucket: convert it once
     keyed = []
     for row in rows:
         start = starts.get(row[0])
         if start is None:
-            moment = bucket_start(query, row[0])
+            moment = bucket_start(row[0], query.granularity, zone, query.start)
             start = starts[row[0]] = (moment.timestamp(), format_instant(moment))
         # Sort by the UTC instant (same-zone datetimes compare by wall time, which would
         # tie the two 01:00 hours of a DST fall-back), then by the stored group values,

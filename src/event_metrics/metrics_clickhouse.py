@@ -7,6 +7,7 @@ from typing import Any
 
 from clickhouse_driver import errors as ch_errors
 
+from event_metrics.buckets import CLICKHOUSE_SQL
 from event_metrics.clickhouse import UNREACHABLE_ERRORS, ClickHousePool
 from event_metrics.metrics import (
     BackendUnavailable,
@@ -16,18 +17,7 @@ from event_metrics.metrics import (
     check_row_count,
     off_the_loop,
 )
-
-# Bucket expressions; %(tz)s is substituted by clickhouse-driver as a quoted literal (the
-# zone is also checked against the IANA database first). They avoid toStartOfInterval and
-# friends, which ClickHouse 18.16 lacks. The hour bucket subtracts the local minutes and
-# seconds, like the PostgreSQL one, so half-hour zones and DST fall-back hours are right.
-BUCKETS = {
-    "hour": "toUInt32(ts) - toMinute(ts, %(tz)s) * 60 - toSecond(ts, %(tz)s)",
-    "day": "toDate(ts, %(tz)s)",
-    "week": "toMonday(ts, %(tz)s)",
-    "month": "toStartOfMonth(ts, %(tz)s)",
-}
-COLUMNS = {"channel": "channel", "event_name": "event_name"}
+from event_metrics.schema import DIMENSIONS
 
 # FINAL: replication is at-least-once, and FINAL counts each idempotency key once even
 # before ReplacingMergeTree has merged the repeats away. uniqExact is COUNT(DISTINCT).
@@ -55,11 +45,12 @@ def build_sql(query: MetricsQuery, max_rows: int | None = None) -> tuple[Stateme
     select = ["0 AS bucket"]
     keys: list[str] = []
     if query.granularity != "total":
-        select[0] = f"{BUCKETS[query.granularity]} AS bucket"
+        select[0] = f"{CLICKHOUSE_SQL[query.granularity]} AS bucket"
         keys.append("bucket")
     for dimension in query.group_by:
-        select.append(COLUMNS[dimension])
-        keys.append(COLUMNS[dimension])
+        column = DIMENSIONS[DIMENSIONS.index(dimension)]  # a name from our table
+        select.append(column)
+        keys.append(column)
     group = f" GROUP BY {', '.join(keys)}" if keys else ""
     limit = f" LIMIT {int(max_rows) + 1}" if max_rows is not None and keys else ""
     series = (

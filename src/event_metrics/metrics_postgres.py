@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from event_metrics.buckets import POSTGRES_SQL
 from event_metrics.metrics import (
     BackendUnavailable,
     MetricsQuery,
@@ -17,19 +18,8 @@ from event_metrics.metrics import (
     check_row_count,
     off_the_loop,
 )
-from event_metrics.writer import TRANSIENT_ERRORS
-
-# Bucket expressions by granularity; {tz} becomes the parameter holding the IANA zone.
-# The hour bucket subtracts the local minutes and seconds from the instant, so it is right
-# for zones with half-hour offsets and keeps the two 01:00 hours of a DST fall-back apart.
-BUCKETS = {
-    "hour": "ts - ((ts AT TIME ZONE {tz}) - date_trunc('hour', ts AT TIME ZONE {tz}))",
-    "day": "(ts AT TIME ZONE {tz})::date",
-    "week": "date_trunc('week', ts AT TIME ZONE {tz})::date",
-    "month": "date_trunc('month', ts AT TIME ZONE {tz})::date",
-}
-# group_by values map to columns through this table only; request text is never SQL.
-COLUMNS = {"channel": "channel", "event_name": "event_name"}
+from event_metrics.postgres import TRANSIENT_ERRORS
+from event_metrics.schema import DIMENSIONS
 
 AGGREGATES = "count(*) AS events, count(DISTINCT user_id) AS unique_users"
 
@@ -50,10 +40,11 @@ def build_sql(query: MetricsQuery, max_rows: int | None = None) -> tuple[Stateme
     keys: list[str] = []
     if query.granularity != "total":
         params.append(query.timezone)
-        select[0] = BUCKETS[query.granularity].format(tz=f"${len(params)}::text") + " AS bucket"
+        bucket = POSTGRES_SQL[query.granularity].format(tz=f"${len(params)}::text")
+        select[0] = f"{bucket} AS bucket"
         keys.append("1")
     for position, dimension in enumerate(query.group_by, start=2):
-        select.append(COLUMNS[dimension])
+        select.append(DIMENSIONS[DIMENSIONS.index(dimension)])  # a name from our table
         keys.append(str(position))
     group = f" GROUP BY {', '.join(keys)}" if keys else ""
     limit = f" LIMIT {int(max_rows) + 1}" if max_rows is not None and keys else ""

@@ -18,18 +18,18 @@ from typing import Any
 import asyncpg
 from pyroaring import BitMap
 
+from event_metrics.buckets import POSTGRES_SQL, bucket_bounds, bucket_start
 from event_metrics.metrics import (
     MetricsQuery,
     MetricsResponse,
     SeriesRow,
-    bucket_start,
     build_response,
     check_row_count,
     off_the_loop,
 )
-from event_metrics.metrics_postgres import BUCKETS, postgres_answering
-from event_metrics.rollup_plan import Plan, bucket_bounds, level_for
-from event_metrics.rollups import DAY, HOUR, TARGET
+from event_metrics.metrics_postgres import postgres_answering
+from event_metrics.rollup_plan import Plan
+from event_metrics.schema import DAY, DIMENSIONS, HOUR, ROLLUP_TARGET, level_for
 from event_metrics.watermark import load_checkpoint
 
 CURSOR = "($1::text::xid8, $2::bigint)"
@@ -46,22 +46,25 @@ JOIN unnest($1::smallint[], $2::timestamptz[], $3::timestamptz[]) AS k(grain, lo
   ON r.grain = k.grain AND r.bucket >= k.lo AND r.bucket < k.hi
 WHERE r.level = $4{event_filter}
 """
+_R_DIMS = ", ".join(f"r.{d}" for d in DIMENSIONS)
+# A rollup row: its key (grain, bucket, every dimension's value), counts, and bitmap.
 ROLLUP_COLUMNS = (
-    "r.grain, extract(epoch FROM r.bucket)::bigint, r.event_name, r.channel, r.events, "
-    "r.users_count, {users}"
+    f"r.grain, extract(epoch FROM r.bucket)::bigint, {_R_DIMS}, r.events, r.users_count, {{users}}"
 )
-FETCH_BITMAPS = """
-SELECT r.grain, extract(epoch FROM r.bucket)::bigint, r.event_name, r.channel, r.users
+_LEVEL_PARAM = 3 + len(DIMENSIONS)
+_KEY_ARRAYS = ", ".join(f"${n}::text[]" for n in range(3, _LEVEL_PARAM))
+FETCH_BITMAPS = f"""
+SELECT r.grain, extract(epoch FROM r.bucket)::bigint, {_R_DIMS}, r.users
 FROM rollups r
-JOIN unnest($1::smallint[], $2::bigint[], $3::text[], $4::text[])
-     AS k(grain, bucket, event_name, channel)
+JOIN unnest($1::smallint[], $2::bigint[], {_KEY_ARRAYS})
+     AS k(grain, bucket, {", ".join(DIMENSIONS)})
   ON r.grain = k.grain AND r.bucket = to_timestamp(k.bucket)
- AND r.event_name = k.event_name AND r.channel = k.channel
-WHERE r.level = $5
+ {"".join(f" AND r.{d} = k.{d}" for d in DIMENSIONS)}
+WHERE r.level = ${_LEVEL_PARAM}
 """
 USER_IDS = "SELECT user_id, uid FROM user_ids WHERE user_id = ANY($1::text[])"
 
-PartKey = tuple[int, int, str, str]  # (grain, bucket epoch, event_name, channel) of a rollup row
+PartKey = tuple[Any, ...]  # (grain, bucket epoch, *dimension values) of a rollup row
 CellKey = tuple[int, tuple[str, ...]]  # (bucket index, output dimension values)
 
 
@@ -129,22 +132,23 @@ async def fetch_metrics(
 async def _fetch(
     pool: asyncpg.Pool, query: MetricsQuery, max_pending: int | None, max_rows: int
 ) -> MetricsResponse | None:
-    bounds = bucket_bounds(query)
-    filtered = ("event_name",) if query.event_name is not None else ()
+    bounds = bucket_bounds(query.start, query.end, query.granularity, query.zone)
+    filtered = {"event_name"} if query.event_name is not None else set()
     start = int(query.start.timestamp())
     series_plan = Plan.make(
         bounds,
         start,
-        level_for({*query.group_by, *filtered}),
+        level_for({*query.group_by, *filtered}).number,
         query.group_by,
         bucketed=query.granularity != "total",
     )
-    total_plan = Plan.make([start, bounds[-1]], start, level_for(filtered), (), bucketed=False)
+    total_level = level_for(filtered).number
+    total_plan = Plan.make([start, bounds[-1]], start, total_level, (), bucketed=False)
     async with (
         pool.acquire() as connection,
         connection.transaction(isolation="repeatable_read", readonly=True),
     ):
-        cursor = await load_checkpoint(connection, TARGET)
+        cursor = await load_checkpoint(connection, ROLLUP_TARGET)
         cap = max_pending if max_pending is not None else 2**62
         pending = await connection.fetchval(PENDING_COUNT, *cursor, cap)
         if pending >= cap:
@@ -239,23 +243,16 @@ async def _add_rollups(
 ) -> None:
     users = "r.users" if plan.bitmaps_up_front else "NULL::bytea"
     rows = await _fetch_rollups(connection, query, plan, ROLLUP_COLUMNS.format(users=users))
-    # Output dimension values sit at fixed row positions: event_name 2, channel 3.
-    positions = [2 if dimension == "event_name" else 3 for dimension in plan.dimensions]
+    # The cell's group: the output dimensions' values, picked by name from the row's.
+    picks = [DIMENSIONS.index(dimension) for dimension in plan.dimensions]
     indexes: dict[int, int] = {}  # rows of one bucket share its index
-    for row in rows:
-        grain, bucket, name, channel, events, count, blob = row
+    for grain, bucket, *values, events, count, blob in rows:
         index = indexes.get(bucket)
         if index is None:
             index = indexes[bucket] = plan.index(bucket) if plan.bucketed else 0
-        if len(positions) == 2:
-            groups: tuple[str, ...] = (row[positions[0]], row[positions[1]])
-        elif positions:
-            groups = (row[positions[0]],)
-        else:
-            groups = ()
-        cell = cells[(index, groups)]
+        cell = cells[(index, tuple(values[pick] for pick in picks))]
         cell.events += events
-        cell.parts.append(Part((grain, bucket, name, channel), count, blob))
+        cell.parts.append(Part((grain, bucket, *values), count, blob))
 
 
 def _raw_sql(query: MetricsQuery, plan: Plan, source: str, params: list[Any]) -> str:
@@ -263,7 +260,8 @@ def _raw_sql(query: MetricsQuery, plan: Plan, source: str, params: list[Any]) ->
     select = ["NULL AS bucket"]
     if plan.bucketed:
         params.append(query.timezone)
-        select[0] = BUCKETS[query.granularity].format(tz=f"${len(params)}::text") + " AS bucket"
+        bucket = POSTGRES_SQL[query.granularity].format(tz=f"${len(params)}::text")
+        select[0] = f"{bucket} AS bucket"
     where = ""
     if query.event_name is not None:
         params.append(query.event_name)
@@ -279,11 +277,14 @@ def _raw_sql(query: MetricsQuery, plan: Plan, source: str, params: list[Any]) ->
 def _add_raw_rows(
     query: MetricsQuery, plan: Plan, rows: list[asyncpg.Record], cells: dict[CellKey, Cell]
 ) -> None:
-    width = len(plan.dimensions)
-    for row in rows:
-        index = plan.index(bucket_start(query, row[0]).timestamp()) if plan.bucketed else 0
-        cell = cells[(index, tuple(row[1 : 1 + width]))]
-        cell.add_raw(row[-2], row[-1])
+    zone = query.zone
+    for bucket, *groups, events, users in rows:
+        index = 0
+        if plan.bucketed:
+            index = plan.index(
+                bucket_start(bucket, query.granularity, zone, query.start).timestamp()
+            )
+        cells[(index, tuple(groups))].add_raw(events, users)
 
 
 async def _add_pieces(
@@ -325,8 +326,8 @@ async def _add_pending(
     rows = await connection.fetch(sql, *params)
     _add_raw_rows(query, plan, rows, series)
     whole = total[(0, ())]
-    for row in rows:
-        whole.add_raw(row[-2], row[-1])
+    for *_, events, users in rows:
+        whole.add_raw(events, users)
 
 
 async def _add_missing_bitmaps(
@@ -344,8 +345,8 @@ async def _add_missing_bitmaps(
         return
     columns = [list(c) for c in zip(*(part.key for part in missing), strict=True)]
     found = {
-        (r[0], r[1], r[2], r[3]): r[4]
-        for r in await connection.fetch(FETCH_BITMAPS, *columns, plan.level)
+        tuple(key): users
+        for *key, users in await connection.fetch(FETCH_BITMAPS, *columns, plan.level)
     }
     for part in missing:
         part.blob = found[part.key]

@@ -1,10 +1,10 @@
 """GET /metrics as a service: admission, engine choice, and the rollup -> raw fallback.
 
 Expensive reads must not starve ingest, which shares the process and the database: at
-most `metrics_max_running` answers are computed at once per process and at most
-`metrics_max_waiting` wait for a turn (for at most `metrics_wait_ms`); anything beyond
+most `METRICS_MAX_RUNNING` answers are computed at once per process and at most
+`METRICS_MAX_WAITING` wait for a turn (for at most `METRICS_WAIT_MS`); anything beyond
 gets a quick 503 with Retry-After. Answers are bounded too: more than
-`max_series_rows` rows is a 400 asking for a narrower question.
+`MAX_SERIES_ROWS` rows is a 400 asking for a narrower question.
 """
 
 from __future__ import annotations
@@ -55,33 +55,53 @@ class MetricsGate:
             self._slots.release()
 
 
-async def answer(
-    query: MetricsQuery,
-    *,
-    settings: Settings,
-    backend: str,
-    plan: Plan,
-    query_pool: asyncpg.Pool,
-    clickhouse: ClickHousePool | None,
-) -> tuple[MetricsResponse, str]:
-    """The answer from the chosen engine, and the plan that produced it."""
-    timeout_s = settings.query_timeout_ms / 1000
-    max_rows = settings.max_series_rows
-    if backend == "clickhouse":
-        if clickhouse is None:
-            raise InvalidParameter(
-                "backend", "ClickHouse is not configured (set EVENT_METRICS_CLICKHOUSE_URL)"
-            )
-        return await metrics_clickhouse.fetch_metrics(clickhouse, query, max_rows), "clickhouse"
-    if settings.rollups and plan != "raw":
-        # Exact either way; rollups are cheaper unless the refresher lags far behind.
-        limit = settings.rollup_max_pending_rows if plan == "auto" else None
-        from_rollups = await metrics_rollup.fetch_metrics(
-            query_pool, query, max_pending=limit, timeout_s=timeout_s, max_rows=max_rows
+class MetricsService:
+    """Answers /metrics queries: admission through the gate, then the chosen engine."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        query_pool: asyncpg.Pool,
+        clickhouse: ClickHousePool | None,
+    ) -> None:
+        self.settings = settings
+        self.query_pool = query_pool
+        self.clickhouse = clickhouse
+        limits = settings.metrics
+        self.gate = MetricsGate(
+            running=limits.max_running, waiting=limits.max_waiting, wait_s=limits.wait_s
         )
-        if from_rollups is not None:
-            return from_rollups, "rollup"
-    raw = await metrics_postgres.fetch_metrics(
-        query_pool, query, timeout_s=timeout_s, max_rows=max_rows
-    )
-    return raw, "raw"
+
+    async def answer(
+        self, query: MetricsQuery, *, backend: str | None, plan: Plan | None
+    ) -> tuple[MetricsResponse, str]:
+        """The answer from the chosen engine, and the plan that produced it."""
+        async with self.gate.turn():
+            return await self._answer(query, backend or self.settings.backend, plan or "auto")
+
+    async def _answer(
+        self, query: MetricsQuery, backend: str, plan: Plan
+    ) -> tuple[MetricsResponse, str]:
+        settings = self.settings
+        timeout_s = settings.metrics.query_timeout_s
+        max_rows = settings.metrics.max_series_rows
+        if backend == "clickhouse":
+            if self.clickhouse is None:
+                raise InvalidParameter(
+                    "backend", "ClickHouse is not configured (set EVENT_METRICS_CLICKHOUSE_URL)"
+                )
+            answer = await metrics_clickhouse.fetch_metrics(self.clickhouse, query, max_rows)
+            return answer, "clickhouse"
+        if settings.rollups.enabled and plan != "raw":
+            # Exact either way; rollups are cheaper unless the refresher lags far behind.
+            limit = settings.rollups.max_pending_rows if plan == "auto" else None
+            from_rollups = await metrics_rollup.fetch_metrics(
+                self.query_pool, query, max_pending=limit, timeout_s=timeout_s, max_rows=max_rows
+            )
+            if from_rollups is not None:
+                return from_rollups, "rollup"
+        raw = await metrics_postgres.fetch_metrics(
+            self.query_pool, query, timeout_s=timeout_s, max_rows=max_rows
+        )
+        return raw, "raw"

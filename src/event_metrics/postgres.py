@@ -11,6 +11,24 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
+# Errors that mean "PostgreSQL is not there right now", worth a retry; shared by the
+# writers, the followers of the events table, and /metrics (which answers 503 for them).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    # What asyncpg raises when a connection the server terminated is used again; the
+    # pool discards that connection on release, so a retry gets a fresh one.
+    asyncpg.InternalClientError,
+)
+
 
 async def _init_codecs(connection: asyncpg.Connection) -> None:
     # jsonb as text in and out: properties are already JSON-encoded by the validator.

@@ -7,7 +7,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
-from event_metrics.events import Row
+from event_metrics.schema import Row
 
 
 class QueueFull(Exception):

@@ -22,8 +22,10 @@ from typing import Any
 import asyncpg
 
 from event_metrics.backoff import Backoff
-from event_metrics.clickhouse import COLUMNS, apply_schema, connect, insert_columns
-from event_metrics.settings import Settings
+from event_metrics.clickhouse import apply_schema, connect, insert_columns
+from event_metrics.postgres import TRANSIENT_ERRORS
+from event_metrics.schema import CLICKHOUSE_TARGET, COLUMN_TYPES, MIRRORED_COLUMNS
+from event_metrics.settings import ReplicationSettings
 from event_metrics.watermark import (
     LAG_COUNT_CAP,
     LockedWorker,
@@ -32,20 +34,25 @@ from event_metrics.watermark import (
     measure_lag,
     save_checkpoint,
 )
-from event_metrics.writer import TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
 
-TARGET = "clickhouse"
+TARGET = CLICKHOUSE_TARGET
 # Held by the one active replicator across all service processes.
 REPLICATOR_LOCK_ID = 0x45564D52  # "EVMR"
 
 # The txid goes out as text (asyncpg has no xid8 codec) under another name: ORDER BY
 # prefers an output column to a table column of the same name, and sorting by the text
 # put '10000' before '9995', moving the checkpoint past rows never copied.
-FETCH_BATCH = """
-SELECT id, idempotency_key, event_name, user_id, channel, ts, received_at,
-       coalesce(properties::text, ''), txid::text AS txid_text
+# ClickHouse's columns as PostgreSQL gives them: JSON as its text ('' for none).
+MIRRORED = ", ".join(
+    f"coalesce({name}::text, '') AS {name}"
+    if name in COLUMN_TYPES and COLUMN_TYPES[name].postgres == "jsonb"
+    else name
+    for name in MIRRORED_COLUMNS
+)
+FETCH_BATCH = f"""
+SELECT {MIRRORED}, txid::text AS txid_text
 FROM events
 WHERE (txid, id) > ($1::text::xid8, $2::bigint) AND txid < $3::text::xid8
 ORDER BY events.txid, events.id
@@ -54,12 +61,12 @@ LIMIT $4
 
 
 def split_by_month(rows: Sequence[Sequence[Any]]) -> list[list[Sequence[Any]]]:
-    """Rows (in COLUMNS order) grouped by their monthly ClickHouse partition.
+    """Rows (in MIRRORED_COLUMNS order) grouped by their monthly ClickHouse partition.
 
     One insert per partition: current ClickHouse refuses an insert that touches more than
     100 partitions (max_partitions_per_insert_block), which one valid request can do.
     """
-    at = COLUMNS.index("ts")
+    at = MIRRORED_COLUMNS.index("ts")
     months: dict[tuple[int, int], list[Sequence[Any]]] = {}
     for row in rows:
         ts = row[at].astimezone(UTC)
@@ -73,16 +80,14 @@ class Replicator(LockedWorker):
     lock_id = REPLICATOR_LOCK_ID
     name = "replicator"
 
-    def __init__(self, settings: Settings) -> None:
-        if not settings.database_url or not settings.clickhouse_url:
-            raise ValueError("the replicator needs both database_url and clickhouse_url")
+    def __init__(
+        self, database_url: str, clickhouse_url: str, settings: ReplicationSettings
+    ) -> None:
         super().__init__(
-            settings.database_url,
-            interval_s=settings.replication_interval_ms / 1000,
-            retry_max_s=settings.replication_retry_max_ms / 1000,
+            database_url, interval_s=settings.interval_s, retry_max_s=settings.retry_max_s
         )
-        self.clickhouse_url = settings.clickhouse_url
-        self.batch_rows = settings.replication_batch_rows
+        self.clickhouse_url = clickhouse_url
+        self.batch_rows = settings.batch_rows
         self.rows_copied = 0
         self.lag_rows = 0
         self.lag_seconds = 0.0
@@ -138,7 +143,8 @@ class Replicator(LockedWorker):
         )
         if not rows:
             return 0
-        for block in split_by_month([tuple(row)[:8] for row in rows]):
+        mirrored = [tuple(row[name] for name in MIRRORED_COLUMNS) for row in rows]
+        for block in split_by_month(mirrored):
             columns = [list(column) for column in zip(*block, strict=True)]
             await asyncio.to_thread(insert_columns, client, columns)
         # Only after ClickHouse has the block: a crash before this line re-sends it.

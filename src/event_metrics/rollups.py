@@ -13,16 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 from pyroaring import BitMap
 
 from event_metrics.backoff import Backoff
-from event_metrics.settings import Settings
+from event_metrics.schema import DAY, DIMENSIONS, HOUR, LEVELS, ROLLUP_TARGET
+from event_metrics.settings import RollupSettings
 from event_metrics.watermark import (
     LockedWorker,
     horizon,
@@ -33,12 +33,14 @@ from event_metrics.watermark import (
 
 log = logging.getLogger(__name__)
 
-TARGET = "rollups"
+TARGET = ROLLUP_TARGET
 REFRESHER_LOCK_ID = 0x45564D55  # "EVMU"
 
-HOUR, DAY = 0, 1
-# Dimension levels: which of (event_name, channel) a rollup row keeps.
-LEVELS = {0: (True, True), 1: (True, False), 2: (False, True), 3: (False, False)}
+_DIMS = ", ".join(DIMENSIONS)
+_E_DIMS = ", ".join(f"e.{d}" for d in DIMENSIONS)
+_R_DIMS = ", ".join(f"r.{d}" for d in DIMENSIONS)
+_K_DIMS = ", ".join(f"${n}::text[]" for n in range(4, 4 + len(DIMENSIONS)))
+_MATCH_DIMS = "".join(f" AND r.{d} = k.{d}" for d in DIMENSIONS)
 
 ENSURE_CHECKPOINT = """
 INSERT INTO replication_state (target, txid, last_id) VALUES ($1, '0', 0)
@@ -66,34 +68,35 @@ SELECT DISTINCT user_id FROM events WHERE {BLOCK}
 ORDER BY 1
 ON CONFLICT (user_id) DO NOTHING
 """
-# PostgreSQL does the heavy part: one row per (hour, event, channel) with its user ids.
+# PostgreSQL does the heavy part: one row per (hour, dimension values) with its user ids.
 AGGREGATE_BLOCK = f"""
-SELECT date_trunc('hour', e.ts AT TIME ZONE 'UTC') AS hour, e.event_name, e.channel,
+SELECT date_trunc('hour', e.ts AT TIME ZONE 'UTC') AS hour, {_E_DIMS},
        count(*) AS events, array_agg(u.uid) AS uids
 FROM events e JOIN user_ids u ON u.user_id = e.user_id
 WHERE {BLOCK}
-GROUP BY 1, 2, 3
+GROUP BY hour, {_E_DIMS}
 """
-READ_ROLLUPS = """
-SELECT r.grain, r.level, r.bucket AT TIME ZONE 'UTC', r.event_name, r.channel, r.events, r.users
+READ_ROLLUPS = f"""
+SELECT r.grain, r.level, r.bucket AT TIME ZONE 'UTC', {_R_DIMS}, r.events, r.users
 FROM rollups r
-JOIN unnest($1::smallint[], $2::smallint[], $3::timestamp[], $4::text[], $5::text[])
-     AS k(grain, level, bucket, event_name, channel)
+JOIN unnest($1::smallint[], $2::smallint[], $3::timestamp[], {_K_DIMS})
+     AS k(grain, level, bucket, {_DIMS})
   ON r.grain = k.grain AND r.level = k.level AND r.bucket = k.bucket AT TIME ZONE 'UTC'
- AND r.event_name = k.event_name AND r.channel = k.channel
+ {_MATCH_DIMS}
 """
-WRITE_ROLLUPS = """
-INSERT INTO rollups (grain, level, bucket, event_name, channel, events, users_count, users)
-SELECT grain, level, bucket AT TIME ZONE 'UTC', event_name, channel, events, users_count, users
-FROM unnest($1::smallint[], $2::smallint[], $3::timestamp[], $4::text[], $5::text[],
-            $6::bigint[], $7::integer[], $8::bytea[])
-     AS k(grain, level, bucket, event_name, channel, events, users_count, users)
-ON CONFLICT (grain, level, event_name, bucket, channel) DO UPDATE
+_N = 4 + len(DIMENSIONS)  # the first parameter after the key columns
+WRITE_ROLLUPS = f"""
+INSERT INTO rollups (grain, level, bucket, {_DIMS}, events, users_count, users)
+SELECT grain, level, bucket AT TIME ZONE 'UTC', {_DIMS}, events, users_count, users
+FROM unnest($1::smallint[], $2::smallint[], $3::timestamp[], {_K_DIMS},
+            ${_N}::bigint[], ${_N + 1}::integer[], ${_N + 2}::bytea[])
+     AS k(grain, level, bucket, {_DIMS}, events, users_count, users)
+ON CONFLICT ON CONSTRAINT rollups_pkey DO UPDATE
 SET events = excluded.events, users_count = excluded.users_count, users = excluded.users
 """
 
-# (grain, level, bucket as naive UTC, event_name, channel)
-Key = tuple[int, int, datetime, str, str]
+# (grain, level number, bucket as naive UTC, *dimension values in DIMENSIONS order)
+Key = tuple[Any, ...]
 
 
 @dataclass
@@ -102,21 +105,20 @@ class Aggregate:
     users: BitMap
 
 
-def roll_up(rows: Iterable[tuple[datetime, str, str, int, list[int]]]) -> dict[Key, Aggregate]:
-    """Fold (hour, event_name, channel, events, uids) rows into every grain and level."""
+# Per level, which of a row's dimension values it keeps (the others become '').
+_KEEPS = [(level.number, [d in level.dimensions for d in DIMENSIONS]) for level in LEVELS]
+
+
+def roll_up(rows: Iterable[Sequence[Any]]) -> dict[Key, Aggregate]:
+    """Fold (hour, *dimension values, events, uids) rows into every grain and level."""
     out: dict[Key, Aggregate] = {}
-    for hour, name, channel, events, uids in rows:
+    for hour, *values, events, uids in rows:
         users = BitMap(uids)
         day = hour.replace(hour=0)
-        for level, (keep_name, keep_channel) in LEVELS.items():
+        for level, keeps in _KEEPS:
+            kept = tuple(v if keep else "" for v, keep in zip(values, keeps, strict=True))
             for grain, bucket in ((HOUR, hour), (DAY, day)):
-                key = (
-                    grain,
-                    level,
-                    bucket,
-                    name if keep_name else "",
-                    channel if keep_channel else "",
-                )
+                key = (grain, level, bucket, *kept)
                 found = out.get(key)
                 if found is None:
                     out[key] = Aggregate(events, BitMap(users))
@@ -147,7 +149,7 @@ async def refresh_block(connection: asyncpg.Connection, *, max_rows: int) -> int
         changes = await asyncio.to_thread(roll_up, fine)
         await _merge(connection, changes)
         await save_checkpoint(connection, TARGET, (end[0], end[1]))
-    return sum(r[3] for r in fine)
+    return sum(events for *_, events, _uids in fine)
 
 
 async def _merge(connection: asyncpg.Connection, changes: dict[Key, Aggregate]) -> None:
@@ -162,10 +164,10 @@ def _combine(
     keys: list[Key], changes: dict[Key, Aggregate], existing: list[asyncpg.Record]
 ) -> tuple[list[int], list[int], list[bytes]]:
     """Add the stored rows to the changes: new events, cardinalities and bitmaps."""
-    for row in existing:
-        change = changes[(row[0], row[1], row[2], row[3], row[4])]
-        change.events += row[5]
-        change.users |= BitMap.deserialize(row[6])
+    for *key, events, users in existing:
+        change = changes[tuple(key)]
+        change.events += events
+        change.users |= BitMap.deserialize(users)
     merged = [changes[k] for k in keys]
     return (
         [m.events for m in merged],
@@ -197,15 +199,11 @@ class RollupRefresher(LockedWorker):
     lock_id = REFRESHER_LOCK_ID
     name = "rollup refresher"
 
-    def __init__(self, settings: Settings) -> None:
-        if not settings.database_url:
-            raise ValueError("the rollup refresher needs database_url")
+    def __init__(self, database_url: str, settings: RollupSettings) -> None:
         super().__init__(
-            settings.database_url,
-            interval_s=settings.rollup_interval_ms / 1000,
-            retry_max_s=settings.rollup_retry_max_ms / 1000,
+            database_url, interval_s=settings.interval_s, retry_max_s=settings.retry_max_s
         )
-        self.block_rows = settings.rollup_block_rows
+        self.block_rows = settings.block_rows
         self.rows_folded = 0
         self.lag_rows = 0
         self.lag_seconds = 0.0

@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import asyncpg
+import msgspec
 
+from event_metrics.backoff import describe
 from event_metrics.clickhouse import ClickHousePool
-from event_metrics.metrics_service import MetricsGate
+from event_metrics.ingest import Ingestor
+from event_metrics.metrics_service import MetricsService
 from event_metrics.postgres import create_pool
 from event_metrics.queue import IngestQueue
 from event_metrics.replicator import Replicator
@@ -23,16 +28,59 @@ from event_metrics.writer import WriterPool, init_writer_connection
 log = logging.getLogger(__name__)
 
 
+class Health(msgspec.Struct, omit_defaults=True):
+    status: Literal["ok", "degraded", "unavailable"]
+    postgres: str
+    queue_depth: int
+    queue_capacity: int
+    oldest_queued_age_s: float
+    rows_written: int
+    writers: dict[str, Any]
+    replication: dict[str, Any] | None = None
+    rollups: dict[str, Any] | None = None
+
+
 @dataclass
 class Services:
     settings: Settings
     queue: IngestQueue
     writers: WriterPool
     query_pool: asyncpg.Pool
-    metrics_gate: MetricsGate
+    ingestor: Ingestor
+    metrics: MetricsService
     clickhouse: ClickHousePool | None = None
     replicator: Replicator | None = None
     refresher: RollupRefresher | None = None
+
+    async def health(self) -> Health:
+        """Unavailable when events cannot be acknowledged; degraded when only a follower
+        of the events table (replicator, rollup refresher) is failing."""
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(2), self.query_pool.acquire() as connection:
+                await connection.fetchval("SELECT 1")
+            postgres = f"ok ({(time.monotonic() - started) * 1000:.1f} ms)"
+        except Exception as exc:  # any failure to answer means unavailable
+            postgres = f"unavailable: {describe(exc)}"
+        writers = self.writers.status()
+        replication = self.replicator.status() if self.replicator else None
+        rollups = self.refresher.status() if self.refresher else None
+        status: Literal["ok", "degraded", "unavailable"] = "ok"
+        if not postgres.startswith("ok") or writers["state"] != "running":
+            status = "unavailable"
+        elif any(part and part["state"] == "failing" for part in (replication, rollups)):
+            status = "degraded"
+        return Health(
+            status=status,
+            postgres=postgres,
+            queue_depth=self.queue.depth,
+            queue_capacity=self.queue.max_events,
+            oldest_queued_age_s=round(self.queue.oldest_age_s(), 3),
+            rows_written=self.writers.rows_written,
+            writers=writers,
+            replication=replication,
+            rollups=rollups,
+        )
 
 
 @contextlib.asynccontextmanager
@@ -40,14 +88,14 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
     """Open pools, start writers; on exit drain the writers first, then close in reverse."""
     if not settings.database_url:
         raise RuntimeError("Settings.database_url is required to run the service")
-    timeout_s = settings.query_timeout_ms / 1000
+    metrics = settings.metrics
     async with contextlib.AsyncExitStack() as stack:
         write_pool = await create_pool(
-            settings.database_url, size=settings.writer_count, init=init_writer_connection
+            settings.database_url, size=settings.writer.count, init=init_writer_connection
         )
         stack.push_async_callback(write_pool.close)
         query_pool = await create_pool(
-            settings.database_url, size=settings.db_pool_size, command_timeout_s=timeout_s
+            settings.database_url, size=metrics.pool_size, command_timeout_s=metrics.query_timeout_s
         )
         stack.push_async_callback(query_pool.close)
 
@@ -55,20 +103,22 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
         if settings.clickhouse_url:
             # Clients connect lazily: the service starts even while ClickHouse is down.
             clickhouse = ClickHousePool(
-                settings.clickhouse_url, size=settings.db_pool_size, timeout_s=timeout_s
+                settings.clickhouse_url, size=metrics.pool_size, timeout_s=metrics.query_timeout_s
             )
             stack.push_async_callback(clickhouse.close)
-            if settings.replicate:
-                replicator = Replicator(settings)
+            if settings.replication.enabled:
+                replicator = Replicator(
+                    settings.database_url, settings.clickhouse_url, settings.replication
+                )
                 _start_background(stack, replicator, "replicator")
 
         refresher = None
-        if settings.rollups:
-            refresher = RollupRefresher(settings)
+        if settings.rollups.enabled:
+            refresher = RollupRefresher(settings.database_url, settings.rollups)
             _start_background(stack, refresher, "rollup-refresher")
 
-        queue = IngestQueue(settings.queue_max_events)
-        writers = WriterPool(settings, queue, write_pool)
+        queue = IngestQueue(settings.ingest.queue_max_events)
+        writers = WriterPool(settings.writer, queue, write_pool)
         writers.start()
         # Registered last, so it runs first: no events are dropped while pools close.
         stack.push_async_callback(writers.stop)
@@ -80,11 +130,8 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
             clickhouse=clickhouse,
             replicator=replicator,
             refresher=refresher,
-            metrics_gate=MetricsGate(
-                running=settings.metrics_max_running,
-                waiting=settings.metrics_max_waiting,
-                wait_s=settings.metrics_wait_ms / 1000,
-            ),
+            ingestor=Ingestor(settings.ingest, queue),
+            metrics=MetricsService(settings, query_pool=query_pool, clickhouse=clickhouse),
         )
 
 

@@ -1,10 +1,19 @@
-"""Configuration: one `Settings` struct built once from `EVENT_METRICS_*` variables."""
+"""Configuration: one `Settings` struct, built once from `EVENT_METRICS_*` variables.
+
+Settings are grouped by the part that uses them (HTTP, ingest, writers, metrics, rollups,
+replication), and each part receives only its group. Each field names its variable with
+an `Env` marker; durations are given in the variable's unit (`_MS`, `_SECONDS`) and held
+in seconds, converted here once. Tests build settings with `Settings.build(...)`, by the
+same variable names, instead of patching the environment.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any, Literal
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -17,92 +26,111 @@ class ConfigError(Exception):
     """A setting has an invalid value; the message names the variable."""
 
 
-class Settings(msgspec.Struct, kw_only=True, frozen=True):
+@dataclass(frozen=True)
+class Env:
+    """The variable a field is read from: `EVENT_METRICS_<name>`, in `unit`, and any
+    older names still accepted."""
+
+    name: str
+    unit: Literal["", "ms", "s"] = ""
+    aliases: tuple[str, ...] = ()
+
+    def to_field(self, value: Any) -> Any:
+        return value / 1000 if self.unit == "ms" and value is not None else value
+
+
+Positive = msgspec.Meta(gt=0)
+PositiveInt = Annotated[int, Positive]
+
+
+class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
+    host: Annotated[str, Env("HOST")] = "127.0.0.1"
+    port: Annotated[int, Env("PORT"), msgspec.Meta(gt=0, le=65535)] = 8080
+    workers: Annotated[PositiveInt, Env("HTTP_WORKERS")] = 1
+    header_timeout_s: Annotated[float, Env("HEADER_TIMEOUT_MS", "ms"), Positive] = 5.0
+    body_timeout_s: Annotated[float, Env("BODY_TIMEOUT_MS", "ms"), Positive] = 10.0
+    keepalive_timeout_s: Annotated[float, Env("KEEPALIVE_TIMEOUT_MS", "ms"), Positive] = 5.0
+    max_header_bytes: Annotated[PositiveInt, Env("MAX_HEADER_BYTES")] = 64 * 1024
+    max_connections: Annotated[PositiveInt, Env("MAX_CONNECTIONS")] = 4_096
+    retry_after_s: Annotated[PositiveInt, Env("RETRY_AFTER_SECONDS")] = 1
+
+
+class IngestSettings(msgspec.Struct, frozen=True, kw_only=True):
+    max_body_bytes: Annotated[PositiveInt, Env("MAX_BODY_BYTES")] = 5 * 1024 * 1024
+    max_events_per_request: Annotated[
+        PositiveInt, Env("MAX_EVENTS_PER_REQUEST", aliases=("MAX_BATCH_EVENTS",))
+    ] = 10_000
+    max_event_bytes: Annotated[PositiveInt, Env("MAX_EVENT_BYTES")] = 64 * 1024
+    max_property_depth: Annotated[PositiveInt, Env("MAX_PROPERTY_DEPTH")] = 32
+    max_future_s: Annotated[PositiveInt, Env("MAX_FUTURE_SECONDS")] = 24 * 3600
+    results_full_max: Annotated[PositiveInt, Env("RESULTS_FULL_MAX")] = 100
+    queue_max_events: Annotated[PositiveInt, Env("QUEUE_MAX_EVENTS")] = 200_000
+    ack_timeout_s: Annotated[float, Env("ACK_TIMEOUT_MS", "ms"), Positive] = 10.0
+
+
+class WriterSettings(msgspec.Struct, frozen=True, kw_only=True):
+    count: Annotated[PositiveInt, Env("WRITER_COUNT")] = 3
+    max_events_per_commit: Annotated[
+        PositiveInt, Env("MAX_EVENTS_PER_COMMIT", aliases=("BATCH_MAX_EVENTS",))
+    ] = 5_000
+    flush_interval_s: Annotated[float, Env("FLUSH_INTERVAL_MS", "ms"), msgspec.Meta(ge=0)] = 0.005
+    copy_min_rows: Annotated[PositiveInt, Env("COPY_MIN_ROWS")] = 1_000
+    retry_initial_s: Annotated[float, Env("RETRY_INITIAL_MS", "ms"), Positive] = 0.05
+    retry_max_s: Annotated[float, Env("RETRY_MAX_MS", "ms"), Positive] = 2.0
+    stall_s: Annotated[float, Env("WRITER_STALL_MS", "ms"), Positive] = 5.0
+    shutdown_timeout_s: Annotated[float, Env("SHUTDOWN_TIMEOUT_MS", "ms"), Positive] = 10.0
+
+
+class MetricsSettings(msgspec.Struct, frozen=True, kw_only=True):
+    pool_size: Annotated[PositiveInt, Env("DB_POOL_SIZE")] = 4
+    max_window_days: Annotated[PositiveInt, Env("MAX_WINDOW_DAYS")] = 400
+    query_timeout_s: Annotated[float, Env("QUERY_TIMEOUT_MS", "ms"), Positive] = 30.0
+    max_series_rows: Annotated[PositiveInt, Env("MAX_SERIES_ROWS")] = 50_000
+    max_running: Annotated[PositiveInt, Env("METRICS_MAX_RUNNING")] = 1
+    max_waiting: Annotated[int, Env("METRICS_MAX_WAITING"), msgspec.Meta(ge=0)] = 32
+    wait_s: Annotated[float, Env("METRICS_WAIT_MS", "ms"), Positive] = 2.0
+
+
+class RollupSettings(msgspec.Struct, frozen=True, kw_only=True):
+    enabled: Annotated[bool, Env("ROLLUPS")] = True
+    interval_s: Annotated[float, Env("ROLLUP_INTERVAL_MS", "ms"), Positive] = 5.0
+    block_rows: Annotated[PositiveInt, Env("ROLLUP_BLOCK_ROWS")] = 100_000
+    max_pending_rows: Annotated[PositiveInt, Env("ROLLUP_MAX_PENDING_ROWS")] = 200_000
+    retry_max_s: Annotated[float, Env("ROLLUP_RETRY_MAX_MS", "ms"), Positive] = 5.0
+
+
+class ReplicationSettings(msgspec.Struct, frozen=True, kw_only=True):
+    enabled: Annotated[bool, Env("REPLICATE")] = True
+    batch_rows: Annotated[PositiveInt, Env("REPLICATION_BATCH_ROWS")] = 10_000
+    interval_s: Annotated[float, Env("REPLICATION_INTERVAL_MS", "ms"), Positive] = 1.0
+    retry_max_s: Annotated[float, Env("REPLICATION_RETRY_MAX_MS", "ms"), Positive] = 5.0
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Every threshold the service uses, with defaults that work on a laptop."""
 
     # Storage. With no database_url, `serve` starts an embedded PostgreSQL under data_dir.
-    database_url: str | None = None
-    data_dir: str = ".data"
-    backend: Backend = "postgres"
-    clickhouse_url: str | None = None
+    database_url: Annotated[str | None, Env("DATABASE_URL")] = None
+    data_dir: Annotated[str, Env("DATA_DIR")] = ".data"
+    backend: Annotated[Backend, Env("BACKEND")] = "postgres"
+    clickhouse_url: Annotated[str | None, Env("CLICKHOUSE_URL")] = None
 
-    # HTTP.
-    host: str = "127.0.0.1"
-    port: int = 8080
-    http_workers: int = 1
-    max_body_bytes: int = 5 * 1024 * 1024
-    max_batch_events: int = 10_000
-    max_event_bytes: int = 64 * 1024
-    max_property_depth: int = 32
-    body_timeout_ms: int = 10_000
-    header_timeout_ms: int = 5_000
-    keepalive_timeout_ms: int = 5_000
-    max_header_bytes: int = 64 * 1024
-    max_connections: int = 4_096
-    max_future_seconds: int = 24 * 3600
-    results_full_max: int = 100
-
-    # Ingest queue and writers.
-    queue_max_events: int = 200_000
-    batch_max_events: int = 5_000
-    flush_interval_ms: int = 5
-    writer_count: int = 3
-    copy_min_rows: int = 1000
-    ack_timeout_ms: int = 10_000
-    retry_initial_ms: int = 50
-    retry_max_ms: int = 2_000
-    writer_stall_ms: int = 5_000
-    retry_after_seconds: int = 1
-    shutdown_timeout_ms: int = 10_000
-    db_pool_size: int = 4
-
-    # Metrics.
-    max_window_days: int = 400
-    query_timeout_ms: int = 30_000
-    max_series_rows: int = 50_000
-    metrics_max_running: int = 1
-    metrics_max_waiting: int = 32
-    metrics_wait_ms: int = 2_000
-
-    # Rollups (pre-aggregated hours and days with exact user bitmaps) for /metrics.
-    rollups: bool = True
-    rollup_interval_ms: int = 5_000
-    rollup_block_rows: int = 100_000
-    rollup_max_pending_rows: int = 200_000
-    rollup_retry_max_ms: int = 5_000
-
-    # Replication to ClickHouse.
-    replicate: bool = True
-    replication_batch_rows: int = 10_000
-    replication_interval_ms: int = 1_000
-    replication_retry_max_ms: int = 5_000
+    http: HttpSettings = HttpSettings()
+    ingest: IngestSettings = IngestSettings()
+    writer: WriterSettings = WriterSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    rollups: RollupSettings = RollupSettings()
+    replication: ReplicationSettings = ReplicationSettings()
 
     def __post_init__(self) -> None:
-        positive = (
-            "port", "http_workers", "max_body_bytes", "max_batch_events", "max_event_bytes",
-            "queue_max_events", "batch_max_events", "writer_count", "copy_min_rows",
-            "ack_timeout_ms", "retry_initial_ms", "retry_max_ms", "retry_after_seconds",
-            "shutdown_timeout_ms", "db_pool_size", "max_window_days", "query_timeout_ms",
-            "replication_batch_rows", "replication_interval_ms", "replication_retry_max_ms",
-            "results_full_max", "max_future_seconds", "rollup_interval_ms", "rollup_block_rows",
-            "rollup_max_pending_rows", "rollup_retry_max_ms", "writer_stall_ms",
-            "max_property_depth", "body_timeout_ms", "header_timeout_ms",
-            "keepalive_timeout_ms", "max_header_bytes", "max_connections", "max_series_rows",
-            "metrics_max_running", "metrics_wait_ms",
-        )  # fmt: skip
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{PREFIX}{name.upper()} must be a positive integer")
-        if self.metrics_max_waiting < 0:
-            raise ConfigError(f"{PREFIX}METRICS_MAX_WAITING must not be negative")
-        if self.flush_interval_ms < 0:
-            raise ConfigError(f"{PREFIX}FLUSH_INTERVAL_MS must not be negative")
-        if self.port > 65535:
-            raise ConfigError(f"{PREFIX}PORT must be at most 65535")
-        if self.batch_max_events > self.queue_max_events:
-            raise ConfigError(f"{PREFIX}BATCH_MAX_EVENTS must not exceed {PREFIX}QUEUE_MAX_EVENTS")
-        if self.max_batch_events > self.queue_max_events:
-            raise ConfigError(f"{PREFIX}MAX_BATCH_EVENTS must not exceed {PREFIX}QUEUE_MAX_EVENTS")
+        if self.writer.max_events_per_commit > self.ingest.queue_max_events:
+            raise ConfigError(
+                f"{PREFIX}MAX_EVENTS_PER_COMMIT must not exceed {PREFIX}QUEUE_MAX_EVENTS"
+            )
+        if self.ingest.max_events_per_request > self.ingest.queue_max_events:
+            raise ConfigError(
+                f"{PREFIX}MAX_EVENTS_PER_REQUEST must not exceed {PREFIX}QUEUE_MAX_EVENTS"
+            )
         if self.backend == "clickhouse" and not self.clickhouse_url:
             raise ConfigError(f"{PREFIX}BACKEND=clickhouse needs {PREFIX}CLICKHOUSE_URL")
 
@@ -110,29 +138,113 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read `EVENT_METRICS_*` variables; an invalid value raises ConfigError naming it."""
         env = os.environ if environ is None else environ
-        known = {f.name for f in msgspec.structs.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, raw in env.items():
-            if not key.startswith(PREFIX):
-                continue
-            name = key[len(PREFIX) :].lower()
-            if name not in known:
-                continue  # e.g. EVENT_METRICS_REQUIRE_SERVICES belongs to the tests
-            values[name] = raw
-        try:
-            # strict=False lets "8080" become an int and "false" a bool.
-            return msgspec.convert(values, cls, strict=False)
-        except msgspec.ValidationError as exc:
-            raise ConfigError(_name_variable(str(exc))) from None
+        values = {key[len(PREFIX) :]: raw for key, raw in env.items() if key.startswith(PREFIX)}
+        # strict=False lets "8080" become an int and "false" a bool.
+        return cls.build(strict=False, **{name.lower(): raw for name, raw in values.items()})
+
+    @classmethod
+    def build(cls, *, strict: bool = True, **values: Any) -> Settings:
+        """Settings from values named like the variables (`flush_interval_ms=5`), lower case
+        and without the prefix; names that are not settings are ignored."""
+        return _convert(_nest(values), strict=strict)
+
+    def updated(self, **values: Any) -> Settings:
+        """A copy with some values changed, named like the variables (for tests)."""
+        return _convert(_merge(msgspec.to_builtins(self), _nest(values)), strict=True)
+
+
+# --- the variables table, derived from the Env markers above ----------------------------
+
+
+@dataclass(frozen=True)
+class Variable:
+    env: Env
+    group: str | None  # None: a field of Settings itself
+    field: str
 
     @property
-    def flush_interval_s(self) -> float:
-        return self.flush_interval_ms / 1000
+    def name(self) -> str:
+        return PREFIX + self.env.name
+
+    @property
+    def default(self) -> Any:
+        """The default as the variable reads it (milliseconds for an `_MS` variable)."""
+        defaults = Settings() if self.group is None else getattr(Settings(), self.group)
+        value = getattr(defaults, self.field)
+        if self.env.unit == "ms":
+            return round(value * 1000)
+        return value
+
+
+def _env_of(struct: type[msgspec.Struct], field: str) -> Env:
+    hints = typing.get_type_hints(struct, include_extras=True)
+    for meta in getattr(hints[field], "__metadata__", ()):
+        if isinstance(meta, Env):
+            return meta
+    raise TypeError(f"{struct.__name__}.{field} names no variable")
+
+
+def variables() -> Iterator[Variable]:
+    """Every setting's variable, in the order of the groups."""
+    for info in msgspec.structs.fields(Settings):
+        if isinstance(info.default, msgspec.Struct):
+            group = type(info.default)
+            for inner in msgspec.structs.fields(group):
+                yield Variable(_env_of(group, inner.name), info.name, inner.name)
+        else:
+            yield Variable(_env_of(Settings, info.name), None, info.name)
+
+
+def _by_name() -> dict[str, Variable]:
+    table = {}
+    for variable in variables():
+        for name in (variable.env.name, *variable.env.aliases):
+            table[name.lower()] = variable
+    return table
+
+
+VARIABLES = _by_name()
+KNOWN_NAMES = frozenset(VARIABLES)
+
+
+def _nest(values: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        variable = VARIABLES.get(key.lower())
+        if variable is None:
+            continue  # e.g. EVENT_METRICS_REQUIRE_SERVICES belongs to the tests
+        if isinstance(value, str) and variable.env.unit == "ms":
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{variable.name}: expected a number of milliseconds") from None
+        target = nested.setdefault(variable.group, {}) if variable.group else nested
+        target[variable.field] = variable.env.to_field(value)
+    return nested
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        merged[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+def _convert(values: dict[str, Any], *, strict: bool) -> Settings:
+    try:
+        return msgspec.convert(values, Settings, strict=strict)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_name_variable(str(exc))) from None
 
 
 def _name_variable(message: str) -> str:
-    # msgspec says "... - at `$.port`"; turn the path into the variable name.
+    # msgspec says "... - at `$.writer.flush_interval_s`"; name the variable instead.
     head, sep, path = message.rpartition(" - at `$.")
     if not sep:
         return message
-    return f"{PREFIX}{path.rstrip('`').upper()}: {head}"
+    parts = path.rstrip("`").split(".")
+    for variable in variables():
+        if parts in ([variable.group, variable.field], [variable.field]):
+            unit = " (the value is read in milliseconds)" if variable.env.unit == "ms" else ""
+            return f"{variable.name}: {head}{unit}"
+    return message

@@ -20,8 +20,8 @@ from typing import Any
 
 import asyncpg
 
-from event_metrics.clickhouse import COLUMNS, apply_schema, connect, insert_columns
-from event_metrics.replicator import TARGET, split_by_month
+from event_metrics.clickhouse import apply_schema, connect, insert_columns
+from event_metrics.replicator import MIRRORED, TARGET, split_by_month
 from event_metrics.watermark import load_checkpoint
 
 Cell = tuple[date, str]  # (UTC day, event_name)
@@ -52,7 +52,7 @@ SELECT DISTINCT idempotency_key FROM events
 WHERE toDate(ts) = %(day)s AND event_name = %(event_name)s
 """
 POSTGRES_ROWS = f"""
-SELECT {", ".join(COLUMNS[:-1])}, coalesce(properties::text, '') FROM events
+SELECT {MIRRORED} FROM events
 WHERE {CELL} AND {UP_TO_CHECKPOINT}
 """
 DELETE_KEYS = """

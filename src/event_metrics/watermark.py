@@ -17,7 +17,7 @@ import time
 import asyncpg
 
 from event_metrics.backoff import Backoff, LoopState
-from event_metrics.writer import TRANSIENT_ERRORS
+from event_metrics.postgres import TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -12,67 +12,54 @@ from typing import Any
 import asyncpg
 
 from event_metrics.backoff import Backoff, LoopState, describe
-from event_metrics.events import Row
+from event_metrics.postgres import TRANSIENT_ERRORS
 from event_metrics.queue import IngestQueue, Ticket
-from event_metrics.settings import Settings
+from event_metrics.schema import COLUMN_TYPES, COLUMNS, Row
+from event_metrics.settings import WriterSettings
 
 log = logging.getLogger(__name__)
 
-STAGING_COLUMNS = (
-    "ord", "idempotency_key", "event_name", "user_id", "channel", "ts", "received_at",
-    "properties",
-)  # fmt: skip
+
+def _staging_type(name: str) -> str:
+    # jsonb arrives as JSON text and is cast once, in the INSERT.
+    kind = COLUMN_TYPES[name].postgres
+    return "text" if kind == "jsonb" else kind
+
+
+def _stored(name: str, source: str) -> str:
+    return f"{source}::jsonb" if COLUMN_TYPES[name].postgres == "jsonb" else source
+
+
+_NAMES = ", ".join(COLUMNS)
+STAGING_COLUMNS = ("ord", *COLUMNS)
 
 # A temp table lives as long as its connection: created once per writer connection.
-CREATE_STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS events_staging (
-    ord             integer     NOT NULL,
-    idempotency_key text        NOT NULL,
-    event_name      text        NOT NULL,
-    user_id         text        NOT NULL,
-    channel         text        NOT NULL,
-    ts              timestamptz NOT NULL,
-    received_at     timestamptz NOT NULL,
-    properties      text
-) ON COMMIT DELETE ROWS
-"""
+CREATE_STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS events_staging (ord integer NOT NULL, "
+    + ", ".join(f"{name} {_staging_type(name)}" for name in COLUMNS)
+    + ") ON COMMIT DELETE ROWS"
+)
 
 # COPY into staging, then one INSERT ... SELECT: the fastest path measured here. The
 # ORDER BY makes the first of several same-key events in a batch the one that is stored.
-INSERT_FROM_STAGING = """
-INSERT INTO events (idempotency_key, event_name, user_id, channel, ts, received_at, properties)
-SELECT idempotency_key, event_name, user_id, channel, ts, received_at, properties::jsonb
+INSERT_FROM_STAGING = f"""
+INSERT INTO events ({_NAMES})
+SELECT {", ".join(_stored(name, name) for name in COLUMNS)}
 FROM events_staging
 ORDER BY ord
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING idempotency_key
 """
 
-INSERT_UNNEST = """
-INSERT INTO events (idempotency_key, event_name, user_id, channel, ts, received_at, properties)
-SELECT k, n, u, c, t, r, p::jsonb
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-            $6::timestamptz[], $7::text[]) WITH ORDINALITY AS batch(k, n, u, c, t, r, p, ord)
+_ARRAYS = ", ".join(f"${n}::{_staging_type(name)}[]" for n, name in enumerate(COLUMNS, start=1))
+INSERT_UNNEST = f"""
+INSERT INTO events ({_NAMES})
+SELECT {", ".join(_stored(name, f"batch.{name}") for name in COLUMNS)}
+FROM unnest({_ARRAYS}) WITH ORDINALITY AS batch({_NAMES}, ord)
 ORDER BY ord
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING idempotency_key
 """
-
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-    # What asyncpg raises when a connection the server terminated is used again; the
-    # pool discards that connection on release, so a retry gets a fresh one.
-    asyncpg.InternalClientError,
-)
 
 
 class StorageUnavailable(Exception):
@@ -163,7 +150,7 @@ class _Lease:
 class WriterPool:
     """N writer tasks draining one IngestQueue into PostgreSQL."""
 
-    def __init__(self, settings: Settings, queue: IngestQueue, pool: asyncpg.Pool) -> None:
+    def __init__(self, settings: WriterSettings, queue: IngestQueue, pool: asyncpg.Pool) -> None:
         self.settings = settings
         self.queue = queue
         self.pool = pool
@@ -176,8 +163,7 @@ class WriterPool:
 
     def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._run(), name=f"writer-{n}")
-            for n in range(self.settings.writer_count)
+            asyncio.create_task(self._run(), name=f"writer-{n}") for n in range(self.settings.count)
         ]
 
     def oldest_in_flight_s(self) -> float:
@@ -190,7 +176,7 @@ class WriterPool:
         """What /health reports: failing while writes fail, stalled while a commit hangs."""
         oldest = self.oldest_in_flight_s()
         state = self.loop_state.state
-        if state == "running" and oldest > self.settings.writer_stall_ms / 1000:
+        if state == "running" and oldest > self.settings.stall_s:
             state = "stalled"
         return {
             "state": state,
@@ -203,7 +189,7 @@ class WriterPool:
     async def stop(self) -> None:
         """Take no new events, drain within the shutdown limit, then cancel the rest."""
         self.queue.close()
-        timeout = self.settings.shutdown_timeout_ms / 1000
+        timeout = self.settings.shutdown_timeout_s
         _, pending = await asyncio.wait(self._tasks, timeout=timeout) if self._tasks else ((), ())
         for task in pending:
             task.cancel()
@@ -219,7 +205,9 @@ class WriterPool:
         lease = _Lease(self.pool)
         try:
             while True:
-                batch = await self.queue.take(settings.batch_max_events, settings.flush_interval_s)
+                batch = await self.queue.take(
+                    settings.max_events_per_commit, settings.flush_interval_s
+                )
                 if not batch:
                     return
                 self._in_flight[id(batch)] = (time.monotonic(), batch)
@@ -241,9 +229,7 @@ class WriterPool:
 
     async def _write_with_retry(self, lease: _Lease, batch: list[Ticket]) -> None:
         settings = self.settings
-        backoff = Backoff(
-            initial_s=settings.retry_initial_ms / 1000, max_s=settings.retry_max_ms / 1000
-        )
+        backoff = Backoff(initial_s=settings.retry_initial_s, max_s=settings.retry_max_s)
         while True:
             try:
                 connection = await lease.get()
