@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve migrate test lint typecheck check bench bench-full clickhouse-server clean
+.PHONY: install serve migrate test test-unit lint typecheck check bench bench-full clickhouse-server clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,9 +30,13 @@ clickhouse-server:
 test: $(STAMP) clickhouse-server
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# The tests that need no server: payload, events, queue, buckets, planner, settings.
+test-unit: $(STAMP)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench alembic
-	$(BIN)/ruff format --check src tests bench alembic
+	$(BIN)/ruff check src tests bench alembic throwaway
+	$(BIN)/ruff format --check src tests bench alembic throwaway
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

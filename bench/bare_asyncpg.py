@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from event_metrics.events import Row
 from event_metrics.postgres import create_pool
+from event_metrics.schema import Row
 from event_metrics.writer import init_writer_connection, write_copy, write_unnest
 
 CHANNELS = ("web", "ios", "android")

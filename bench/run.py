@@ -3,7 +3,7 @@
     python -m bench.run --rows 1000000 --load-total 20000 [--out docs/bench] [--keep-db]
 
 Creates the PostgreSQL database `event_metrics_bench` (dropped first if it exists), starts
-a throwaway ClickHouse (tests/clickhouse_server.py) in a temporary folder, migrates, seeds
+a throwaway ClickHouse (throwaway/clickhouse.py) in a temporary folder, migrates, seeds
 (bench.seed), starts `event-metrics serve`, runs bench.load against it and against the
 no-op app (bench.noop), runs bench.queries, and writes summary.md and summary.json (plus
 queries.*) to --out. Every server it started is stopped, and the database dropped, on the
@@ -32,14 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from throwaway.clickhouse import ClickHouseServer
 
 from bench.seed import clickhouse_client
 from bench.summary import machine_info, render_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-sys.path.insert(0, str(ROOT))  # tests/ is not a package on the path when run as -m bench.run
-from tests.clickhouse_server import ClickHouseServer  # noqa: E402
 
 STOP_GRACE_S = 15.0
 

@@ -22,8 +22,8 @@ import httpx
 import pytest
 from clickhouse_driver import Client
 from litestar.testing import AsyncTestClient
+from throwaway.clickhouse import ClickHouseServer, find_binary
 
-from clickhouse_server import ClickHouseServer, find_clickhouse_binary
 from event_metrics.app import create_app
 from event_metrics.migrations import upgrade_head
 from event_metrics.settings import Settings
@@ -164,7 +164,7 @@ async def wait_until(
 @pytest.fixture(scope="session")
 def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseServer]:
     """A throwaway ClickHouse server (Debian's clickhouse-server) for the whole run."""
-    if find_clickhouse_binary() is None:
+    if find_binary() is None:
         unavailable("clickhouse-server is not installed (make test installs it on Debian)")
     server = ClickHouseServer(tmp_path_factory.mktemp("clickhouse"))
     server.start()

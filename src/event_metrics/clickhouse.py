@@ -26,12 +26,19 @@ log = logging.getLogger(__name__)
 # function of its idempotency_key (PostgreSQL stores each key once), so equal keys mean
 # equal sorting keys, and a repeat lands in the same monthly partition as its original.
 SORTING_KEY = ("event_name", "ts", "idempotency_key")
-EVENTS_DDL = (
-    "CREATE TABLE IF NOT EXISTS events ("
-    + ", ".join(f"{name} {CLICKHOUSE_TYPES[name]}" for name in MIRRORED_COLUMNS)
-    + ") ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMM(ts) "
-    + f"ORDER BY ({', '.join(SORTING_KEY)})"
-)
+
+
+def events_ddl(table: str = "events") -> str:
+    """CREATE TABLE for the events table (or a copy of it under another name)."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table} ("
+        + ", ".join(f"{name} {CLICKHOUSE_TYPES[name]}" for name in MIRRORED_COLUMNS)
+        + ") ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMM(ts) "
+        + f"ORDER BY ({', '.join(SORTING_KEY)})"
+    )
+
+
+EVENTS_DDL = events_ddl()
 # (version, statements): none yet. Version 1 is the table as EVENTS_DDL first made it.
 REBUILDS: tuple[tuple[int, tuple[str, ...]], ...] = ()
 MIGRATIONS = ((1, (EVENTS_DDL,)), *REBUILDS)

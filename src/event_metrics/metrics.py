@@ -14,11 +14,11 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from event_metrics.buckets import bucket_start
+from event_metrics.schema import DIMENSIONS
 
 Granularity = Literal["hour", "day", "week", "month", "total"]
-Dimension = Literal["channel", "event_name"]
+Dimension = str  # one of schema.DIMENSIONS
 GRANULARITIES: tuple[str, ...] = get_args(Granularity)
-DIMENSIONS: tuple[str, ...] = get_args(Dimension)
 
 T = TypeVar("T")
 
@@ -129,7 +129,7 @@ def parse_query(
             )
         if part in dimensions:
             raise InvalidParameter("group_by", f"group_by names {part} twice")
-        dimensions.append(part)  # type: ignore[arg-type]
+        dimensions.append(part)
     zone = timezone or "UTC"
     if zone not in iana_zones():
         raise InvalidParameter(
@@ -193,6 +193,29 @@ async def off_the_loop(build: Callable[[], T], rows: int) -> T:
     return await asyncio.to_thread(build)
 
 
+@functools.cache
+def _series_builder(
+    names: tuple[str, ...],
+) -> Callable[[list[tuple[Any, ...]]], list[dict[str, Any]]]:
+    """A function turning sorted (instant, groups, text, events, users) tuples into series
+    rows with one key per dimension in `names`.
+
+    Generated once per group_by: one dict literal per row is twice as fast as building
+    each from zip(), and a 30,000-row answer builds 30,000 of them. `names` are validated
+    dimension names (schema.DIMENSIONS), never request text. An event sent without a
+    channel is stored with '' and reported as null.
+    """
+    if any(name not in DIMENSIONS for name in names):
+        raise ValueError(f"not dimensions: {names}")
+    groups = "".join(f"{name!r}: groups[{n}] or None, " for n, name in enumerate(names))
+    source = (
+        "lambda keyed: [{'bucket_start': text, " + groups + "'events': int(events), "
+        "'unique_users': int(users)} for _, groups, text, events, users in keyed]"
+    )
+    built: Callable[[list[tuple[Any, ...]]], list[dict[str, Any]]] = eval(source, {})
+    return built
+
+
 def build_response(
     query: MetricsQuery,
     *,
@@ -217,27 +240,7 @@ def build_response(
         # never looks further.
         keyed.append((start[0], tuple(row[1 : 1 + width]), start[1], row[-2], row[-1]))
     keyed.sort()
-    # An event sent without a channel is stored with '' and reported as null.
-    if width == 0:
-        series = [
-            {"bucket_start": text, "events": int(events), "unique_users": int(users)}
-            for _, _, text, events, users in keyed
-        ]
-    elif width == 1:
-        (name,) = query.group_by
-        series = [
-            {"bucket_start": text, name: groups[0] or None, "events": int(events),
-             "unique_users": int(users)}
-            for _, groups, text, events, users in keyed
-        ]  # fmt: skip
-    else:
-        first, second = query.group_by
-        series = [
-            {"bucket_start": text, first: groups[0] or None, second: groups[1] or None,
-             "events": int(events), "unique_users": int(users)}
-            for _, groups, text, events, users in keyed
-        ]  # fmt: skip
-    zone = query.zone
+    series = _series_builder(query.group_by)(keyed)
     return MetricsResponse(
         from_=format_instant(query.start.astimezone(zone)),
         to=format_instant(query.end.astimezone(zone)),

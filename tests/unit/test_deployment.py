@@ -21,7 +21,7 @@ import yaml
 
 from event_metrics.settings import PREFIX, ConfigError, Settings, variables
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = {variable.name: variable.default for variable in variables()}
 ALIASES = {PREFIX + alias for variable in variables() for alias in variable.env.aliases}
 VARIABLES = set(DEFAULTS) | ALIASES

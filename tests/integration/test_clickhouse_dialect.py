@@ -25,22 +25,18 @@ from zoneinfo import ZoneInfo
 import pytest
 from clickhouse_driver import Client
 from clickhouse_driver.util.escape import escape_params
+from throwaway.clickhouse import ClickHouseServer, find_binary
 
-from clickhouse_server import ClickHouseServer, find_clickhouse_binary
 from event_metrics import metrics_clickhouse, verify
-from event_metrics.clickhouse import MIGRATIONS, apply_schema
+from event_metrics.clickhouse import MIGRATIONS, apply_schema, events_ddl
 from event_metrics.metrics import MetricsQuery
 from event_metrics.replicator import split_by_month
+from event_metrics.schema import MIRRORED_COLUMNS
 
 REQUIRE_SERVICES = os.environ.get("EVENT_METRICS_REQUIRE_SERVICES") == "1"
 
-EVENTS_DDL = (
-    "CREATE TABLE IF NOT EXISTS {table} (id UInt64, idempotency_key String, event_name String, "
-    "user_id String, channel String, ts DateTime('UTC'), received_at DateTime('UTC'), "
-    "properties String) ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMM(ts) "
-    "ORDER BY (event_name, ts, idempotency_key)"
-)
-EVENTS_COLUMNS = "id, idempotency_key, event_name, user_id, channel, ts, received_at, properties"
+EVENTS_DDL = events_ddl("{table}")
+EVENTS_COLUMNS = ", ".join(MIRRORED_COLUMNS)
 SCHEMA_VERSION_DDL = (
     "CREATE TABLE IF NOT EXISTS {table} (version UInt32, name String, "
     "applied_at DateTime('UTC')) ENGINE = MergeTree() ORDER BY version"
@@ -139,7 +135,7 @@ def _chdb_engine(session: Any, timezone: str = "Etc/UTC") -> Engine:
 
 
 def _need_server() -> None:
-    if find_clickhouse_binary() is None:
+    if find_binary() is None:
         if REQUIRE_SERVICES:
             pytest.fail("clickhouse-server not found (EVENT_METRICS_REQUIRE_SERVICES=1)")
         pytest.skip("clickhouse-server not installed")

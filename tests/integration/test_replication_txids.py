@@ -13,14 +13,14 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
+from test_replication import clickhouse_keys, postgres_keys
+from throwaway.postgres import PostgresCluster, running_cluster
 
 from conftest import unavailable, wait_until
 from event_metrics import rollups, verify
 from event_metrics.migrations import upgrade_head
 from event_metrics.replicator import Replicator
 from event_metrics.settings import Settings
-from postgres_cluster import PostgresCluster, running_cluster
-from test_replication import clickhouse_keys, postgres_keys
 
 INSERT_ONE = """
 INSERT INTO events (idempotency_key, event_name, user_id, channel, ts, received_at)

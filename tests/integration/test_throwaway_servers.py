@@ -1,4 +1,5 @@
-"""The throwaway ClickHouse server harness: start, write, stop, start again, read back."""
+"""The throwaway servers the tests and benchmarks start: restart keeps data and port,
+SIGKILL loses nothing committed, only the native port is open."""
 
 from __future__ import annotations
 
@@ -9,18 +10,15 @@ from pathlib import Path
 
 import pytest
 from clickhouse_driver import Client
+from throwaway.clickhouse import ClickHouseServer, find_binary
 
-from clickhouse_server import ClickHouseServer, find_clickhouse_binary
-
-REQUIRE_SERVICES = os.environ.get("EVENT_METRICS_REQUIRE_SERVICES") == "1"
+from conftest import unavailable
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> ClickHouseServer:
-    if find_clickhouse_binary() is None:
-        if REQUIRE_SERVICES:
-            pytest.fail("clickhouse-server not found and EVENT_METRICS_REQUIRE_SERVICES=1")
-        pytest.skip("clickhouse-server not installed")
+    if find_binary() is None:
+        unavailable("clickhouse-server is not installed")
     return ClickHouseServer(tmp_path / "ch")
 
 
@@ -99,11 +97,11 @@ def test_binds_only_native_port_on_loopback(server: ClickHouseServer) -> None:
         ports = _listening_ports(server.pid)
         if ports:  # /proc available
             assert ports == {server.port}
-        config = server.config_path.read_text()
+        config = (server.directory / "config.xml").read_text()
         assert "<listen_host>127.0.0.1</listen_host>" in config
         assert "http_port" not in config
         for sub in ("data", "tmp", "user_files", "format_schemas", "log"):
-            assert (server.data_dir / sub).is_dir()
-        assert (server.data_dir / "log" / "stdout.log").exists()
+            assert (server.directory / sub).is_dir()
+        assert (server.directory / "log" / "stdout.log").exists()
     finally:
         server.stop()

@@ -10,9 +10,9 @@ from typing import Any
 import asyncpg
 import pytest
 from clickhouse_driver import Client
+from test_replication import clickhouse_keys, postgres_keys
 
 from conftest import ClientFactory, wait_until
-from test_replication import clickhouse_keys, postgres_keys
 
 
 def event(key: str, ts: datetime | None = None) -> dict[str, Any]:

@@ -19,10 +19,26 @@ def bucket_bounds(query: MetricsQuery) -> list[int]:
 
 
 def local_hour_starts(start: datetime, end: datetime, zone: ZoneInfo) -> list[int]:
-    """Every distinct hour bucket of the instants in [start, end), then `end`."""
+    """Every distinct hour bucket of the instants in [start, end), then `end`.
+
+    The same definition as conftest.local_hour_start (a bucket starts at each minute whose
+    local clock reads HH:00 or whose UTC offset differs from the minute before), applied in
+    one forward scan instead of a scan back from every minute.
+    """
     lo, hi = int(start.timestamp()), int(end.timestamp())
-    buckets = sorted({local_hour_start(t, zone) for t in range(lo, hi, 60)})
-    return [*buckets, hi]
+
+    def offset(moment: int) -> object:
+        return datetime.fromtimestamp(moment, zone).utcoffset()
+
+    first = local_hour_start(lo, zone)
+    starts = [first]
+    previous = offset(first)
+    for minute in range(first + 60, hi, 60):
+        current = offset(minute)
+        if current != previous or not datetime.fromtimestamp(minute, zone).minute:
+            starts.append(minute)
+        previous = current
+    return [*starts, hi]
 
 
 def make_query(start: str, end: str, granularity: str, zone: str) -> MetricsQuery:

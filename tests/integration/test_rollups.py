@@ -11,10 +11,10 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 from pyroaring import BitMap
+from test_backends import post_all
 
 from conftest import ClientFactory, wait_until
 from event_metrics.rollups import REFRESHER_LOCK_ID, rebuild, refresh_block
-from test_backends import post_all
 
 
 @pytest.fixture

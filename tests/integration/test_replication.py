@@ -16,8 +16,8 @@ from typing import Any
 
 import asyncpg
 from clickhouse_driver import Client
+from throwaway.clickhouse import ClickHouseServer
 
-from clickhouse_server import ClickHouseServer
 from conftest import ClientFactory, clickhouse_database_url, wait_until
 from event_metrics.replicator import Replicator
 from event_metrics.settings import Settings

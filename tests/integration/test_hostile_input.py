@@ -16,9 +16,9 @@ from typing import Any
 import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
+from test_ingest import NDJSON, assert_error_body, count_events, ev
 
 from conftest import ClientFactory, ConcurrentClientFactory, stored_keys, wait_until
-from test_ingest import NDJSON, assert_error_body, count_events, ev
 
 WINDOW = {"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"}
 

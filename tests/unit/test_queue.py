@@ -1,0 +1,59 @@
+"""The bounded ingest queue: whole requests or nothing, writers take whole tickets."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from event_metrics.queue import IngestQueue, QueueClosed, QueueFull
+from event_metrics.schema import Row
+
+NOW = datetime(2026, 11, 29, tzinfo=UTC)
+
+
+def rows(n: int, prefix: str = "k") -> list[Row]:
+    return [Row(f"{prefix}{i}", "e", "u", "", NOW, NOW, None) for i in range(n)]
+
+
+async def test_a_request_that_does_not_fit_is_refused_whole() -> None:
+    queue = IngestQueue(max_events=10)
+    queue.put(rows(8))
+    with pytest.raises(QueueFull):
+        queue.put(rows(3))
+    assert queue.depth == 8  # nothing of the refused request went in
+    queue.put(rows(2))
+    assert queue.depth == 10
+
+
+async def test_take_gathers_whole_tickets_up_to_the_batch_size() -> None:
+    queue = IngestQueue(max_events=100)
+    for n in (3, 4, 5):
+        queue.put(rows(n, prefix=f"t{n}-"))
+    batch = await queue.take(max_events=8, linger_s=0)
+    assert [len(t.rows) for t in batch] == [3, 4]
+    batch = await queue.take(max_events=2, linger_s=0)  # a ticket larger than the batch
+    assert [len(t.rows) for t in batch] == [5]
+    assert queue.depth == 0
+
+
+async def test_take_waits_for_work_and_close_ends_it() -> None:
+    queue = IngestQueue(max_events=100)
+    waiting = asyncio.create_task(queue.take(max_events=10, linger_s=0))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    queue.put(rows(1))
+    assert [len(t.rows) for t in await waiting] == [1]
+    queue.close()
+    assert await queue.take(max_events=10, linger_s=0) == []
+    with pytest.raises(QueueClosed):
+        queue.put(rows(1))
+
+
+async def test_a_ticket_times_out_but_keeps_its_rows() -> None:
+    queue = IngestQueue(max_events=100)
+    ticket = queue.put(rows(2))
+    with pytest.raises(TimeoutError):
+        await ticket.outcome(0.01)
+    assert queue.depth == 2  # still queued: a writer stores it later
