@@ -23,15 +23,12 @@ import asyncpg
 
 from event_metrics.backoff import Backoff
 from event_metrics.clickhouse import apply_schema, connect, insert_columns
-from event_metrics.postgres import TRANSIENT_ERRORS
 from event_metrics.schema import CLICKHOUSE_TARGET, COLUMN_TYPES, MIRRORED_COLUMNS
 from event_metrics.settings import ReplicationSettings
 from event_metrics.watermark import (
-    LAG_COUNT_CAP,
     LockedWorker,
     horizon,
     load_checkpoint,
-    measure_lag,
     save_checkpoint,
 )
 
@@ -79,6 +76,7 @@ class Replicator(LockedWorker):
 
     lock_id = REPLICATOR_LOCK_ID
     name = "replicator"
+    target = TARGET
 
     def __init__(
         self, database_url: str, clickhouse_url: str, settings: ReplicationSettings
@@ -89,19 +87,9 @@ class Replicator(LockedWorker):
         self.clickhouse_url = clickhouse_url
         self.batch_rows = settings.batch_rows
         self.rows_copied = 0
-        self.lag_rows = 0
-        self.lag_seconds = 0.0
 
     def status(self) -> dict[str, Any]:
-        """What /health reports about replication."""
-        return {
-            "state": self.state,
-            "rows_copied": self.rows_copied,
-            "lag_rows": self.lag_rows,
-            "lag_rows_capped": self.lag_rows >= LAG_COUNT_CAP,
-            "lag_seconds": round(self.lag_seconds, 3),
-            "last_error": self.last_error,
-        }
+        return {**super().status(), "rows_copied": self.rows_copied}
 
     async def run_once(self) -> int:
         """Copy everything below the current horizon, then return (tests, CLI --once)."""
@@ -126,7 +114,7 @@ class Replicator(LockedWorker):
                 self.loop_state.set("running")
                 backoff.reset()
                 if copied < self.batch_rows:
-                    await self._measure_lag(connection)
+                    await self.measure_lag(connection)
                     if not copied:
                         # Idle: still touch ClickHouse, so /health notices an outage.
                         await asyncio.to_thread(client.execute, "SELECT 1")
@@ -151,20 +139,3 @@ class Replicator(LockedWorker):
         await save_checkpoint(connection, TARGET, (rows[-1]["txid_text"], rows[-1]["id"]))
         self.rows_copied += len(rows)
         return len(rows)
-
-    async def _measure_lag(self, connection: asyncpg.Connection) -> None:
-        checkpoint = await load_checkpoint(connection, TARGET)
-        self.lag_rows, self.lag_seconds = await measure_lag(connection, checkpoint)
-
-    async def on_outage(self) -> None:
-        """Keep /health's lag current while failing (best effort)."""
-        try:
-            connection = await asyncpg.connect(self.database_url, timeout=2)
-        except (*TRANSIENT_ERRORS, asyncpg.PostgresError):
-            return
-        try:
-            await self._measure_lag(connection)
-        except (*TRANSIENT_ERRORS, asyncpg.PostgresError):
-            pass
-        finally:
-            await connection.close()

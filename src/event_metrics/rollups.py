@@ -11,7 +11,6 @@ bitmap of dense integer ids, rather than a count.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,8 +25,6 @@ from event_metrics.settings import RollupSettings
 from event_metrics.watermark import (
     LockedWorker,
     horizon,
-    load_checkpoint,
-    measure_lag,
     save_checkpoint,
 )
 
@@ -198,6 +195,7 @@ class RollupRefresher(LockedWorker):
 
     lock_id = REFRESHER_LOCK_ID
     name = "rollup refresher"
+    target = TARGET
 
     def __init__(self, database_url: str, settings: RollupSettings) -> None:
         super().__init__(
@@ -205,18 +203,9 @@ class RollupRefresher(LockedWorker):
         )
         self.block_rows = settings.block_rows
         self.rows_folded = 0
-        self.lag_rows = 0
-        self.lag_seconds = 0.0
 
     def status(self) -> dict[str, Any]:
-        """What /health reports about the rollups."""
-        return {
-            "state": self.state,
-            "rows_folded": self.rows_folded,
-            "lag_rows": self.lag_rows,
-            "lag_seconds": round(self.lag_seconds, 3),
-            "last_error": self.last_error,
-        }
+        return {**super().status(), "rows_folded": self.rows_folded}
 
     async def work(self, connection: asyncpg.Connection, backoff: Backoff) -> None:
         while not self.stopping:
@@ -225,18 +214,6 @@ class RollupRefresher(LockedWorker):
             self.loop_state.set("running")
             backoff.reset()
             if folded < self.block_rows:
-                await self._measure_lag(connection)
+                await self.measure_lag(connection)
                 if await self.sleep(self.interval_s):
                     return
-
-    async def _measure_lag(self, connection: asyncpg.Connection) -> None:
-        checkpoint = await load_checkpoint(connection, TARGET)
-        self.lag_rows, self.lag_seconds = await measure_lag(connection, checkpoint)
-
-    async def on_outage(self) -> None:
-        with contextlib.suppress(Exception):
-            connection = await asyncpg.connect(self.database_url, timeout=2)
-            try:
-                await self._measure_lag(connection)
-            finally:
-                await connection.close()

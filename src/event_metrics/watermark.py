@@ -11,8 +11,10 @@ written out in docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from typing import Any
 
 import asyncpg
 
@@ -81,13 +83,30 @@ class LockedWorker:
 
     lock_id: int
     name: str
+    target: str  # its checkpoint row in replication_state
 
     def __init__(self, database_url: str, *, interval_s: float, retry_max_s: float) -> None:
         self.database_url = database_url
         self.interval_s = interval_s
         self.retry_max_s = retry_max_s
         self.loop_state = LoopState(self.name, log)
+        self.lag_rows = 0
+        self.lag_seconds = 0.0
         self._stopping = asyncio.Event()
+
+    def status(self) -> dict[str, Any]:
+        """What /health reports: state, lag (rows after the checkpoint, the oldest's age)."""
+        return {
+            "state": self.state,
+            "lag_rows": self.lag_rows,
+            "lag_rows_capped": self.lag_rows >= LAG_COUNT_CAP,
+            "lag_seconds": round(self.lag_seconds, 3),
+            "last_error": self.last_error,
+        }
+
+    async def measure_lag(self, connection: asyncpg.Connection) -> None:
+        checkpoint = await load_checkpoint(connection, self.target)
+        self.lag_rows, self.lag_seconds = await measure_lag(connection, checkpoint)
 
     @property
     def state(self) -> str:
@@ -139,7 +158,13 @@ class LockedWorker:
         raise NotImplementedError
 
     async def on_outage(self) -> None:
-        """Hook: refresh what /health reports while failing."""
+        """Keep /health's lag current while failing (best effort: PostgreSQL may be down)."""
+        with contextlib.suppress(Exception):
+            connection = await asyncpg.connect(self.database_url, timeout=2)
+            try:
+                await self.measure_lag(connection)
+            finally:
+                await connection.close()
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep unless stopped; True when stop() was called."""
