@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,6 +25,7 @@ from clickhouse_driver import Client
 from litestar.testing import AsyncTestClient
 from throwaway.clickhouse import ClickHouseServer, find_binary
 
+from event_metrics import projects
 from event_metrics.app import create_app
 from event_metrics.migrations import upgrade_head
 from event_metrics.settings import Settings
@@ -64,6 +66,57 @@ async def database_url() -> AsyncIterator[str]:
         await admin.close()
 
 
+@dataclass(frozen=True)
+class ProjectKeys:
+    project: str
+    project_id: int
+    write: str
+    read: str
+
+    def auth(self, scope: str = "write") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.write if scope == 'write' else self.read}"}
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The test database's projects: 'default' (the one the migration makes) and 'other'."""
+
+    default: ProjectKeys
+    other: ProjectKeys
+
+
+@pytest.fixture(scope="session")
+async def keys(database_url: str) -> Keys:
+    connection = await asyncpg.connect(database_url)
+    try:
+        made = []
+        for name in ("default", "other"):
+            if name == "default":
+                write = await projects.create_key(connection, name, "write")
+                read = await projects.create_key(connection, name, "read")
+            else:
+                write, read = await projects.create_project(connection, name)
+            project_id = await connection.fetchval("SELECT id FROM projects WHERE name = $1", name)
+            made.append(ProjectKeys(name, project_id, write.key, read.key))
+    finally:
+        await connection.close()
+    return Keys(*made)
+
+
+class KeyAuth(httpx.Auth):
+    """The project's read key for GET /metrics, its write key for everything else, unless
+    the request names its own credentials."""
+
+    def __init__(self, project: ProjectKeys) -> None:
+        self.project = project
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        if "authorization" not in request.headers:
+            scope = "read" if request.url.path == "/metrics" else "write"
+            request.headers.update(self.project.auth(scope))
+        yield request
+
+
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the test database, emptied before the test."""
@@ -86,13 +139,18 @@ ClientFactory = Callable[..., contextlib.AbstractAsyncContextManager[AsyncTestCl
 
 
 @pytest.fixture
-def make_client(settings: Settings) -> ClientFactory:
-    """Run the real app (lifespan included) with settings overridden per test."""
+def make_client(settings: Settings, keys: Keys) -> ClientFactory:
+    """Run the real app (lifespan included) with settings overridden per test; requests
+    carry the default project's keys unless they name their own."""
 
     @contextlib.asynccontextmanager
-    async def factory(**overrides: Any) -> AsyncIterator[AsyncTestClient[Any]]:
+    async def factory(
+        *, project: ProjectKeys | None = None, **overrides: Any
+    ) -> AsyncIterator[AsyncTestClient[Any]]:
         app = create_app(settings.updated(**overrides))
+        auth = KeyAuth(project or keys.default)
         async with AsyncTestClient(app=app, timeout=60) as client:
+            client.auth = auth
             yield client
 
     return factory
@@ -102,7 +160,7 @@ ConcurrentClientFactory = Callable[..., contextlib.AbstractAsyncContextManager[h
 
 
 @pytest.fixture
-def make_concurrent_client(settings: Settings) -> ConcurrentClientFactory:
+def make_concurrent_client(settings: Settings, keys: Keys) -> ConcurrentClientFactory:
     """The real app and lifespan on the test's own loop, so gathered requests overlap.
 
     AsyncTestClient runs the app in a portal thread and blocks its caller for each request,
@@ -113,7 +171,10 @@ def make_concurrent_client(settings: Settings) -> ConcurrentClientFactory:
     async def factory(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
         app = create_app(settings.updated(**overrides))
         transport = httpx.ASGITransport(app=app)
-        client = httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60)
+        client = httpx.AsyncClient(
+            transport=transport, base_url="http://testserver", timeout=60,
+            auth=KeyAuth(keys.default),
+        )  # fmt: skip
         async with app.lifespan(), client:
             yield client
 

@@ -14,8 +14,10 @@ from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 
-from event_metrics import __version__, request_ids
+from event_metrics import __version__, logs, request_ids
+from event_metrics.auth import InvalidCredentials, MissingCredentials, WrongScope
 from event_metrics.errors import ErrorBody
+from event_metrics.ingest import RateLimited
 from event_metrics.metrics import AnswerTooLarge, BackendUnavailable, InvalidParameter
 from event_metrics.metrics_service import MetricsBusy
 from event_metrics.payload import (
@@ -34,30 +36,42 @@ from event_metrics.writer import StorageRejected, StorageUnavailable
 log = logging.getLogger(__name__)
 
 
-# Domain error -> (HTTP status, error code, add Retry-After).
-ERROR_STATUSES: dict[type[Exception], tuple[int, str, bool]] = {
-    MalformedPayload: (400, "malformed_body", False),
-    ClientDisconnected: (400, "client_disconnected", False),
-    InvalidParameter: (400, "invalid_parameter", False),
-    PayloadTooLarge: (413, "body_too_large", False),
-    TooManyEvents: (413, "too_many_events", False),
-    UnsupportedMediaType: (415, "unsupported_media_type", False),
-    StorageRejected: (500, "storage_rejected", False),
-    QueueFull: (503, "overloaded", True),
-    QueueClosed: (503, "shutting_down", True),
-    StorageUnavailable: (503, "storage_unavailable", True),
-    BackendUnavailable: (503, "backend_unavailable", True),
-    AnswerTooLarge: (400, "answer_too_large", False),
-    MetricsBusy: (503, "metrics_busy", True),
+RETRY = "retry"  # add Retry-After: RETRY_AFTER_SECONDS, or the exception's own
+CHALLENGE = "challenge"  # add WWW-Authenticate
+# Domain error -> (HTTP status, error code, what to add).
+ERROR_STATUSES: dict[type[Exception], tuple[int, str, str | None]] = {
+    MalformedPayload: (400, "malformed_body", None),
+    ClientDisconnected: (400, "client_disconnected", None),
+    InvalidParameter: (400, "invalid_parameter", None),
+    AnswerTooLarge: (400, "answer_too_large", None),
+    MissingCredentials: (401, "missing_credentials", CHALLENGE),
+    InvalidCredentials: (401, "invalid_credentials", CHALLENGE),
+    WrongScope: (403, "wrong_scope", None),
+    PayloadTooLarge: (413, "body_too_large", None),
+    TooManyEvents: (413, "too_many_events", None),
+    UnsupportedMediaType: (415, "unsupported_media_type", None),
+    RateLimited: (429, "rate_limited", RETRY),
+    StorageRejected: (500, "storage_rejected", None),
+    QueueFull: (503, "overloaded", RETRY),
+    QueueClosed: (503, "shutting_down", RETRY),
+    StorageUnavailable: (503, "storage_unavailable", RETRY),
+    BackendUnavailable: (503, "backend_unavailable", RETRY),
+    MetricsBusy: (503, "metrics_busy", RETRY),
 }
+WWW_AUTHENTICATE = 'Bearer realm="event-metrics", Basic realm="event-metrics"'
 
 
 def _error_handler(
-    settings: Settings, status: int, code: str, retry: bool
+    settings: Settings, status: int, code: str, adds: str | None
 ) -> Callable[[Request[Any, Any, Any], Exception], Response[ErrorBody]]:
     def handle(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
         parameter = getattr(exc, "parameter", None)
-        headers = {"Retry-After": str(settings.http.retry_after_s)} if retry else None
+        headers = None
+        if adds == RETRY:
+            retry_after = getattr(exc, "retry_after_s", settings.http.retry_after_s)
+            headers = {"Retry-After": str(retry_after)}
+        elif adds == CHALLENGE:
+            headers = {"WWW-Authenticate": WWW_AUTHENTICATE}
         body = ErrorBody(error=code, detail=str(exc), parameter=parameter)
         return Response(body, status_code=status, headers=headers)
 
@@ -151,6 +165,7 @@ def create_app(settings: Settings) -> Litestar:
             "ingestor": Provide(_from_state("ingestor"), sync_to_thread=False),
             "metrics_service": Provide(_from_state("metrics"), sync_to_thread=False),
             "services": Provide(_from_state(None), sync_to_thread=False),
+            "keys": Provide(_from_state("keys"), sync_to_thread=False),
         },
         lifespan=[lifespan],
         exception_handlers=handlers,
@@ -165,5 +180,8 @@ def create_app(settings: Settings) -> Litestar:
 
 
 def app_from_env() -> Litestar:
-    """Factory for `uvicorn --factory`: settings from the environment."""
-    return create_app(Settings.from_env())
+    """Factory for `uvicorn --factory`: settings from the environment (worker processes
+    configure their logging here too)."""
+    settings = Settings.from_env()
+    logs.configure(json_lines=settings.log_format == "json", level=settings.log_level)
+    return create_app(settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -18,14 +18,15 @@ log = logging.getLogger(__name__)
 
 # The events table is built from the schema definition: a fresh table has every column,
 # and a column the definition gained since is added to an existing table on start.
-# Changes ALTER cannot make (a new sorting key) are steps in REBUILDS, applied once, in
-# order, and recorded in schema_version. Everything here must run on ClickHouse 18.16
-# and on current releases (tests/test_clickhouse_dialect.py runs it on both).
+# Changes ALTER cannot make (a new sorting key) are rebuild steps in MIGRATIONS, applied
+# once, in order, and recorded in schema_version. Everything here must run on ClickHouse
+# 18.16 and on current releases (tests/test_clickhouse_dialect.py runs it on both).
 #
 # ReplacingMergeTree collapses rows with equal sorting keys. A row's (event_name, ts) is a
-# function of its idempotency_key (PostgreSQL stores each key once), so equal keys mean
-# equal sorting keys, and a repeat lands in the same monthly partition as its original.
-SORTING_KEY = ("event_name", "ts", "idempotency_key")
+# function of its (project_id, idempotency_key) (PostgreSQL stores each once), so equal
+# keys mean equal sorting keys, and a repeat lands in the same monthly partition as its
+# original. The project comes first: every query reads one project.
+SORTING_KEY = ("project_id", "event_name", "ts", "idempotency_key")
 
 
 def events_ddl(table: str = "events") -> str:
@@ -39,16 +40,43 @@ def events_ddl(table: str = "events") -> str:
 
 
 EVENTS_DDL = events_ddl()
-# (version, statements): none yet. Version 1 is the table as EVENTS_DDL first made it.
-REBUILDS: tuple[tuple[int, tuple[str, ...]], ...] = ()
-MIGRATIONS = ((1, (EVENTS_DDL,)), *REBUILDS)
+EVENT_COLUMNS = """
+SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'events'
+"""
+
+
+def _rebuild(client: Client, backfill: dict[str, str]) -> None:
+    """Copy events into a table of the current shape, then swap the two.
+
+    Columns the old table lacks are filled from `backfill` (SQL expressions) or left to
+    their type's default. Rows arriving meanwhile wait: the replicator itself calls this
+    before it copies anything.
+    """
+    present = {row[0] for row in client.execute(EVENT_COLUMNS)}
+    columns = [name for name in MIRRORED_COLUMNS if name in present or name in backfill]
+    values = [name if name in present else f"{backfill[name]} AS {name}" for name in columns]
+    client.execute("DROP TABLE IF EXISTS events_rebuild")
+    client.execute(events_ddl("events_rebuild"))
+    client.execute(
+        f"INSERT INTO events_rebuild ({', '.join(columns)}) SELECT {', '.join(values)} FROM events"
+    )
+    client.execute("RENAME TABLE events TO events_before_rebuild, events_rebuild TO events")
+    client.execute("DROP TABLE events_before_rebuild")
+
+
+Step = Callable[[Client], None]
+# (version, step on an existing table). A new table is created in the latest shape, and
+# every step is recorded as applied without running.
+MIGRATIONS: tuple[tuple[int, Step], ...] = (
+    (1, lambda client: None),  # the first table, as EVENTS_DDL made it
+    # Projects: existing events belong to the 'default' project (id 1, alembic 0003), and
+    # the sorting key starts with the project.
+    (2, lambda client: _rebuild(client, {"project_id": "toUInt32(1)"})),
+)
 
 CREATE_SCHEMA_VERSION = """
 CREATE TABLE IF NOT EXISTS schema_version (version UInt32, applied_at DateTime('UTC'))
 ENGINE = TinyLog
-"""
-EVENT_COLUMNS = """
-SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'events'
 """
 
 INSERT = f"INSERT INTO events ({', '.join(MIRRORED_COLUMNS)}) VALUES"
@@ -79,24 +107,24 @@ def apply_schema(client: Client) -> list[int]:
     client.execute(CREATE_SCHEMA_VERSION)
     applied = {row[0] for row in client.execute("SELECT version FROM schema_version")}
     fresh = not client.execute("EXISTS TABLE events")[0][0]
+    done = []
+    for version, step in MIGRATIONS:
+        if version in applied:
+            continue
+        if not fresh:  # a new table already has the shape the step would give it
+            log.info("ClickHouse schema version %d: migrating the events table", version)
+            step(client)
+        client.execute(
+            "INSERT INTO schema_version (version, applied_at) SELECT %(v)s, now()", {"v": version}
+        )
+        done.append(version)
+        log.info("ClickHouse schema version %d applied", version)
     client.execute(EVENTS_DDL)
     present = {row[0] for row in client.execute(EVENT_COLUMNS)}
     for name in MIRRORED_COLUMNS:
         if name not in present:
             client.execute(f"ALTER TABLE events ADD COLUMN {name} {CLICKHOUSE_TYPES[name]}")
             log.info("ClickHouse events table: column %s added", name)
-    done = []
-    for version, statements in MIGRATIONS:
-        if version in applied:
-            continue
-        if not fresh:  # a new table already has the shape the step would give it
-            for statement in statements:
-                client.execute(statement)
-        client.execute(
-            "INSERT INTO schema_version (version, applied_at) SELECT %(v)s, now()", {"v": version}
-        )
-        done.append(version)
-        log.info("ClickHouse schema version %d applied", version)
     return done
 
 

@@ -55,6 +55,7 @@ _FIELD_TOKENS = tuple(f'"{f.encode_name}"'.encode() for f in msgspec.structs.fie
 def parse_event(
     raw: bytes,
     *,
+    project_id: int,
     received_at: datetime,
     max_event_bytes: int,
     max_future: timedelta,
@@ -83,7 +84,9 @@ def parse_event(
         except json_checks.InvalidJSON as exc:
             raise InvalidEvent(f"properties: {exc}") from None
         properties = text.decode()
-    return to_row(event, properties, received_at=received_at, max_future=max_future)
+    return to_row(
+        event, properties, project_id=project_id, received_at=received_at, max_future=max_future
+    )
 
 
 def _repeats_a_field(raw: bytes) -> bool:
@@ -95,7 +98,12 @@ def _repeats_a_field(raw: bytes) -> bool:
 
 
 def to_row(
-    event: EventIn, properties: str | None, *, received_at: datetime, max_future: timedelta
+    event: EventIn,
+    properties: str | None,
+    *,
+    project_id: int,
+    received_at: datetime,
+    max_future: timedelta,
 ) -> Row:
     """Apply clock-skew correction, time bounds and key derivation to a decoded event."""
     for field in ("event_name", "user_id", "idempotency_key", "channel"):
@@ -123,6 +131,7 @@ def to_row(
 
     key = event.idempotency_key or derive_key(event, properties)
     return Row(
+        project_id=project_id,
         idempotency_key=key,
         event_name=event.event_name,
         user_id=event.user_id,

@@ -182,6 +182,7 @@ def run(settings: HttpSettings, *, shutdown_timeout_s: float) -> None:
         http="event_metrics.http_server:GuardedHttpProtocol",
         access_log=False,
         log_level="warning",
+        log_config=None,  # logs.configure already set the format, for every logger
         server_header=False,
         timeout_keep_alive=max(1, round(settings.keepalive_timeout_s)),
         timeout_graceful_shutdown=round(shutdown_timeout_s) + 5,

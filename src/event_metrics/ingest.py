@@ -7,6 +7,8 @@ PostHog) produce the same `Parsed` rows and go through `submit` too.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -41,6 +43,7 @@ class IngestResponse(msgspec.Struct, omit_defaults=True):
 class Parsed:
     """A request's events: the rows to store, where each came from, and the rejections."""
 
+    project_id: int
     count: int
     rows: list[Row] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
@@ -54,23 +57,58 @@ class Parsed:
         self.rejected.append(EventResult(index=index, status="rejected", error=reason))
 
 
+class RateLimited(Exception):
+    """The project sent more events than its rate limit allows; nothing was stored."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(
+            f"over the project's rate limit of events per second; retry in {retry_after_s} s"
+        )
+        self.retry_after_s = retry_after_s
+
+
+class RateLimiter:
+    """Events per second per project, in this process: a token bucket that may go into
+    debt, so a request larger than a second's worth still passes when the bucket is full,
+    and the requests after it wait until the debt is paid."""
+
+    def __init__(self, events_per_s: float) -> None:
+        self.rate = events_per_s
+        self._buckets: dict[int, tuple[float, float]] = {}  # project -> (tokens, at)
+
+    def admit(self, project_id: int, events: int) -> None:
+        if not self.rate:
+            return
+        now = time.monotonic()
+        tokens, at = self._buckets.get(project_id, (self.rate, now))
+        tokens = min(self.rate, tokens + (now - at) * self.rate)
+        if tokens <= 0:
+            self._buckets[project_id] = (tokens, now)
+            raise RateLimited(max(1, math.ceil(-tokens / self.rate)))
+        self._buckets[project_id] = (tokens - events, now)
+
+
 class Ingestor:
     """Validates, queues and answers; one per process, shared by every protocol."""
 
-    def __init__(self, settings: IngestSettings, queue: IngestQueue) -> None:
+    def __init__(
+        self, settings: IngestSettings, queue: IngestQueue, *, rate_limit_events_per_s: float
+    ) -> None:
         self.settings = settings
         self.queue = queue
+        self.limiter = RateLimiter(rate_limit_events_per_s)
         self._max_future = timedelta(seconds=settings.max_future_s)
 
-    def parse_native(self, items: list[bytes]) -> Parsed:
-        """Our own event format, one raw JSON object per item."""
+    def parse_native(self, items: list[bytes], project_id: int) -> Parsed:
+        """Our own event format, one raw JSON object per item, for one project."""
         settings = self.settings
         received_at = datetime.now(UTC)
-        parsed = Parsed(count=len(items))
+        parsed = Parsed(project_id, count=len(items))
         for index, raw in enumerate(items):
             try:
                 row = parse_event(
                     raw,
+                    project_id=project_id,
                     received_at=received_at,
                     max_event_bytes=settings.max_event_bytes,
                     max_future=self._max_future,
@@ -85,6 +123,7 @@ class Ingestor:
     async def submit(self, parsed: Parsed, *, wait: bool) -> tuple[IngestResponse, int]:
         """Queue the valid rows as one ticket (all or nothing) and, unless wait is False,
         wait for their commit; return the answer and its status code."""
+        self.limiter.admit(parsed.project_id, parsed.count)  # RateLimited: nothing stored
         outcome: list[bool] | None = []
         if parsed.rows:
             ticket = self.queue.put(parsed.rows)  # QueueFull / QueueClosed: nothing queued

@@ -54,8 +54,10 @@ class BackendUnavailable(Exception):
 
 
 class MetricsQuery(msgspec.Struct, frozen=True, kw_only=True):
-    """A validated /metrics request: the half-open window [start, end) and its shape."""
+    """A validated /metrics request: the project, the half-open window [start, end) and
+    its shape."""
 
+    project_id: int
     start: datetime
     end: datetime
     event_name: str | None
@@ -92,6 +94,7 @@ SeriesRow = Sequence[Any]
 
 def parse_query(
     *,
+    project_id: int,
     start: str | None,
     end: str | None,
     event_name: str | None,
@@ -136,6 +139,7 @@ def parse_query(
             "timezone", f"unknown time zone {zone[:60]!r}: use an IANA name such as Europe/Berlin"
         )
     return MetricsQuery(
+        project_id=project_id,
         start=start_at,
         end=end_at,
         event_name=event_name,

@@ -22,7 +22,10 @@ from event_metrics.schema import DIMENSIONS
 # FINAL: replication is at-least-once, and FINAL counts each idempotency key once even
 # before ReplacingMergeTree has merged the repeats away. uniqExact is COUNT(DISTINCT).
 AGGREGATES = "count() AS events, uniqExact(user_id) AS unique_users"
-WINDOW = "ts >= toDateTime(%(start)s, 'UTC') AND ts < toDateTime(%(end)s, 'UTC')"
+WINDOW = (
+    "project_id = %(project_id)s "
+    "AND ts >= toDateTime(%(start)s, 'UTC') AND ts < toDateTime(%(end)s, 'UTC')"
+)
 
 Statement = tuple[str, dict[str, Any]]
 UNKNOWN_TABLE = 60  # ClickHouse error code
@@ -32,6 +35,7 @@ def build_sql(query: MetricsQuery, max_rows: int | None = None) -> tuple[Stateme
     """The series and total statements with their (client-side substituted) parameters;
     the series asks for one row more than max_rows, so an answer too large is noticed."""
     params: dict[str, Any] = {
+        "project_id": query.project_id,
         "start": int(query.start.timestamp()),
         "end": int(query.end.timestamp()),
         "tz": query.timezone,

@@ -29,11 +29,11 @@ Statement = tuple[str, list[Any]]
 def build_sql(query: MetricsQuery, max_rows: int | None = None) -> tuple[Statement, Statement]:
     """The series statement and the whole-window total statement, with their parameters;
     the series asks for one row more than max_rows, so an answer too large is noticed."""
-    params: list[Any] = [query.start, query.end]
-    where = "ts >= $1 AND ts < $2"
+    params: list[Any] = [query.project_id, query.start, query.end]
+    where = "project_id = $1 AND ts >= $2 AND ts < $3"
     if query.event_name is not None:
         params.append(query.event_name)
-        where += " AND event_name = $3"
+        where += " AND event_name = $4"
     total = (f"SELECT {AGGREGATES} FROM events WHERE {where}", list(params))
 
     select = ["NULL AS bucket"]
@@ -43,7 +43,7 @@ def build_sql(query: MetricsQuery, max_rows: int | None = None) -> tuple[Stateme
         bucket = POSTGRES_SQL[query.granularity].format(tz=f"${len(params)}::text")
         select[0] = f"{bucket} AS bucket"
         keys.append("1")
-    for position, dimension in enumerate(query.group_by, start=2):
+    for position, dimension in enumerate(query.group_by, start=2):  # 1 is the bucket
         select.append(DIMENSIONS[DIMENSIONS.index(dimension)])  # a name from our table
         keys.append(str(position))
     group = f" GROUP BY {', '.join(keys)}" if keys else ""

@@ -44,7 +44,7 @@ SELECT {columns}
 FROM rollups r
 JOIN unnest($1::smallint[], $2::timestamptz[], $3::timestamptz[]) AS k(grain, lo, hi)
   ON r.grain = k.grain AND r.bucket >= k.lo AND r.bucket < k.hi
-WHERE r.level = $4{event_filter}
+WHERE r.project_id = $5 AND r.level = $4{event_filter}
 """
 _R_DIMS = ", ".join(f"r.{d}" for d in DIMENSIONS)
 # A rollup row: its key (grain, bucket, every dimension's value), counts, and bitmap.
@@ -60,9 +60,9 @@ JOIN unnest($1::smallint[], $2::bigint[], {_KEY_ARRAYS})
      AS k(grain, bucket, {", ".join(DIMENSIONS)})
   ON r.grain = k.grain AND r.bucket = to_timestamp(k.bucket)
  {"".join(f" AND r.{d} = k.{d}" for d in DIMENSIONS)}
-WHERE r.level = ${_LEVEL_PARAM}
+WHERE r.level = ${_LEVEL_PARAM} AND r.project_id = ${_LEVEL_PARAM + 1}
 """
-USER_IDS = "SELECT user_id, uid FROM user_ids WHERE user_id = ANY($1::text[])"
+USER_IDS = "SELECT user_id, uid FROM user_ids WHERE project_id = $1 AND user_id = ANY($2::text[])"
 
 PartKey = tuple[Any, ...]  # (grain, bucket epoch, *dimension values) of a rollup row
 CellKey = tuple[int, tuple[str, ...]]  # (bucket index, output dimension values)
@@ -174,11 +174,13 @@ async def _fetch(
             direct = [row for row in direct if row[0] not in skip]
         check_row_count(len(series) + len(direct), max_rows)  # before the bitmap unions
         for plan, cells in ((series_plan, series), (total_plan, total)):
-            await _add_missing_bitmaps(connection, plan, cells)
+            await _add_missing_bitmaps(connection, plan, cells, query.project_id)
         raw_users = {
             u for cell in (*series.values(), *total.values()) for u in cell.raw_users or ()
         }
-        uids = dict(await connection.fetch(USER_IDS, list(raw_users))) if raw_users else {}
+        uids = {}
+        if raw_users:
+            uids = dict(await connection.fetch(USER_IDS, query.project_id, list(raw_users)))
 
     def assemble() -> MetricsResponse:
         rows: list[SeriesRow] = [
@@ -214,11 +216,12 @@ async def _fetch_rollups(
         [datetime.fromtimestamp(lo, UTC) for _, lo, _ in ranges],
         [datetime.fromtimestamp(hi, UTC) for _, _, hi in ranges],
         plan.level,
+        query.project_id,
     ]
     event_filter = ""
     if query.event_name is not None:
         params.append(query.event_name)
-        event_filter = " AND r.event_name = $5"
+        event_filter = " AND r.event_name = $6"
     sql = FETCH_ROLLUPS.format(columns=columns, event_filter=event_filter)
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
@@ -262,10 +265,11 @@ def _raw_sql(query: MetricsQuery, plan: Plan, source: str, params: list[Any]) ->
         params.append(query.timezone)
         bucket = POSTGRES_SQL[query.granularity].format(tz=f"${len(params)}::text")
         select[0] = f"{bucket} AS bucket"
-    where = ""
+    params.append(query.project_id)
+    where = f" AND e.project_id = ${len(params)}"
     if query.event_name is not None:
         params.append(query.event_name)
-        where = f" AND e.event_name = ${len(params)}"
+        where += f" AND e.event_name = ${len(params)}"
     select += [f"e.{d}" for d in plan.dimensions]
     keys = ", ".join(str(n) for n in range(1, len(select) + 1))
     return (
@@ -331,7 +335,7 @@ async def _add_pending(
 
 
 async def _add_missing_bitmaps(
-    connection: asyncpg.Connection, plan: Plan, cells: dict[CellKey, Cell]
+    connection: asyncpg.Connection, plan: Plan, cells: dict[CellKey, Cell], project_id: int
 ) -> None:
     """Fetch bitmaps that were not read up front, for cells that turn out to need a union."""
     missing = [
@@ -346,7 +350,7 @@ async def _add_missing_bitmaps(
     columns = [list(c) for c in zip(*(part.key for part in missing), strict=True)]
     found = {
         tuple(key): users
-        for *key, users in await connection.fetch(FETCH_BITMAPS, *columns, plan.level)
+        for *key, users in await connection.fetch(FETCH_BITMAPS, *columns, plan.level, project_id)
     }
     for part in missing:
         part.blob = found[part.key]

@@ -36,7 +36,7 @@ REFRESHER_LOCK_ID = 0x45564D55  # "EVMU"
 _DIMS = ", ".join(DIMENSIONS)
 _E_DIMS = ", ".join(f"e.{d}" for d in DIMENSIONS)
 _R_DIMS = ", ".join(f"r.{d}" for d in DIMENSIONS)
-_K_DIMS = ", ".join(f"${n}::text[]" for n in range(4, 4 + len(DIMENSIONS)))
+_K_DIMS = ", ".join(f"${n}::text[]" for n in range(5, 5 + len(DIMENSIONS)))
 _MATCH_DIMS = "".join(f" AND r.{d} = k.{d}" for d in DIMENSIONS)
 
 ENSURE_CHECKPOINT = """
@@ -59,40 +59,43 @@ ORDER BY block.txid DESC, block.id DESC
 LIMIT 1
 """
 BLOCK = "(txid, id) > ($1::text::xid8, $2::bigint) AND (txid, id) <= ($3::text::xid8, $4::bigint)"
+# Users get dense ids per project: a project's bitmaps only ever hold its own users.
 REGISTER_USERS = f"""
-INSERT INTO user_ids (user_id)
-SELECT DISTINCT user_id FROM events WHERE {BLOCK}
-ORDER BY 1
-ON CONFLICT (user_id) DO NOTHING
+INSERT INTO user_ids (project_id, user_id)
+SELECT DISTINCT project_id, user_id FROM events WHERE {BLOCK}
+ORDER BY 1, 2
+ON CONFLICT (project_id, user_id) DO NOTHING
 """
-# PostgreSQL does the heavy part: one row per (hour, dimension values) with its user ids.
+# PostgreSQL does the heavy part: one row per (project, hour, dimension values) with its
+# user ids.
 AGGREGATE_BLOCK = f"""
-SELECT date_trunc('hour', e.ts AT TIME ZONE 'UTC') AS hour, {_E_DIMS},
+SELECT e.project_id, date_trunc('hour', e.ts AT TIME ZONE 'UTC') AS hour, {_E_DIMS},
        count(*) AS events, array_agg(u.uid) AS uids
-FROM events e JOIN user_ids u ON u.user_id = e.user_id
+FROM events e JOIN user_ids u ON u.project_id = e.project_id AND u.user_id = e.user_id
 WHERE {BLOCK}
-GROUP BY hour, {_E_DIMS}
+GROUP BY e.project_id, hour, {_E_DIMS}
 """
 READ_ROLLUPS = f"""
-SELECT r.grain, r.level, r.bucket AT TIME ZONE 'UTC', {_R_DIMS}, r.events, r.users
+SELECT r.project_id, r.grain, r.level, r.bucket AT TIME ZONE 'UTC', {_R_DIMS}, r.events,
+       r.users
 FROM rollups r
-JOIN unnest($1::smallint[], $2::smallint[], $3::timestamp[], {_K_DIMS})
-     AS k(grain, level, bucket, {_DIMS})
-  ON r.grain = k.grain AND r.level = k.level AND r.bucket = k.bucket AT TIME ZONE 'UTC'
- {_MATCH_DIMS}
+JOIN unnest($1::integer[], $2::smallint[], $3::smallint[], $4::timestamp[], {_K_DIMS})
+     AS k(project_id, grain, level, bucket, {_DIMS})
+  ON r.project_id = k.project_id AND r.grain = k.grain AND r.level = k.level
+ AND r.bucket = k.bucket AT TIME ZONE 'UTC' {_MATCH_DIMS}
 """
-_N = 4 + len(DIMENSIONS)  # the first parameter after the key columns
+_N = 5 + len(DIMENSIONS)  # the first parameter after the key columns
 WRITE_ROLLUPS = f"""
-INSERT INTO rollups (grain, level, bucket, {_DIMS}, events, users_count, users)
-SELECT grain, level, bucket AT TIME ZONE 'UTC', {_DIMS}, events, users_count, users
-FROM unnest($1::smallint[], $2::smallint[], $3::timestamp[], {_K_DIMS},
+INSERT INTO rollups (project_id, grain, level, bucket, {_DIMS}, events, users_count, users)
+SELECT project_id, grain, level, bucket AT TIME ZONE 'UTC', {_DIMS}, events, users_count, users
+FROM unnest($1::integer[], $2::smallint[], $3::smallint[], $4::timestamp[], {_K_DIMS},
             ${_N}::bigint[], ${_N + 1}::integer[], ${_N + 2}::bytea[])
-     AS k(grain, level, bucket, {_DIMS}, events, users_count, users)
+     AS k(project_id, grain, level, bucket, {_DIMS}, events, users_count, users)
 ON CONFLICT ON CONSTRAINT rollups_pkey DO UPDATE
 SET events = excluded.events, users_count = excluded.users_count, users = excluded.users
 """
 
-# (grain, level number, bucket as naive UTC, *dimension values in DIMENSIONS order)
+# (project, grain, level number, bucket as naive UTC, *dimension values in DIMENSIONS order)
 Key = tuple[Any, ...]
 
 
@@ -107,15 +110,16 @@ _KEEPS = [(level.number, [d in level.dimensions for d in DIMENSIONS]) for level 
 
 
 def roll_up(rows: Iterable[Sequence[Any]]) -> dict[Key, Aggregate]:
-    """Fold (hour, *dimension values, events, uids) rows into every grain and level."""
+    """Fold (project, hour, *dimension values, events, uids) rows into every grain and
+    level."""
     out: dict[Key, Aggregate] = {}
-    for hour, *values, events, uids in rows:
+    for project, hour, *values, events, uids in rows:
         users = BitMap(uids)
         day = hour.replace(hour=0)
         for level, keeps in _KEEPS:
             kept = tuple(v if keep else "" for v, keep in zip(values, keeps, strict=True))
             for grain, bucket in ((HOUR, hour), (DAY, day)):
-                key = (grain, level, bucket, *kept)
+                key = (project, grain, level, bucket, *kept)
                 found = out.get(key)
                 if found is None:
                     out[key] = Aggregate(events, BitMap(users))

@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter, QueryParameter
 
+from event_metrics.auth import KeyStore, secret_from_headers
 from event_metrics.errors import ErrorBody
 from event_metrics.ingest import Ingestor, IngestResponse
 from event_metrics.metrics import MetricsResponse, parse_query
@@ -43,6 +44,7 @@ from event_metrics.services import Health, Services
 async def ingest(
     request: Request[Any, Any, Any],
     ingestor: NamedDependency[Ingestor],
+    keys: NamedDependency[KeyStore],
     wait: Annotated[
         bool,
         Parameter(
@@ -53,12 +55,14 @@ async def ingest(
         ),
     ] = True,
 ) -> Response[IngestResponse]:
+    # The key first: a request without one is refused before its body is read.
+    project_id = await keys.authorize(secret_from_headers(request.scope["headers"]), "write")
     settings = ingestor.settings
     headers = body_headers(request.scope["headers"])
     kind = media_type(headers.content_type)
     body = await read_request_body(request.receive, headers, max_bytes=settings.max_body_bytes)
     items = split_events(body, kind=kind, max_events=settings.max_events_per_request)
-    answer, status = await ingestor.submit(ingestor.parse_native(items), wait=wait)
+    answer, status = await ingestor.submit(ingestor.parse_native(items, project_id), wait=wait)
     return Response(answer, status_code=status)
 
 
@@ -71,7 +75,9 @@ async def ingest(
     },
 )
 async def metrics(
+    request: Request[Any, Any, Any],
     metrics_service: NamedDependency[MetricsService],
+    keys: NamedDependency[KeyStore],
     start: Annotated[
         str | None,
         QueryParameter(
@@ -110,7 +116,9 @@ async def metrics(
         ),
     ] = None,
 ) -> Response[MetricsResponse]:
+    project_id = await keys.authorize(secret_from_headers(request.scope["headers"]), "read")
     query = parse_query(
+        project_id=project_id,
         start=start,
         end=end,
         event_name=event_name,

@@ -16,6 +16,7 @@ from typing import NamedTuple
 class Row(NamedTuple):
     """An event as a writer stores it (PostgreSQL adds `id` and `txid` itself)."""
 
+    project_id: int
     idempotency_key: str
     event_name: str
     user_id: str
@@ -31,6 +32,7 @@ class Types(NamedTuple):
 
 
 COLUMN_TYPES: dict[str, Types] = {
+    "project_id": Types("integer", "UInt32"),
     "idempotency_key": Types("text", "String"),
     "event_name": Types("text", "String"),
     "user_id": Types("text", "String"),
@@ -43,8 +45,10 @@ if tuple(COLUMN_TYPES) != Row._fields:  # pragma: no cover - a mistake in this f
     raise TypeError("COLUMN_TYPES must name Row's fields, in order")
 
 COLUMNS: tuple[str, ...] = Row._fields
-# What ClickHouse holds: PostgreSQL's id first (the replicator copies it), then a Row.
+# What ClickHouse holds: PostgreSQL's id (the replicator copies it) and a Row.
 MIRRORED_COLUMNS: tuple[str, ...] = ("id", *COLUMNS)
+# What identifies one event: an idempotency key is unique within its project.
+EVENT_KEY: tuple[str, ...] = ("project_id", "idempotency_key")
 CLICKHOUSE_TYPES: dict[str, str] = {"id": "UInt64"} | {
     name: types.clickhouse for name, types in COLUMN_TYPES.items()
 }

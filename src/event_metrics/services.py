@@ -8,11 +8,12 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import asyncpg
 import msgspec
 
+from event_metrics.auth import KeyStore
 from event_metrics.backoff import describe
 from event_metrics.clickhouse import ClickHousePool
 from event_metrics.ingest import Ingestor
@@ -22,7 +23,6 @@ from event_metrics.queue import IngestQueue
 from event_metrics.replicator import Replicator
 from event_metrics.rollups import RollupRefresher
 from event_metrics.settings import Settings
-from event_metrics.watermark import LockedWorker
 from event_metrics.writer import WriterPool, init_writer_connection
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class Health(msgspec.Struct, omit_defaults=True):
     oldest_queued_age_s: float
     rows_written: int
     writers: dict[str, Any]
+    keys: dict[str, Any]
     replication: dict[str, Any] | None = None
     rollups: dict[str, Any] | None = None
 
@@ -48,6 +49,7 @@ class Services:
     query_pool: asyncpg.Pool
     ingestor: Ingestor
     metrics: MetricsService
+    keys: KeyStore
     clickhouse: ClickHousePool | None = None
     replicator: Replicator | None = None
     refresher: RollupRefresher | None = None
@@ -78,6 +80,7 @@ class Services:
             oldest_queued_age_s=round(self.queue.oldest_age_s(), 3),
             rows_written=self.writers.rows_written,
             writers=writers,
+            keys=self.keys.status(),
             replication=replication,
             rollups=rollups,
         )
@@ -117,6 +120,13 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
             refresher = RollupRefresher(settings.database_url, settings.rollups)
             _start_background(stack, refresher, "rollup-refresher")
 
+        keys = KeyStore(
+            settings.database_url,
+            refresh_s=settings.access.key_refresh_s,
+            retry_max_s=settings.writer.retry_max_s,
+        )
+        _start_background(stack, keys, "key-cache")
+
         queue = IngestQueue(settings.ingest.queue_max_events)
         writers = WriterPool(settings.writer, queue, write_pool)
         writers.start()
@@ -130,18 +140,28 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
             clickhouse=clickhouse,
             replicator=replicator,
             refresher=refresher,
-            ingestor=Ingestor(settings.ingest, queue),
+            ingestor=Ingestor(
+                settings.ingest,
+                queue,
+                rate_limit_events_per_s=settings.access.rate_limit_events_per_s,
+            ),
+            keys=keys,
             metrics=MetricsService(settings, query_pool=query_pool, clickhouse=clickhouse),
         )
 
 
-def _start_background(stack: contextlib.AsyncExitStack, worker: LockedWorker, name: str) -> None:
+class Background(Protocol):
+    async def run(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def _start_background(stack: contextlib.AsyncExitStack, worker: Background, name: str) -> None:
     """Run a worker as a task, stopped (with a time limit) when the stack unwinds."""
     task = asyncio.create_task(worker.run(), name=name)
     stack.push_async_callback(_stop_background, worker, task)
 
 
-async def _stop_background(worker: LockedWorker, task: asyncio.Task[None]) -> None:
+async def _stop_background(worker: Background, task: asyncio.Task[None]) -> None:
     worker.stop()
     try:
         await asyncio.wait_for(task, timeout=10)

@@ -55,6 +55,15 @@ class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
     retry_after_s: Annotated[PositiveInt, Env("RETRY_AFTER_SECONDS")] = 1
 
 
+class AccessSettings(msgspec.Struct, frozen=True, kw_only=True):
+    key_refresh_s: Annotated[float, Env("KEY_REFRESH_MS", "ms"), Positive] = 1.0
+    rate_limit_events_per_s: Annotated[
+        float, Env("RATE_LIMIT_EVENTS_PER_S"), msgspec.Meta(ge=0)
+    ] = 0.0
+    cors_ingest_origins: Annotated[str, Env("CORS_INGEST_ORIGINS")] = "*"
+    cors_read_origins: Annotated[str, Env("CORS_READ_ORIGINS")] = ""
+
+
 class IngestSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: Annotated[PositiveInt, Env("MAX_BODY_BYTES")] = 5 * 1024 * 1024
     max_events_per_request: Annotated[
@@ -114,8 +123,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: Annotated[str, Env("DATA_DIR")] = ".data"
     backend: Annotated[Backend, Env("BACKEND")] = "postgres"
     clickhouse_url: Annotated[str | None, Env("CLICKHOUSE_URL")] = None
+    log_format: Annotated[Literal["text", "json"], Env("LOG_FORMAT")] = "text"
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], Env("LOG_LEVEL")] = "info"
 
     http: HttpSettings = HttpSettings()
+    access: AccessSettings = AccessSettings()
     ingest: IngestSettings = IngestSettings()
     writer: WriterSettings = WriterSettings()
     metrics: MetricsSettings = MetricsSettings()
@@ -204,7 +216,23 @@ def _by_name() -> dict[str, Variable]:
 
 
 VARIABLES = _by_name()
-KNOWN_NAMES = frozenset(VARIABLES)
+# Read by the tests and .ci/run, not by the service: known, so not warned about.
+TEST_VARIABLES = ("REQUIRE_SERVICES", "TEST_POSTGRES_URL", "CLICKHOUSE_BINARY")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """`EVENT_METRICS_*` names no setting reads (a typo, say), each with the closest
+    known name."""
+    import difflib
+
+    known = [PREFIX + v.env.name for v in variables()]
+    unknown = []
+    for key in sorted(environ):
+        name = key[len(PREFIX) :]
+        if key.startswith(PREFIX) and name.lower() not in VARIABLES and name not in TEST_VARIABLES:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+            unknown.append((key, close[0] if close else None))
+    return unknown
 
 
 def _nest(values: Mapping[str, Any]) -> dict[str, Any]:

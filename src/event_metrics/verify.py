@@ -1,6 +1,6 @@
 """`event-metrics verify`: is the ClickHouse mirror right? Compare it with PostgreSQL.
 
-Both engines summarise their events per UTC day and event name: a count and two sums of
+Both engines summarise their events per project, UTC day and event name: a count and two sums of
 32-bit slices of md5(idempotency_key), a checksum of the set of keys that the same rows
 give on both. Only rows up to the replicator's checkpoint are expected in ClickHouse;
 rows after it may or may not be there yet (the copy is at-least-once), so a cell whose
@@ -24,32 +24,32 @@ from event_metrics.clickhouse import apply_schema, connect, insert_columns
 from event_metrics.replicator import MIRRORED, TARGET, split_by_month
 from event_metrics.watermark import load_checkpoint
 
-Cell = tuple[date, str]  # (UTC day, event_name)
+Cell = tuple[int, date, str]  # (project_id, UTC day, event_name)
 Summary = tuple[int, int, int]  # (rows, sum of key hash slice 1, slice 2)
 
 UP_TO_CHECKPOINT = "(txid, id) <= ($1::text::xid8, $2::bigint)"
 POSTGRES_SUMMARY = f"""
-SELECT (ts AT TIME ZONE 'UTC')::date, event_name, count(*),
+SELECT project_id, (ts AT TIME ZONE 'UTC')::date, event_name, count(*),
        sum(('x' || substr(md5(idempotency_key), 1, 8))::bit(32)::bigint),
        sum(('x' || substr(md5(idempotency_key), 9, 8))::bit(32)::bigint)
 FROM events WHERE {UP_TO_CHECKPOINT}
-GROUP BY 1, 2
+GROUP BY 1, 2, 3
 """
 CLICKHOUSE_SUMMARY = """
-SELECT toDate(ts), event_name, count(),
+SELECT project_id, toDate(ts), event_name, count(),
        sum(reinterpretAsUInt32(reverse(substring(MD5(idempotency_key), 1, 4)))),
        sum(reinterpretAsUInt32(reverse(substring(MD5(idempotency_key), 5, 4))))
 FROM events FINAL
-GROUP BY toDate(ts), event_name
+GROUP BY project_id, toDate(ts), event_name
 """
 CELL = (
-    "ts >= $3::date::timestamp AT TIME ZONE 'UTC' "
-    "AND ts < ($3::date + 1)::timestamp AT TIME ZONE 'UTC' AND event_name = $4"
+    "project_id = $3 AND ts >= $4::date::timestamp AT TIME ZONE 'UTC' "
+    "AND ts < ($4::date + 1)::timestamp AT TIME ZONE 'UTC' AND event_name = $5"
 )
 POSTGRES_KEYS = f"SELECT idempotency_key, {UP_TO_CHECKPOINT} FROM events WHERE {CELL}"
 CLICKHOUSE_KEYS = """
 SELECT DISTINCT idempotency_key FROM events
-WHERE toDate(ts) = %(day)s AND event_name = %(event_name)s
+WHERE project_id = %(project_id)s AND toDate(ts) = %(day)s AND event_name = %(event_name)s
 """
 POSTGRES_ROWS = f"""
 SELECT {MIRRORED} FROM events
@@ -57,12 +57,14 @@ WHERE {CELL} AND {UP_TO_CHECKPOINT}
 """
 DELETE_KEYS = """
 ALTER TABLE events DELETE
-WHERE toDate(ts) = %(day)s AND event_name = %(event_name)s AND idempotency_key IN %(keys)s
+WHERE project_id = %(project_id)s AND toDate(ts) = %(day)s AND event_name = %(event_name)s
+  AND idempotency_key IN %(keys)s
 """
 
 
 @dataclass
 class Difference:
+    project_id: int
     day: date
     event_name: str
     postgres_rows: int
@@ -72,6 +74,7 @@ class Difference:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "project_id": self.project_id,
             "day": self.day.isoformat(),
             "event_name": self.event_name,
             "postgres_rows": self.postgres_rows,
@@ -92,12 +95,16 @@ async def compare(connection: asyncpg.Connection, client: Any) -> Report:
     """Summaries of both engines, then key by key wherever they differ."""
     checkpoint = await load_checkpoint(connection, TARGET)
     postgres = {
-        (r[0], r[1]): (r[2], r[3], r[4])
-        for r in await connection.fetch(POSTGRES_SUMMARY, *checkpoint)
+        (project, day, name): (rows, first, second)
+        for project, day, name, rows, first, second in await connection.fetch(
+            POSTGRES_SUMMARY, *checkpoint
+        )
     }
     clickhouse = {
-        (r[0], r[1]): (r[2], r[3], r[4])
-        for r in await asyncio.to_thread(client.execute, CLICKHOUSE_SUMMARY)
+        (project, day, name): (rows, first, second)
+        for project, day, name, rows, first, second in await asyncio.to_thread(
+            client.execute, CLICKHOUSE_SUMMARY
+        )
     }
     differences = []
     for cell in sorted(postgres.keys() | clickhouse.keys()):
@@ -118,13 +125,14 @@ async def _compare_keys(
     ours: Summary,
     theirs: Summary,
 ) -> Difference:
-    day, event_name = cell
-    rows = await connection.fetch(POSTGRES_KEYS, *checkpoint, day, event_name)
+    project_id, day, event_name = cell
+    rows = await connection.fetch(POSTGRES_KEYS, *checkpoint, project_id, day, event_name)
     copied = {key for key, passed in rows if passed}
     anywhere = {key for key, _ in rows}
-    params = {"day": day, "event_name": event_name}
+    params = {"project_id": project_id, "day": day, "event_name": event_name}
     mirrored = {r[0] for r in await asyncio.to_thread(client.execute, CLICKHOUSE_KEYS, params)}
     return Difference(
+        project_id=project_id,
         day=day,
         event_name=event_name,
         postgres_rows=ours[0],
@@ -140,15 +148,20 @@ async def repair(connection: asyncpg.Connection, client: Any, differences: list[
     copied = 0
     for difference in differences:
         rows = await connection.fetch(
-            POSTGRES_ROWS, *checkpoint, difference.day, difference.event_name
-        )
+            POSTGRES_ROWS, *checkpoint, difference.project_id, difference.day,
+            difference.event_name,
+        )  # fmt: skip
         for block in split_by_month([tuple(r) for r in rows]):
             columns = [list(column) for column in zip(*block, strict=True)]
             await asyncio.to_thread(insert_columns, client, columns)
         copied += len(rows)
         if difference.extra:
-            params = {"day": difference.day, "event_name": difference.event_name,
-                      "keys": tuple(difference.extra)}  # fmt: skip
+            params = {
+                "project_id": difference.project_id,
+                "day": difference.day,
+                "event_name": difference.event_name,
+                "keys": tuple(difference.extra),
+            }
             await asyncio.to_thread(client.execute, DELETE_KEYS, params)
     await asyncio.to_thread(_wait_for_mutations, client)
     return copied

@@ -14,7 +14,7 @@ import asyncpg
 from event_metrics.backoff import Backoff, LoopState, describe
 from event_metrics.postgres import TRANSIENT_ERRORS
 from event_metrics.queue import IngestQueue, Ticket
-from event_metrics.schema import COLUMN_TYPES, COLUMNS, Row
+from event_metrics.schema import COLUMN_TYPES, COLUMNS, EVENT_KEY, Row
 from event_metrics.settings import WriterSettings
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ def _stored(name: str, source: str) -> str:
 
 
 _NAMES = ", ".join(COLUMNS)
+_KEY = ", ".join(EVENT_KEY)
+Key = tuple[int, str]  # (project_id, idempotency_key)
 STAGING_COLUMNS = ("ord", *COLUMNS)
 
 # A temp table lives as long as its connection: created once per writer connection.
@@ -47,8 +49,8 @@ INSERT INTO events ({_NAMES})
 SELECT {", ".join(_stored(name, name) for name in COLUMNS)}
 FROM events_staging
 ORDER BY ord
-ON CONFLICT (idempotency_key) DO NOTHING
-RETURNING idempotency_key
+ON CONFLICT ({_KEY}) DO NOTHING
+RETURNING {_KEY}
 """
 
 _ARRAYS = ", ".join(f"${n}::{_staging_type(name)}[]" for n, name in enumerate(COLUMNS, start=1))
@@ -57,8 +59,8 @@ INSERT INTO events ({_NAMES})
 SELECT {", ".join(_stored(name, f"batch.{name}") for name in COLUMNS)}
 FROM unnest({_ARRAYS}) WITH ORDINALITY AS batch({_NAMES}, ord)
 ORDER BY ord
-ON CONFLICT (idempotency_key) DO NOTHING
-RETURNING idempotency_key
+ON CONFLICT ({_KEY}) DO NOTHING
+RETURNING {_KEY}
 """
 
 
@@ -75,20 +77,20 @@ async def init_writer_connection(connection: asyncpg.Connection) -> None:
     await connection.execute(CREATE_STAGING)
 
 
-async def write_copy(connection: asyncpg.Connection, rows: Sequence[Row]) -> set[str]:
+async def write_copy(connection: asyncpg.Connection, rows: Sequence[Row]) -> set[Key]:
     """COPY into the staging table, then INSERT ... SELECT; return the keys stored."""
     records = [(position, *row) for position, row in enumerate(rows)]
     async with connection.transaction():
         await connection.copy_records_to_table(
             "events_staging", records=records, columns=STAGING_COLUMNS
         )
-        return {record[0] for record in await connection.fetch(INSERT_FROM_STAGING)}
+        return {tuple(record) for record in await connection.fetch(INSERT_FROM_STAGING)}
 
 
-async def write_unnest(connection: asyncpg.Connection, rows: Sequence[Row]) -> set[str]:
+async def write_unnest(connection: asyncpg.Connection, rows: Sequence[Row]) -> set[Key]:
     """One prepared INSERT ... SELECT FROM unnest(arrays): a single round trip."""
     columns = [list(column) for column in zip(*rows, strict=True)]
-    return {record[0] for record in await connection.fetch(INSERT_UNNEST, *columns)}
+    return {tuple(record) for record in await connection.fetch(INSERT_UNNEST, *columns)}
 
 
 async def write_rows(
@@ -104,9 +106,10 @@ async def write_rows(
     for ticket in tickets:
         outcome = []
         for row in ticket.rows:
-            fresh = row.idempotency_key in inserted
+            key = (row.project_id, row.idempotency_key)
+            fresh = key in inserted
             if fresh:
-                inserted.discard(row.idempotency_key)  # a repeat later in the batch is a duplicate
+                inserted.discard(key)  # a repeat later in the batch is a duplicate
             outcome.append(fresh)
         if not ticket.future.done():
             ticket.future.set_result(outcome)

@@ -35,7 +35,7 @@ def warnings_from(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
 
 
 WRONG_TABLE = (
-    "CREATE TABLE events (id UInt64, idempotency_key String, event_name String, "
+    "CREATE TABLE events (project_id UInt32, id UInt64, idempotency_key String, event_name String, "
     "user_id String, channel String, ts String, received_at DateTime('UTC'), "
     "properties String) ENGINE = MergeTree() ORDER BY id"
 )

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
 
-from conftest import live_server
+from conftest import Keys, live_server
 from event_metrics.app import create_app
 from event_metrics.settings import Settings
 from strategies import MAX_DEPTH, bodies
@@ -40,10 +40,10 @@ def sync_client(settings: Settings) -> Any:
 )
 @given(body=bodies(), gzipped=st.booleans())
 def test_posted_bodies_never_get_5xx_and_store_exactly_what_was_accepted(
-    sync_client: Any, database_url: str, body: tuple[bytes, str], gzipped: bool
+    sync_client: Any, database_url: str, keys: Keys, body: tuple[bytes, str], gzipped: bool
 ) -> None:
     raw, kind = body
-    headers = {"Content-Type": kind}
+    headers = {"Content-Type": kind, **keys.default.auth("write")}
     if gzipped:
         raw, headers["Content-Encoding"] = gzip.compress(raw), "gzip"
     before = asyncio.run(_count(database_url))
@@ -70,12 +70,22 @@ async def _count(url: str) -> int:
 # --- every route, from the served schema ---------------------------------------------------------
 
 
-def test_every_route_survives_schemathesis(database_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("scope", "operations"),
+    [("write", ["--exclude-path", "/metrics"]), ("read", ["--include-path", "/metrics"])],
+)
+def test_every_route_survives_schemathesis(
+    database_url: str, keys: Keys, tmp_path: Path, scope: str, operations: list[str]
+) -> None:
+    # Each operation with the key it needs, so the fuzzing reaches past authentication.
+    key = keys.default.write if scope == "write" else keys.default.read
     with live_server(database_url) as server:
         result = subprocess.run(
             [
                 str(Path(sys.executable).parent / "st"), "run",
                 f"{server.url}/schema/openapi.json",
+                "--header", f"Authorization: Bearer {key}",
+                *operations,
                 "--checks", "not_a_server_error",
                 "--max-examples", "60",
                 "--phases", "examples,coverage,fuzzing",
@@ -89,3 +99,4 @@ def test_every_route_survives_schemathesis(database_url: str, tmp_path: Path) ->
             env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
         )  # fmt: skip
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "passed" in result.stdout

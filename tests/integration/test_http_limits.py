@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 import pytest
 
-from conftest import LiveServer, live_server
+from conftest import Keys, LiveServer, live_server
 
 EVENT = json.dumps({"event_name": "e", "user_id": "u"}).encode()
 
@@ -48,12 +48,13 @@ async def read_all(reader: asyncio.StreamReader, timeout_s: float = 10) -> bytes
 
 
 async def test_oversized_content_length_is_refused_before_100_continue(
-    server: LiveServer, db: asyncpg.Connection
+    server: LiveServer, db: asyncpg.Connection, keys: Keys
 ) -> None:
     async with connection(server) as (reader, writer):
         writer.write(
             b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 1000000000000\r\nExpect: 100-continue\r\n\r\n"
+            + f"Authorization: Bearer {keys.default.write}\r\n".encode()
+            + b"Content-Length: 1000000000000\r\nExpect: 100-continue\r\n\r\n"
         )
         await writer.drain()
         status = await asyncio.wait_for(reader.readline(), 5)
@@ -96,11 +97,12 @@ async def test_an_oversized_head_is_refused(server: LiveServer) -> None:
 
 
 async def test_a_body_that_stops_arriving_gets_408_and_stores_nothing(
-    server: LiveServer, db: asyncpg.Connection
+    server: LiveServer, db: asyncpg.Connection, keys: Keys
 ) -> None:
     async with connection(server) as (reader, writer):
         writer.write(
             b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {keys.default.write}\r\n".encode()
             + f"Content-Length: {len(EVENT)}\r\n\r\n".encode()
             + EVENT[:10]
         )
@@ -118,7 +120,7 @@ async def test_no_server_header_and_a_request_id(server: LiveServer) -> None:
 
 
 async def test_other_clients_are_served_while_1000_slow_connections_are_open(
-    server: LiveServer, db: asyncpg.Connection
+    server: LiveServer, db: asyncpg.Connection, keys: Keys
 ) -> None:
     slow: list[asyncio.StreamWriter] = []
     try:
@@ -129,7 +131,9 @@ async def test_other_clients_are_served_while_1000_slow_connections_are_open(
         async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
             for n in range(50):
                 response = await client.post(
-                    "/events", content=EVENT, headers={"Content-Type": "application/json"}
+                    "/events",
+                    content=EVENT,
+                    headers={"Content-Type": "application/json", **keys.default.auth()},
                 )
                 assert response.status_code == 200, (n, response.text)
     finally:

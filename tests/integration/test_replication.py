@@ -23,8 +23,8 @@ from event_metrics.replicator import Replicator
 from event_metrics.settings import Settings
 
 INSERT_ONE = """
-INSERT INTO events (idempotency_key, event_name, user_id, channel, ts, received_at)
-VALUES ($1, 'e', 'u', '', now(), now())
+INSERT INTO events (project_id, idempotency_key, event_name, user_id, channel, ts, received_at)
+VALUES (1, $1, 'e', 'u', '', now(), now())
 """
 
 
@@ -260,9 +260,9 @@ async def test_verify_finds_a_row_deleted_from_clickhouse_and_repairs_it(
         ch.execute("ALTER TABLE events DELETE WHERE idempotency_key = 'buy-7'")
         # An extra row PostgreSQL never had, in a cell of its own and in a shared one.
         ch.execute(
-            "INSERT INTO events (id, idempotency_key, event_name, user_id, channel, ts, "
-            "received_at, properties) VALUES",
-            [(999, "ghost", "view", "u", "", datetime(2026, 1, 10, 10, tzinfo=UTC),
+            "INSERT INTO events (project_id, id, idempotency_key, event_name, user_id, channel, "
+            "ts, received_at, properties) VALUES",
+            [(1, 999, "ghost", "view", "u", "", datetime(2026, 1, 10, 10, tzinfo=UTC),
               datetime(2026, 1, 10, 10, tzinfo=UTC), "")],
         )  # fmt: skip
         await wait_until(lambda: "buy-7" not in clickhouse_keys(clickhouse_url), what="delete")

@@ -23,8 +23,8 @@ from event_metrics.replicator import Replicator
 from event_metrics.settings import Settings
 
 INSERT_ONE = """
-INSERT INTO events (idempotency_key, event_name, user_id, channel, ts, received_at)
-VALUES ($1, 'e', $2, '', now(), now())
+INSERT INTO events (project_id, idempotency_key, event_name, user_id, channel, ts, received_at)
+VALUES (1, $1, 'e', $2, '', now(), now())
 """
 # Each iteration commits, so each consumes one transaction id.
 BURN = """

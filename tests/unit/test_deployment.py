@@ -216,6 +216,8 @@ def test_documented_variables_exist(doc: str) -> None:
 def _render_default(value: Any) -> str:
     if value is None:
         return "unset"
+    if value == "":
+        return "empty"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     return f"`{value}`"

@@ -49,6 +49,7 @@ def test_parsers_raise_only_client_errors(body: tuple[bytes, str]) -> None:
         try:
             row = parse_event(
                 item,
+                project_id=1,
                 received_at=NOW,
                 max_event_bytes=65536,
                 max_future=timedelta(days=1),

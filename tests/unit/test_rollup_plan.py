@@ -43,6 +43,7 @@ def local_hour_starts(start: datetime, end: datetime, zone: ZoneInfo) -> list[in
 
 def make_query(start: str, end: str, granularity: str, zone: str) -> MetricsQuery:
     return parse_query(
+        project_id=1,
         start=start, end=end, event_name=None, granularity=granularity, group_by="channel",
         timezone=zone, max_window_days=400,
     )  # fmt: skip

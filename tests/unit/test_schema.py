@@ -54,7 +54,7 @@ statements = {
     "rollup write": rollups.WRITE_ROLLUPS, "rollup answer": metrics_rollup.ROLLUP_COLUMNS,
     "rollup bitmaps": metrics_rollup.FETCH_BITMAPS,
 }
-query = metrics.parse_query(start="2026-11-01T00:00:00Z", end="2026-11-02T00:00:00Z",
+query = metrics.parse_query(project_id=1, start="2026-11-01T00:00:00Z", end="2026-11-02T00:00:00Z",
     event_name=None, granularity="hour", group_by="country,channel", timezone="UTC",
     max_window_days=400)
 print(json.dumps({
