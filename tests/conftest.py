@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import os
 import signal
 import socket
@@ -85,6 +86,40 @@ class Keys:
     other: ProjectKeys
 
 
+# Every API key the tests create: no log line of the whole run may contain one.
+SECRETS: set[str] = set()
+
+
+class _Recorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = f"{record.getMessage()} {record.__dict__}"
+        if record.exc_info:
+            text += logging.Formatter().formatException(record.exc_info)
+        self.lines.append(text)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_key_in_any_log() -> Iterator[None]:
+    """Record every log line of the run; at the end, fail if one holds a key."""
+    recorder = _Recorder()
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.DEBUG)
+    root.addHandler(recorder)
+    try:
+        yield
+    finally:
+        root.removeHandler(recorder)
+        root.setLevel(level)
+    text = "\n".join(recorder.lines)
+    leaked = sorted(secret[:12] for secret in SECRETS if secret in text)
+    assert not leaked, f"API keys appeared in the log: {leaked}"
+
+
 @pytest.fixture(scope="session")
 async def keys(database_url: str) -> Keys:
     connection = await asyncpg.connect(database_url)
@@ -98,6 +133,7 @@ async def keys(database_url: str) -> Keys:
                 write, read = await projects.create_project(connection, name)
             project_id = await connection.fetchval("SELECT id FROM projects WHERE name = $1", name)
             made.append(ProjectKeys(name, project_id, write.key, read.key))
+            SECRETS.update((write.key, read.key))
     finally:
         await connection.close()
     return Keys(*made)

@@ -13,13 +13,15 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components
 
-from event_metrics import __version__, logs, request_ids
+from event_metrics import __version__, cors, logs, request_ids
 from event_metrics.auth import InvalidCredentials, MissingCredentials, WrongScope
 from event_metrics.errors import ErrorBody
 from event_metrics.ingest import RateLimited
 from event_metrics.metrics import AnswerTooLarge, BackendUnavailable, InvalidParameter
 from event_metrics.metrics_service import MetricsBusy
+from event_metrics.openapi import SECURITY_SCHEMES
 from event_metrics.payload import (
     ClientDisconnected,
     MalformedPayload,
@@ -28,7 +30,7 @@ from event_metrics.payload import (
     UnsupportedMediaType,
 )
 from event_metrics.queue import QueueClosed, QueueFull
-from event_metrics.routes import health, ingest, metrics
+from event_metrics.routes import INGEST_PATHS, READ_PATHS, health, ingest, metrics
 from event_metrics.services import run_services
 from event_metrics.settings import Settings
 from event_metrics.writer import StorageRejected, StorageUnavailable
@@ -169,13 +171,24 @@ def create_app(settings: Settings) -> Litestar:
         },
         lifespan=[lifespan],
         exception_handlers=handlers,
-        openapi_config=OpenAPIConfig(title="event-metrics", version=__version__),
+        openapi_config=OpenAPIConfig(
+            title="event-metrics",
+            version=__version__,
+            components=Components(security_schemes=SECURITY_SCHEMES),
+        ),
         request_max_body_size=settings.ingest.max_body_bytes,
         # Logging is configured once by the process (cli.py), not by each app.
         logging_config=None,
     )
-    # Outermost, so that 404s and the exception handlers' answers carry the id too.
-    app.asgi_handler = request_ids.middleware(app.asgi_handler)
+    policy = cors.CorsPolicy(
+        ingest_paths=INGEST_PATHS,
+        ingest_origins=settings.access.cors_ingest_origins,
+        read_paths=READ_PATHS,
+        read_origins=settings.access.cors_read_origins,
+    )
+    # Outermost, so that 404s, preflights and the exception handlers' answers carry the
+    # request id and CORS headers too.
+    app.asgi_handler = request_ids.middleware(cors.middleware(app.asgi_handler, policy))
     return app
 
 

@@ -29,12 +29,13 @@ def find_alembic_ini() -> Path:
     raise FileNotFoundError("alembic.ini not found in the working directory or the source tree")
 
 
-def _upgrade(database_url: str) -> None:
+def _upgrade(database_url: str, revision: str) -> None:
     config = Config(str(find_alembic_ini()))
     config.attributes["database_url"] = database_url
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
 
 
-async def upgrade_head(database_url: str) -> None:
-    """Apply every pending migration (env.py runs its own event loop, so use a thread)."""
-    await asyncio.to_thread(_upgrade, database_url)
+async def upgrade_head(database_url: str, revision: str = "head") -> None:
+    """Apply every pending migration, up to `revision` (env.py runs its own event loop,
+    so use a thread)."""
+    await asyncio.to_thread(_upgrade, database_url, revision)

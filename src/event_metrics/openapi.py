@@ -7,9 +7,39 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    Reference,
+    RequestBody,
+    Schema,
+    SecurityRequirement,
+    SecurityScheme,
+)
 
 from event_metrics.events import EventIn
+
+SECURITY_SCHEMES: dict[str, SecurityScheme | Reference] = {
+    "writeKey": SecurityScheme(
+        type="http", scheme="bearer",
+        description="A project's write key (emw_...): Authorization: Bearer <key>",
+    ),
+    "writeKeyBasic": SecurityScheme(
+        type="http", scheme="basic",
+        description="A project's write key as the Basic user name, empty password "
+        "(what Segment-style SDKs send)",
+    ),
+    "readKey": SecurityScheme(
+        type="http", scheme="bearer",
+        description="A project's read key (emr_...): Authorization: Bearer <key>",
+    ),
+    "readKeyBasic": SecurityScheme(
+        type="http", scheme="basic", description="A project's read key as the Basic user name",
+    ),
+}  # fmt: skip
+WRITE_KEY: list[SecurityRequirement] = [{"writeKey": []}, {"writeKeyBasic": []}]
+READ_KEY: list[SecurityRequirement] = [{"readKey": []}, {"readKeyBasic": []}]
 
 
 def _snake(name: str) -> str:

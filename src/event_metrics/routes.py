@@ -14,13 +14,18 @@ from event_metrics.errors import ErrorBody
 from event_metrics.ingest import Ingestor, IngestResponse
 from event_metrics.metrics import MetricsResponse, parse_query
 from event_metrics.metrics_service import MetricsService
-from event_metrics.openapi import IngestOperation
+from event_metrics.openapi import READ_KEY, WRITE_KEY, IngestOperation
 from event_metrics.payload import body_headers, media_type, read_request_body, split_events
 from event_metrics.services import Health, Services
+
+# Routes that take events (CORS: any origin by default) and that read metrics.
+INGEST_PATHS = ("/events",)
+READ_PATHS = ("/metrics",)
 
 
 @post(
     "/events",
+    security=WRITE_KEY,
     summary="Ingest one event or a batch",
     description=(
         'Body: an event, a JSON array of events, {"events": [...]}, or NDJSON. Answered '
@@ -68,6 +73,7 @@ async def ingest(
 
 @get(
     "/metrics",
+    security=READ_KEY,
     summary="Total events and exact unique users, bucketed and grouped",
     responses={
         400: ResponseSpec(ErrorBody, description="invalid parameter (named in the body)"),
