@@ -23,6 +23,7 @@ from bench.dataset import (
     DatasetSpec,
     digits,
 )
+from event_metrics.schema import MIRRORED_COLUMNS
 
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
@@ -30,8 +31,8 @@ COPY_TRAILER = b"\xff\xff"
 # The binary COPY rows carry these columns in this order (id included: COPY writes given
 # identity values, like OVERRIDING SYSTEM VALUE).
 PG_COLUMNS = (
-    "id", "idempotency_key", "event_name", "user_id", "channel", "ts", "received_at",
-    "properties",
+    "project_id", "id", "idempotency_key", "event_name", "user_id", "channel", "ts",
+    "received_at", "properties",
 )  # fmt: skip
 
 
@@ -56,7 +57,8 @@ CHANNEL_BYTES = np.array([name.encode() for name, _ in CHANNELS])
 class Encoder:
     """Turns chunks into PostgreSQL COPY bytes and ClickHouse columns; ids follow id_base."""
 
-    def __init__(self, spec: DatasetSpec, id_base: int) -> None:
+    def __init__(self, spec: DatasetSpec, id_base: int, project_id: int = 1) -> None:
+        self.project_id = project_id
         self.key_prefix = f"seed-{spec.seed}-".encode()
         self.key_digits = max(KEY_DIGITS, len(str(spec.rows)))
         self.id_base = id_base
@@ -94,6 +96,8 @@ class Encoder:
         def big_endian(values: I64) -> U8:
             return values.astype(">i8").view(np.uint8).reshape(n, 8)
 
+        project = np.frombuffer(self.project_id.to_bytes(4, "big"), dtype=np.uint8)
+
         timestamp = fixed(big_endian(chunk.ts_us - PG_EPOCH_US))
         # jsonb binary format: a version byte (1), then the JSON text.
         has_props = chunk.properties_len >= 0
@@ -108,6 +112,7 @@ class Encoder:
 
         parts: list[tuple[U8, I64 | None]] = [
             (np.broadcast_to(np.array([0, len(PG_COLUMNS)], dtype=np.uint8), (n, 2)), None),
+            (fixed(np.broadcast_to(project, (n, 4))), None),
             (fixed(big_endian(self.ids(chunk))), None),
             (fixed(self.keys(chunk)), None),
             (EVENT_TABLE[0][chunk.event], EVENT_TABLE[1][chunk.event]),
@@ -120,19 +125,23 @@ class Encoder:
         return _ragged_rows(parts, n)
 
     def clickhouse_columns(self, chunk: Chunk) -> list[npt.NDArray[np.generic]]:
-        """Columns in event_metrics.clickhouse.COLUMNS order, for use_numpy inserts."""
+        """Columns in schema.MIRRORED_COLUMNS order, for use_numpy inserts."""
         seconds = (chunk.ts_us // 1_000_000).astype(np.uint32)  # floored, by design
-        return [
-            self.ids(chunk).astype(np.uint64),
-            self.keys(chunk).view(f"S{self.key_width}").ravel(),
-            EVENT_BYTES[chunk.event],
-            self.user_ids(chunk).view(f"S{1 + USER_ID_DIGITS}").ravel(),
-            CHANNEL_BYTES[chunk.channel],
-            seconds,
-            seconds,
+        named = {
+            "project_id": np.full(len(chunk), self.project_id, dtype=np.uint32),
+            "id": self.ids(chunk).astype(np.uint64),
+            "idempotency_key": self.keys(chunk).view(f"S{self.key_width}").ravel(),
+            "event_name": EVENT_BYTES[chunk.event],
+            "user_id": self.user_ids(chunk).view(f"S{1 + USER_ID_DIGITS}").ravel(),
+            "channel": CHANNEL_BYTES[chunk.channel],
+            "ts": seconds,
+            "received_at": seconds,
             # NULL properties are all-zero rows, which become b'' like the replicator's ''.
-            np.ascontiguousarray(chunk.properties).view(f"S{PROPERTIES_WIDTH}").ravel(),
-        ]
+            "properties": np.ascontiguousarray(chunk.properties)
+            .view(f"S{PROPERTIES_WIDTH}")
+            .ravel(),
+        }
+        return [named[name] for name in MIRRORED_COLUMNS]
 
 
 def _ragged_rows(parts: list[tuple[U8, I64 | None]], n: int) -> bytes:

@@ -97,6 +97,8 @@ class Config:
     json: bool
     quiet: bool
     seed: int | None
+    key: str | None
+    read_key: str | None
 
 
 def _parse_bool(text: str) -> bool:
@@ -158,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     _bool_flag(p, "json", False, "print a JSON summary on stdout instead of the table")
     _bool_flag(p, "quiet", False, "no progress bar on stderr")
     _flag(p, "seed", type=int, default=None, help="RNG seed for users and duplicate picks")
+    _flag(p, "key", default=None, help="a project's write key (sent as Bearer)")
+    _flag(p, "read-key", default=None, help="the project's read key, for the /metrics check")
     return p
 
 
@@ -294,6 +298,9 @@ class Driver:
         self.url = request_url(plan.cfg)
         self.key_list: list[int] = work.key_pos.tolist()  # plain ints: cheaper per event
         self.user_ids = [f"user-{u}" for u in range(plan.cfg.users)]
+        self.post_headers = dict(JSON_HEADERS)
+        if plan.cfg.key:
+            self.post_headers["Authorization"] = f"Bearer {plan.cfg.key}"
         self.next_req = 0
         self.t0 = 0.0
         self.sent = np.zeros(plan.n_events, dtype=bool)
@@ -369,7 +376,7 @@ class Driver:
         assert self.session is not None
         lo, hi = self._bounds(k)
         body = self._body(lo, hi)
-        method, headers = ("POST", JSON_HEADERS) if body is not None else ("GET", None)
+        method, headers = ("POST", self.post_headers) if body is not None else ("GET", None)
         self.sent[self.work.key_pos[lo:hi]] = True
         started = time.perf_counter()
         try:
@@ -583,9 +590,12 @@ def metrics_url(cfg: Config, event_name: str, wall_start: float, wall_end: float
     return f"{cfg.url}/metrics?{urllib.parse.urlencode(params)}"
 
 
-def read_metrics(url: str) -> MetricsReading:
+def read_metrics(url: str, read_key: str | None = None) -> MetricsReading:
+    request = urllib.request.Request(url)
+    if read_key:
+        request.add_header("Authorization", f"Bearer {read_key}")
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        with urllib.request.urlopen(request, timeout=10) as resp:
             doc = json.load(resp)
     except urllib.error.HTTPError as exc:
         return MetricsReading(error=f"HTTP {exc.code}: {exc.read()[:200]!r}")
@@ -600,11 +610,11 @@ def read_metrics(url: str) -> MetricsReading:
     )
 
 
-def verify(url: str, expected: int, timeout_s: float) -> Verification:
+def verify(url: str, expected: int, timeout_s: float, read_key: str | None) -> Verification:
     """Poll /metrics until it counts exactly `expected` events (a replica may lag)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        reading = read_metrics(url)
+        reading = read_metrics(url, read_key)
         if reading.error is None and reading.events is None:
             return Verification(
                 None,
@@ -727,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         check.detail = "endpoint is not events"
     elif not cfg.no_verify:
         url = metrics_url(cfg, event_name, wall_start, wall_end)
-        check = verify(url, expected, cfg.verify_timeout)
+        check = verify(url, expected, cfg.verify_timeout, cfg.read_key)
     summary = summarize(cfg, event_name, results, check)
     print(json.dumps(summary) if cfg.json else render_table(summary))
     return 1 if check.verified is False else 0

@@ -107,14 +107,17 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def http_runner(session: aiohttp.ClientSession, url: str, path: str) -> Runner:
+def http_runner(
+    session: aiohttp.ClientSession, url: str, path: str, read_key: str | None
+) -> Runner:
     # "postgres-raw" means backend=postgres&plan=raw; a bare name leaves the plan to the service.
     backend, _, plan = path.partition("-")
     extra = {"backend": backend, **({"plan": plan} if plan else {})}
 
     async def run(query: QueryClass, start: datetime, end: datetime) -> tuple[int, Any]:
         params = {**query.params, "from": rfc3339(start), "to": rfc3339(end), **extra}
-        async with session.get(f"{url}/metrics", params=params) as response:
+        headers = {"Authorization": f"Bearer {read_key}"} if read_key else {}
+        async with session.get(f"{url}/metrics", params=params, headers=headers) as response:
             body = await response.read()
             if response.status != 200:
                 raise RuntimeError(f"HTTP {response.status}: {body[:300].decode(errors='replace')}")
@@ -194,7 +197,7 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     async with aiohttp.ClientSession(timeout=timeout) as session:
         paths: dict[str, Runner] = {BASELINE: postgres_runner(connection)}
         for backend in backends:
-            paths[backend] = http_runner(session, args.url.rstrip("/"), backend)
+            paths[backend] = http_runner(session, args.url.rstrip("/"), backend, args.read_key)
         if args.clickhouse_url:
             paths["sql-clickhouse"] = clickhouse_runner(args.clickhouse_url)
         try:
@@ -265,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per query")
     p.add_argument("--out", default="docs/bench", help="folder for queries.{md,png,json}")
     p.add_argument("--json", action="store_true", help="JSON on stdout instead of markdown")
+    p.add_argument("--read-key", help="a read key of the project whose events are queried")
     return p
 
 

@@ -21,7 +21,7 @@ from bench.queries import QUERIES
 
 
 def time_query(
-    url: str, params: dict[str, str], runs: int
+    url: str, params: dict[str, str], runs: int, read_key: str | None = None
 ) -> tuple[list[float], dict[str, object]]:
     """Run one query runs+1 times (the first warms caches); return timings and the answer."""
     timings: list[float] = []
@@ -29,7 +29,10 @@ def time_query(
     for attempt in range(runs + 1):
         started = time.perf_counter()
         query = urllib.parse.urlencode(params)
-        with urllib.request.urlopen(f"{url}/metrics?{query}", timeout=120) as response:
+        request = urllib.request.Request(f"{url}/metrics?{query}")
+        if read_key:
+            request.add_header("Authorization", f"Bearer {read_key}")
+        with urllib.request.urlopen(request, timeout=120) as response:
             body = json.loads(response.read())
             if response.headers["X-Metrics-Plan"] != "rollup":
                 raise RuntimeError("the service did not answer from rollups")
@@ -44,6 +47,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--windows", default="1,7,30,90,180")
     parser.add_argument("--end", default="2026-11-01T00:00:00Z")
+    parser.add_argument("--read-key", help="a read key of the project whose events are queried")
     args = parser.parse_args()
     end = datetime.fromisoformat(args.end).astimezone(UTC)
     print("| id | median (p95) ms | series rows | events |\n|---|---|---|---|")
@@ -55,7 +59,7 @@ def main() -> None:
                 "to": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "plan": "rollup",
             }
-            timings, body = time_query(args.url, params, args.runs)
+            timings, body = time_query(args.url, params, args.runs, args.read_key)
             p95 = timings[max(0, math.ceil(0.95 * len(timings)) - 1)]
             series = body["series"]
             total = body["total"]

@@ -173,18 +173,19 @@ def load_runs(total: int) -> list[tuple[str, list[str]]]:
     ]
 
 
-def run_loads(runner: Runner, url: str, total: int) -> list[dict[str, Any]]:
+def run_loads(runner: Runner, url: str, total: int, keys: dict[str, str]) -> list[dict[str, Any]]:
     results = []
+    auth = ["-key", keys["write"], "-read-key", keys["read"]]
     for name, flags in load_runs(total):
         out = runner.run(
-            [sys.executable, "-m", "bench.load", "-url", url, *flags, "--json", "-quiet"],
+            [sys.executable, "-m", "bench.load", "-url", url, *flags, *auth, "--json", "-quiet"],
             timeout=600,
         )
         results.append({"name": name, "flags": flags, **json.loads(out)})
     return results
 
 
-def measure_freshness(base_url: str, trials: int = 20) -> dict[str, float]:
+def measure_freshness(base_url: str, keys: dict[str, str], trials: int = 20) -> dict[str, float]:
     """Milliseconds from a 200 on POST /events until /metrics (rollup plan) counts it."""
     delays = []
     for trial in range(trials):
@@ -195,10 +196,10 @@ def measure_freshness(base_url: str, trials: int = 20) -> dict[str, float]:
             "from": (now - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "to": (now + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
-        _http("POST", f"{base_url}/events", event)
+        _http("POST", f"{base_url}/events", keys["write"], event)
         acked = time.monotonic()
         query = urllib.parse.urlencode({**window, "event_name": name, "plan": "rollup"})
-        while _http("GET", f"{base_url}/metrics?{query}")["total"]["events"] != 1:
+        while _http("GET", f"{base_url}/metrics?{query}", keys["read"])["total"]["events"] != 1:
             if time.monotonic() - acked > 10:
                 raise RuntimeError(f"event {name} not visible after 10 s")
         delays.append((time.monotonic() - acked) * 1000)
@@ -206,11 +207,10 @@ def measure_freshness(base_url: str, trials: int = 20) -> dict[str, float]:
     return {"p50": round(delays[len(delays) // 2], 2), "max": round(delays[-1], 2)}
 
 
-def _http(method: str, url: str, body: Any = None) -> Any:
+def _http(method: str, url: str, key: str, body: Any = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
@@ -253,6 +253,16 @@ def benchmark(
         )
     )
 
+    # The seeded events are the project 'default''s: the tools get its keys.
+    keys = {
+        scope: json.loads(
+            runner.run(
+                [cli, "keys", "create", "--project", "default", "--scope", scope, "--json"],
+                env=env, timeout=120,
+            )
+        )["key"]
+        for scope in ("write", "read")
+    }  # fmt: skip
     started = time.monotonic()
     runner.run([cli, "rebuild-rollups"], env=env, timeout=3600)
     rollup_rebuild_s = time.monotonic() - started
@@ -266,7 +276,7 @@ def benchmark(
         env={**env, "EVENT_METRICS_PORT": str(bare_port), "EVENT_METRICS_ROLLUPS": "false"},
     )
     wait_http(f"{bare_url}/health", bare, runner.workdir / "service-no-rollups.log")
-    bare_loads = run_loads(runner, bare_url, args.load_total)
+    bare_loads = run_loads(runner, bare_url, args.load_total, keys)
     runner.stop(bare)
 
     port = args.port or free_port()
@@ -275,8 +285,8 @@ def benchmark(
     wait_http(f"{service_url}/health", service, runner.workdir / "service.log")
     # The no-rollups run left events to fold; let the refresher catch up before measuring.
     fold_wait_s = wait_folded(database_url)
-    service_loads = run_loads(runner, service_url, args.load_total)
-    freshness = measure_freshness(service_url)
+    service_loads = run_loads(runner, service_url, args.load_total, keys)
+    freshness = measure_freshness(service_url, keys)
 
     noop_port = free_port()
     noop_url = f"http://127.0.0.1:{noop_port}"
@@ -284,7 +294,7 @@ def benchmark(
         "noop", [sys.executable, "-m", "bench.noop", "--port", str(noop_port)], env={}
     )
     wait_http(f"{noop_url}/health", noop, runner.workdir / "noop.log")
-    noop_loads = run_loads(runner, noop_url, args.load_total)
+    noop_loads = run_loads(runner, noop_url, args.load_total, keys)
     runner.stop(noop)
 
     # The load's rows are outside the query windows, but replicating them would compete
@@ -295,6 +305,7 @@ def benchmark(
             sys.executable, "-m", "bench.queries", "--url", service_url,
             "--database-url", database_url, "--clickhouse-url", clickhouse.url,
             "--windows", args.windows, "--runs", str(args.runs), "--out", str(args.out), "--json",
+            "--read-key", keys["read"],
         ],
         timeout=3600,
     )  # fmt: skip
