@@ -14,7 +14,7 @@ MAX_DEPTH = 6
 
 # --- JSON text with the hard parts: duplicate keys, escapes, surrogates, NUL, numbers ----
 
-keys = st.sampled_from(["a", "b", "x:y", "é", "\x00", "k\\", 'q"'])
+keys = st.sampled_from(["a", "b", "x:y", "é", "\x00", "k\\", 'q"', "{[", "]"])
 numbers = st.one_of(
     st.integers(-(10**30), 10**30).map(str),
     st.decimals(allow_nan=False, allow_infinity=False, places=3).map(str),
@@ -25,6 +25,7 @@ scalars = st.one_of(
     st.booleans().map(lambda b: "true" if b else "false"),
     numbers,
     st.text(max_size=6).map(lambda t: ("s", t)),
+    st.text("{}[]:a", max_size=6).map(lambda t: ("s", t)),  # brackets inside strings
     st.sampled_from(['"\\ud800"', '"\\udc00"', '"\\ud83d\\ude00"', '"\\u0000"', '"C:\\\\u0000"']),
 )
 trees = st.recursive(

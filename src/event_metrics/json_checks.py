@@ -10,6 +10,7 @@ an event holding any of those is refused here, on its own, instead of failing it
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -40,6 +41,7 @@ def _check_float(text: str) -> int:
 
 
 _any = msgspec.json.Decoder(float_hook=_check_float)
+_encode = msgspec.json.Encoder().encode
 
 
 def decode(raw: bytes | memoryview, *, max_depth: int) -> Any:
@@ -60,10 +62,12 @@ def decode(raw: bytes | memoryview, *, max_depth: int) -> Any:
         raise InvalidJSON(f"not valid JSON: {exc}") from None
     if b"\\" not in data:
         # No escapes: every ':' in the text separates a key from its value or sits inside
-        # a string exactly as decoded. Fewer members than separators means two keys of
-        # one object were equal and decoding dropped one.
-        members, colons = _walk_plain(value, max_depth)
-        if data.count(b":") != members + colons:
+        # a string exactly as decoded, and encoding the decoded value writes the same
+        # strings back. Fewer ':' in that encoding means two keys of one object were equal
+        # and decoding dropped one.
+        if data.count(b"{") + data.count(b"[") > max_depth and _deeper(data, max_depth):
+            raise InvalidJSON(f"nested deeper than {max_depth} levels")
+        if data.count(b":") != _encode(value).count(b":"):
             refuse_duplicate_keys(data)
     else:
         _walk_escaped(value, max_depth)
@@ -71,29 +75,27 @@ def decode(raw: bytes | memoryview, *, max_depth: int) -> Any:
     return value
 
 
-def _walk_plain(value: Any, max_depth: int, depth: int = 1) -> tuple[int, int]:
-    """(object members, ':' inside strings) of a decoded value, checking its depth."""
-    members = colons = 0
-    kind = type(value)
-    if kind in (dict, list) and depth > max_depth:
-        raise InvalidJSON(f"nested deeper than {max_depth} levels")
-    if kind is dict:
-        members = len(value)
-        for key, item in value.items():
-            colons += key.count(":")
-            if type(item) is str:
-                colons += item.count(":")
-            elif type(item) in (dict, list):
-                more = _walk_plain(item, max_depth, depth + 1)
-                members, colons = members + more[0], colons + more[1]
-    elif kind is list:
-        for item in value:
-            if type(item) is str:
-                colons += item.count(":")
-            elif type(item) in (dict, list):
-                more = _walk_plain(item, max_depth, depth + 1)
-                members, colons = members + more[0], colons + more[1]
-    return members, colons
+_STRING = re.compile(rb'"[^"]*"')  # a string, in JSON text without escapes
+_BRACKETS = bytes.maketrans(b"[]", b"{}")  # for depth, arrays count like objects
+_NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'{}[]"')))
+
+
+def _deeper(data: bytes, max_depth: int) -> bool:
+    """Whether valid JSON text without escapes nests deeper than max_depth.
+
+    Its brackets, once strings are gone, lose their innermost level per pass of
+    replace("{}", ""), so it takes one pass per level. Dropping '""' first removes empty
+    strings, or joins two strings with nothing but text between them: either way the
+    quotes left still pair up around what was inside strings.
+    """
+    brackets = data.translate(_BRACKETS, _NOT_STRUCTURE).replace(b'""', b"")
+    if b'"' in brackets:
+        brackets = _STRING.sub(b"", brackets)
+    for _ in range(max_depth):
+        if not brackets:
+            return False
+        brackets = brackets.replace(b"{}", b"")
+    return bool(brackets)
 
 
 def _walk_escaped(value: Any, max_depth: int, depth: int = 1) -> None:
