@@ -1,6 +1,7 @@
 """Load generator for event-metrics, a Python port of the reference Go load tool.
 
     python -m bench.load -total 20000 -rate 2000 [-workers 2] [-batch 10] [--json]
+    python -m bench.load -protocol segment -batch 100 -key emw_...   # as analytics-python
 
 Flags are Go style (`-total 5`, `-wait=false`, `--json` also works). See bench/README.md.
 """
@@ -21,6 +22,8 @@ import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
+from base64 import b64encode
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -72,8 +75,51 @@ class IngestSummary(msgspec.Struct):
     results: list[ItemResult] = msgspec.field(default_factory=list)
 
 
+class SdkRejection(msgspec.Struct):
+    index: int
+
+
+class SdkSummary(msgspec.Struct):
+    """The 200 answer of /v1/batch and /batch/: rejected messages are listed, not counted."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[SdkRejection] = msgspec.field(default_factory=list)
+
+    def as_ingest(self) -> IngestSummary:
+        results = [ItemResult(r.index, "rejected") for r in self.rejected]
+        return IngestSummary(self.accepted, self.duplicates, len(self.rejected), results)
+
+
+class SegmentMessage(msgspec.Struct):
+    """A track call as analytics-python sends it (the fields the service maps)."""
+
+    event: str
+    userId: str
+    timestamp: datetime
+    messageId: str
+    channel: str
+    properties: dict[str, int]
+    type: str = "track"
+
+
+class PosthogMessage(msgspec.Struct):
+    """A capture call as posthog-python sends it: the channel rides in $lib."""
+
+    event: str
+    distinct_id: str
+    timestamp: datetime
+    uuid: str
+    properties: dict[str, int | str]
+
+
+# The path each -protocol posts to (native: -endpoint, "events" by default).
+PROTOCOLS = {"native": "events", "segment": "v1/batch", "posthog": "batch/"}
+LOAD_NAMESPACE = uuid.UUID("5f0c1d2e-8d4b-4c55-9a57-6a1b0e4a9e21")  # posthog uuids per key
+
 ENCODER = msgspec.json.Encoder()
 SUMMARY_DECODER = msgspec.json.Decoder(IngestSummary)
+SDK_SUMMARY_DECODER = msgspec.json.Decoder(SdkSummary)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -99,6 +145,7 @@ class Config:
     seed: int | None
     key: str | None
     read_key: str | None
+    protocol: str = "native"
 
 
 def _parse_bool(text: str) -> bool:
@@ -162,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "seed", type=int, default=None, help="RNG seed for users and duplicate picks")
     _flag(p, "key", default=None, help="a project's write key (sent as Bearer)")
     _flag(p, "read-key", default=None, help="the project's read key, for the /metrics check")
+    _flag(
+        p,
+        "protocol",
+        default="native",
+        choices=sorted(PROTOCOLS),
+        help="wire format of the events: native POST /events, segment POST /v1/batch "
+        "(Basic auth, as analytics-python), posthog POST /batch/ (api_key in the body)",
+    )
     return p
 
 
@@ -173,6 +228,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         parser.error("; ".join(problems))
     # Normalise so that "-url http://h:1/" and "-endpoint /events" behave like the Go tool.
     ns.url, ns.endpoint = ns.url.rstrip("/"), ns.endpoint.strip("/")
+    if ns.protocol != "native":
+        ns.endpoint = "events"  # an SDK protocol always sends events, to its own path
     return Config(**vars(ns))
 
 
@@ -187,6 +244,7 @@ def _validate(ns: argparse.Namespace) -> list[str]:
         (ns.users >= 1, "-users must be >= 1"),
         (ns.timeout > 0, "-timeout must be > 0"),
         (ns.verify_timeout >= 0, "-verify-timeout must be >= 0"),
+        (ns.protocol == "native" or ns.key, "-protocol segment|posthog needs -key"),
     ]
     return [message for ok, message in checks if not ok]
 
@@ -216,8 +274,8 @@ class WorkerPlan:
 
 
 def request_url(cfg: Config) -> str:
-    url = f"{cfg.url}/{cfg.endpoint}"
-    if cfg.endpoint == "events" and not cfg.wait:
+    url = f"{cfg.url}/{PROTOCOLS[cfg.protocol] if cfg.protocol != 'native' else cfg.endpoint}"
+    if cfg.protocol == "native" and cfg.endpoint == "events" and not cfg.wait:
         url += "?wait=false"
     return url
 
@@ -299,7 +357,10 @@ class Driver:
         self.key_list: list[int] = work.key_pos.tolist()  # plain ints: cheaper per event
         self.user_ids = [f"user-{u}" for u in range(plan.cfg.users)]
         self.post_headers = dict(JSON_HEADERS)
-        if plan.cfg.key:
+        if plan.cfg.key and plan.cfg.protocol == "segment":  # as analytics-python does
+            basic = b64encode(f"{plan.cfg.key}:".encode()).decode()
+            self.post_headers["Authorization"] = f"Basic {basic}"
+        elif plan.cfg.key and plan.cfg.protocol == "native":
             self.post_headers["Authorization"] = f"Bearer {plan.cfg.key}"
         self.next_req = 0
         self.t0 = 0.0
@@ -358,8 +419,35 @@ class Driver:
         if not self.plan.is_events:
             return None
         now = datetime.now(UTC)  # encoded after the wait so the timestamp is the send time
+        if self.plan.cfg.protocol == "segment":
+            batch = [self._segment(pos, now) for pos in range(lo, hi)]
+            return ENCODER.encode({"batch": batch, "sentAt": now})
+        if self.plan.cfg.protocol == "posthog":
+            captures = [self._posthog(pos, now) for pos in range(lo, hi)]
+            return ENCODER.encode({"api_key": self.plan.cfg.key, "batch": captures, "sent_at": now})
         events = [self._event(pos, now) for pos in range(lo, hi)]
         return ENCODER.encode(events[0] if self.plan.cfg.batch == 1 else events)
+
+    def _segment(self, pos: int, now: datetime) -> SegmentMessage:
+        event = self._event(pos, now)
+        return SegmentMessage(
+            event=event.event_name,
+            userId=event.user_id,
+            timestamp=now,
+            messageId=event.idempotency_key,
+            channel=event.channel,
+            properties=event.properties,
+        )
+
+    def _posthog(self, pos: int, now: datetime) -> PosthogMessage:
+        event = self._event(pos, now)
+        return PosthogMessage(
+            event=event.event_name,
+            distinct_id=event.user_id,
+            timestamp=now,
+            uuid=str(uuid.uuid5(LOAD_NAMESPACE, event.idempotency_key)),
+            properties={"$lib": event.channel, **event.properties},
+        )
 
     def _event(self, pos: int, now: datetime) -> Event:
         seq = self.plan.first_seq + self.key_list[pos]
@@ -421,6 +509,10 @@ class Driver:
 def _decode_summary(payload: bytes) -> IngestSummary | None:
     try:
         return SUMMARY_DECODER.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        pass
+    try:
+        return SDK_SUMMARY_DECODER.decode(payload).as_ingest()
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None  # e.g. a plain-text 503 from a proxy
 
@@ -683,6 +775,7 @@ def summarize(
             "workers": len(results),
             "wait": cfg.wait,
             "endpoint": cfg.endpoint,
+            "protocol": cfg.protocol,
         },
     }
 
@@ -691,13 +784,18 @@ def _fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _route(c: dict[str, Any]) -> str:
+    path = PROTOCOLS.get(c["protocol"]) if c["protocol"] != "native" else c["endpoint"]
+    return f"endpoint=/{path} protocol={c['protocol']}"
+
+
 def render_table(s: dict[str, Any]) -> str:
     c, lat = s["config"], s["latency_ms"]
     rate = f"{c['rate']:g}/s" if c["rate"] else "unpaced"
     verdict = {True: "OK", False: "FAILED", None: "not checked"}[s["verified"]]
     conn_kinds = s["connection_error_kinds"] or ""
     rows = [
-        ("run", f"{s['event_name']} endpoint=/{c['endpoint']} wait={str(c['wait']).lower()}"),
+        ("run", f"{s['event_name']} {_route(c)} wait={str(c['wait']).lower()}"),
         ("load", f"rate {rate}, batch {c['batch']}, concurrency {c['concurrency']}"),
         ("workers", f"{c['workers']} process(es)"),
         ("sent", f"{s['total_events']} events, {s['requests']} requests"),

@@ -173,10 +173,28 @@ def load_runs(total: int) -> list[tuple[str, list[str]]]:
     ]
 
 
-def run_loads(runner: Runner, url: str, total: int, keys: dict[str, str]) -> list[dict[str, Any]]:
+PROTOCOL_ROUNDS = 3
+
+
+def protocol_runs(total: int) -> list[tuple[str, list[str]]]:
+    """Batches of 100 in each wire format, interleaved round by round, so that the
+    comparison is not skewed by what the machine or the table did meanwhile."""
+    runs = []
+    for round_ in range(1, PROTOCOL_ROUNDS + 1):
+        for protocol in ("native", "segment", "posthog"):
+            flags = ["-total", str(total * 5), "-rate", "0", "-batch", "100"]
+            runs.append(
+                (f"-protocol {protocol} -batch 100 #{round_}", [*flags, "-protocol", protocol])
+            )
+    return runs
+
+
+def run_loads(
+    runner: Runner, url: str, total: int, keys: dict[str, str], *, protocols: bool = False
+) -> list[dict[str, Any]]:
     results = []
     auth = ["-key", keys["write"], "-read-key", keys["read"]]
-    for name, flags in load_runs(total):
+    for name, flags in load_runs(total) + (protocol_runs(total) if protocols else []):
         out = runner.run(
             [sys.executable, "-m", "bench.load", "-url", url, *flags, *auth, "--json", "-quiet"],
             timeout=600,
@@ -285,7 +303,7 @@ def benchmark(
     wait_http(f"{service_url}/health", service, runner.workdir / "service.log")
     # The no-rollups run left events to fold; let the refresher catch up before measuring.
     fold_wait_s = wait_folded(database_url)
-    service_loads = run_loads(runner, service_url, args.load_total, keys)
+    service_loads = run_loads(runner, service_url, args.load_total, keys, protocols=True)
     freshness = measure_freshness(service_url, keys)
 
     noop_port = free_port()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from importlib import metadata
@@ -80,6 +81,26 @@ def _load_table(loads: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def protocol_comparison(runs: list[dict[str, Any]]) -> list[str]:
+    """Median events/s of the interleaved -protocol rounds, each against native."""
+    rates: dict[str, list[float]] = {}
+    for run in runs:
+        if "-protocol" in run["flags"]:
+            protocol = run["flags"][run["flags"].index("-protocol") + 1]
+            rates.setdefault(protocol, []).append(run["events_per_s"])
+    if "native" not in rates:
+        return []
+    native = statistics.median(rates["native"])
+    lines = [
+        "| protocol (-batch 100) | rounds | median events/s | × native |",
+        "|---|---|---|---|",
+    ]
+    for protocol, values in rates.items():
+        median = statistics.median(values)
+        lines.append(f"| {protocol} | {len(values)} | {median:,.0f} | {median / native:.2f} |")
+    return lines
+
+
 def render_summary(result: dict[str, Any]) -> str:
     """summary.md: machine, commands, seed rates, ingest runs, and the query table."""
     machine = result["machine"]
@@ -121,6 +142,10 @@ def render_summary(result: dict[str, Any]) -> str:
         "EVENT_METRICS_ROLLUPS=false (no refresher), for the cost of keeping rollups.",
         "",
         *_load_table(result["load"]),
+        "",
+        "SDK wire formats against the native one, same service, same run (rounds interleaved):",
+        "",
+        *protocol_comparison(result["load"]["service"]),
         "",
         f"Replication to ClickHouse caught up {result['replication_wait_s']} s after the "
         "load runs. Freshness (200 on POST /events until /metrics with plan=rollup counts "

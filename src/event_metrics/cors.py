@@ -7,16 +7,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Literal
 
-from litestar.enums import ScopeType
-from litestar.types import (
-    ASGIApp,
-    HTTPResponseBodyEvent,
-    HTTPResponseStartEvent,
-    Message,
-    Receive,
-    Scope,
-    Send,
-)
+from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Send
 
 Kind = Literal["ingest", "read"]
 ALLOWED_HEADERS = b"authorization, content-type, content-encoding, x-request-id"
@@ -26,6 +17,8 @@ REFUSED_BODY = b'{"error":"origin_not_allowed","detail":"this origin may not cal
 
 
 class CorsPolicy:
+    """Which origins may call which routes (edge.py applies it to every exchange)."""
+
     def __init__(
         self, *, ingest_paths: Collection[str], ingest_origins: str, read_paths: Collection[str],
         read_origins: str,
@@ -41,52 +34,19 @@ class CorsPolicy:
         allowed = self.origins[kind]
         return b"*" in allowed or origin in allowed
 
+    def response_headers(self, kind: Kind, origin: bytes) -> list[tuple[bytes, bytes]]:
+        wildcard = b"*" in self.origins[kind]
+        headers = [
+            (b"access-control-allow-origin", b"*" if wildcard else origin),
+            (b"access-control-expose-headers", EXPOSED_HEADERS),
+        ]
+        if not wildcard:
+            headers.append((b"vary", b"Origin"))
+        return headers
+
 
 def _origins(listing: str) -> frozenset[bytes]:
     return frozenset(o.strip().rstrip("/").encode() for o in listing.split(",") if o.strip())
-
-
-def middleware(app: ASGIApp, policy: CorsPolicy) -> ASGIApp:
-    """Answer preflight requests, and add CORS headers to the answers of allowed origins."""
-
-    async def with_cors(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await app(scope, receive, send)
-            return
-        origin = preflight = None
-        for name, value in scope["headers"]:
-            if name == b"origin":
-                origin = value
-            elif name == b"access-control-request-method":
-                preflight = value
-        kind = policy.kinds.get(scope["path"]) if origin else None
-        if origin is None or kind is None:
-            await app(scope, receive, send)
-            return
-        allowed = policy.allows(kind, origin)
-        wildcard = b"*" in policy.origins[kind]
-        allow_origin = b"*" if wildcard else origin
-        if scope["method"] == "OPTIONS" and preflight is not None:
-            await _answer_preflight(send, kind, allow_origin if allowed else None)
-            return
-        if not allowed:
-            await app(scope, receive, send)  # the browser withholds the answer itself
-            return
-
-        async def send_with_cors(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                extra = [
-                    (b"access-control-allow-origin", allow_origin),
-                    (b"access-control-expose-headers", EXPOSED_HEADERS),
-                ]
-                if not wildcard:
-                    extra.append((b"vary", b"Origin"))
-                message["headers"] = [*message.get("headers", ()), *extra]
-            await send(message)
-
-        await app(scope, receive, send_with_cors)
-
-    return with_cors
 
 
 async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
@@ -97,7 +57,8 @@ async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], b
     await send(done)
 
 
-async def _answer_preflight(send: Send, kind: Kind, allow_origin: bytes | None) -> None:
+async def answer_preflight(send: Send, kind: Kind, allow_origin: bytes | None) -> None:
+    """204 with what the browser may send, or 403 when the origin may not call the route."""
     if allow_origin is None:
         headers = [(b"content-type", b"application/json"),
                    (b"content-length", str(len(REFUSED_BODY)).encode())]  # fmt: skip

@@ -13,3 +13,6 @@ class ErrorBody(msgspec.Struct, omit_defaults=True):
     detail: str
     parameter: str | None = None
     request_id: str | None = None
+    # The same again under the names RudderStack's SDK reads (SDK routes only).
+    code: str | None = None
+    message: str | None = None

@@ -7,15 +7,21 @@ PostHog) produce the same `Parsed` rows and go through `submit` too.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
+from event_metrics import posthog, sdk, segment
+from event_metrics.auth import KeyStore
 from event_metrics.events import InvalidEvent, parse_event
+from event_metrics.payload import TooManyEvents
 from event_metrics.queue import IngestQueue
 from event_metrics.schema import Row
 from event_metrics.settings import IngestSettings
@@ -88,6 +94,9 @@ class RateLimiter:
         self._buckets[project_id] = (tokens - events, now)
 
 
+Protocol = Literal["segment", "posthog"]
+
+
 class Ingestor:
     """Validates, queues and answers; one per process, shared by every protocol."""
 
@@ -97,6 +106,9 @@ class Ingestor:
         self.settings = settings
         self.queue = queue
         self.limiter = RateLimiter(rate_limit_events_per_s)
+        # Events refused one by one, by protocol: SDKs get a 200 for a partly bad batch
+        # and do not show its rejections to anyone, so this is where they are seen.
+        self.rejected: Counter[str] = Counter(native=0, segment=0, posthog=0)
         self._max_future = timedelta(seconds=settings.max_future_s)
 
     def parse_native(self, items: list[bytes], project_id: int) -> Parsed:
@@ -118,7 +130,73 @@ class Ingestor:
                 parsed.reject(index, str(exc))
             else:
                 parsed.add(index, row)
+        if parsed.rejected:
+            self.rejected["native"] += len(parsed.rejected)
         return parsed
+
+    async def ingest_sdk(
+        self,
+        protocol: Protocol,
+        text: bytes,
+        *,
+        path: str,
+        query: dict[str, str],
+        header_key: str | None,
+        keys: KeyStore,
+    ) -> dict[str, Any]:
+        """A Segment or PostHog body: find its key, map each message, store the valid
+        ones. The answer is for a 200 whatever was rejected: SDKs retry anything else,
+        and a retry would not make a bad message good."""
+        settings = self.settings
+        size, depth = settings.max_event_bytes, settings.max_property_depth
+        received_at = datetime.now(UTC)
+        build: Callable[[msgspec.Raw], sdk.Message]
+        if protocol == "segment":
+            segment_request = segment.parse(text, path)
+            segment_request.checked = sdk.body_is_clean(
+                text, max_depth=depth + 1 + segment_request.nesting
+            )
+            items, body_key = segment_request.messages, segment_request.key
+            build = functools.partial(
+                segment.message, request=segment_request, max_event_bytes=size, max_depth=depth
+            )
+            answer = segment.answer
+        else:
+            posthog_request = posthog.parse(text, query)
+            posthog_request.checked = sdk.body_is_clean(
+                text, max_depth=depth + 1 + posthog_request.nesting
+            )
+            items = posthog_request.events
+            body_key = posthog_request.key or posthog.key_in_events(posthog_request)
+            build = functools.partial(
+                posthog.message, request=posthog_request, received_at=received_at,
+                max_event_bytes=size, max_depth=depth,
+            )  # fmt: skip
+            answer = posthog.answer
+        secret = header_key or body_key
+        project_id = keys.authorize_checked(secret, "write") or await keys.authorize(
+            secret, "write"
+        )
+        if len(items) > settings.max_events_per_request:
+            raise TooManyEvents(
+                f"{len(items)} events in one request; the limit is "
+                f"{settings.max_events_per_request}"
+            )
+        parsed = Parsed(project_id, count=len(items))
+        for index, raw in enumerate(items):
+            try:
+                row = sdk.to_row_from(
+                    build(raw), project_id=project_id, received_at=received_at,
+                    max_future=self._max_future,
+                )  # fmt: skip
+            except InvalidEvent as exc:
+                parsed.reject(index, str(exc))
+            else:
+                parsed.add(index, row)
+        self.rejected[protocol] += len(parsed.rejected)
+        body, _ = await self.submit(parsed, wait=True)
+        rejected = [{"index": r.index, "error": r.error} for r in parsed.rejected]
+        return answer(body.accepted, body.duplicates, rejected)
 
     async def submit(self, parsed: Parsed, *, wait: bool) -> tuple[IngestResponse, int]:
         """Queue the valid rows as one ticket (all or nothing) and, unless wait is False,

@@ -9,18 +9,92 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter, QueryParameter
 
-from event_metrics.auth import KeyStore, secret_from_headers
+from event_metrics import posthog, sdk, segment
+from event_metrics.auth import secret_from_headers
 from event_metrics.errors import ErrorBody
-from event_metrics.ingest import Ingestor, IngestResponse
+from event_metrics.ingest import IngestResponse, Protocol
 from event_metrics.metrics import MetricsResponse, parse_query
-from event_metrics.metrics_service import MetricsService
 from event_metrics.openapi import READ_KEY, WRITE_KEY, IngestOperation
 from event_metrics.payload import body_headers, media_type, read_request_body, split_events
 from event_metrics.services import Health, Services
 
 # Routes that take events (CORS: any origin by default) and that read metrics.
-INGEST_PATHS = ("/events",)
+SDK_PATHS = (*segment.PATHS, *posthog.PATHS)
+INGEST_PATHS = ("/events", *SDK_PATHS)
 READ_PATHS = ("/metrics",)
+SDK_RESPONSES = {
+    400: ResponseSpec(ErrorBody, description="the body as a whole is not what the SDK sends"),
+    401: ResponseSpec(ErrorBody, description="no write key, or an unknown or revoked one"),
+    403: ResponseSpec(ErrorBody, description="a read key"),
+    413: ResponseSpec(ErrorBody, description="body or batch over the limits"),
+    429: ResponseSpec(ErrorBody, description="over the project's rate limit"),
+    503: ResponseSpec(ErrorBody, description="overloaded or not committed in time: retry"),
+}
+
+
+async def _sdk_ingest(
+    protocol: Protocol, request: Request[Any, Any, Any], services: Services
+) -> Response[dict[str, Any]]:
+    ingestor = services.ingestor
+    headers = body_headers(request.scope["headers"])
+    body = await read_request_body(
+        request.receive, headers, max_bytes=ingestor.settings.max_body_bytes
+    )
+    text = sdk.json_body(
+        body, content_type=headers.content_type, max_bytes=ingestor.settings.max_body_bytes
+    )
+    answer = await ingestor.ingest_sdk(
+        protocol,
+        text,
+        path=request.scope["path"],
+        query=dict(request.query_params),
+        header_key=secret_from_headers(request.scope["headers"]),
+        keys=services.keys,
+    )
+    return Response(answer, status_code=200)
+
+
+@post(
+    list(segment.PATHS),
+    summary="Segment and RudderStack SDKs: batches and single messages",
+    description=(
+        'Segment\'s tracking API: /v1/batch and /v1/import take {"batch": [messages], '
+        '"sentAt", "writeKey"}; /v1/track, /identify, /page, /screen, /group, /alias and '
+        "/v1/t, /i, /p, /s, /g, /a take one message. The write key is the Basic user name or "
+        "the body's writeKey. JSON, text/plain JSON, or gzip. Always 200 with "
+        '{"success": true} once the valid messages are committed; rejected messages are '
+        "listed in the body (docs/api.md maps every field)."
+    ),
+    status_code=200,
+    request_max_body_size=None,
+    security=WRITE_KEY,
+    responses=SDK_RESPONSES,
+)
+async def segment_ingest(
+    request: Request[Any, Any, Any], services: NamedDependency[Services]
+) -> Response[dict[str, Any]]:
+    return await _sdk_ingest("segment", request, services)
+
+
+@post(
+    list(posthog.PATHS),  # with or without a trailing slash: Litestar matches both
+    summary="PostHog SDKs: capture and batch",
+    description=(
+        'PostHog\'s capture API (posthog-python, posthog-js, ...): {"api_key", "batch": '
+        '[events], "sent_at"}, a single event, or an array of events. The project token is '
+        "api_key or token in the body, properties.token, or a Bearer key. JSON, text/plain, "
+        "gzip (with or without Content-Encoding), or a form whose data field is base64. "
+        'Always 200 with {"status": 1} once the valid events are committed.'
+    ),
+    status_code=200,
+    request_max_body_size=None,
+    security=WRITE_KEY,
+    responses=SDK_RESPONSES,
+)
+async def posthog_ingest(
+    request: Request[Any, Any, Any], services: NamedDependency[Services]
+) -> Response[dict[str, Any]]:
+    return await _sdk_ingest("posthog", request, services)
 
 
 @post(
@@ -48,8 +122,7 @@ READ_PATHS = ("/metrics",)
 )
 async def ingest(
     request: Request[Any, Any, Any],
-    ingestor: NamedDependency[Ingestor],
-    keys: NamedDependency[KeyStore],
+    services: NamedDependency[Services],
     wait: Annotated[
         bool,
         Parameter(
@@ -61,7 +134,10 @@ async def ingest(
     ] = True,
 ) -> Response[IngestResponse]:
     # The key first: a request without one is refused before its body is read.
-    project_id = await keys.authorize(secret_from_headers(request.scope["headers"]), "write")
+    secret = secret_from_headers(request.scope["headers"])
+    keys = services.keys
+    project_id = keys.authorize_checked(secret, "write") or await keys.authorize(secret, "write")
+    ingestor = services.ingestor
     settings = ingestor.settings
     headers = body_headers(request.scope["headers"])
     kind = media_type(headers.content_type)
@@ -82,8 +158,7 @@ async def ingest(
 )
 async def metrics(
     request: Request[Any, Any, Any],
-    metrics_service: NamedDependency[MetricsService],
-    keys: NamedDependency[KeyStore],
+    services: NamedDependency[Services],
     start: Annotated[
         str | None,
         QueryParameter(
@@ -122,7 +197,10 @@ async def metrics(
         ),
     ] = None,
 ) -> Response[MetricsResponse]:
-    project_id = await keys.authorize(secret_from_headers(request.scope["headers"]), "read")
+    secret = secret_from_headers(request.scope["headers"])
+    keys = services.keys
+    project_id = keys.authorize_checked(secret, "read") or await keys.authorize(secret, "read")
+    metrics_service = services.metrics
     query = parse_query(
         project_id=project_id,
         start=start,

@@ -37,6 +37,7 @@ class Health(msgspec.Struct, omit_defaults=True):
     rows_written: int
     writers: dict[str, Any]
     keys: dict[str, Any]
+    rejected_events: dict[str, int]  # by protocol, since the process started
     replication: dict[str, Any] | None = None
     rollups: dict[str, Any] | None = None
 
@@ -81,6 +82,7 @@ class Services:
             rows_written=self.writers.rows_written,
             writers=writers,
             keys=self.keys.status(),
+            rejected_events=dict(self.ingestor.rejected),
             replication=replication,
             rollups=rollups,
         )

@@ -1,0 +1,221 @@
+"""What the SDK protocols (segment.py, posthog.py) share: reading the bodies SDKs send,
+finding their keys, and turning one SDK message into our row without losing anything.
+
+SDK bodies come as JSON, as `text/plain` JSON (browsers avoid a CORS preflight that way),
+gzipped with or without a `Content-Encoding` header (posthog-js sends bare gzip), or as a
+form whose `data` field is base64 or JSON (posthog-js). Everything a message carries that
+has no column of its own is kept in the stored properties under a reserved key, so it can
+be read back or re-derived later.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import urllib.parse
+import zlib
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from event_metrics import json_checks
+from event_metrics.events import EventIn, InvalidEvent, to_row
+from event_metrics.payload import MalformedPayload, PayloadTooLarge
+from event_metrics.schema import Row
+
+GZIP_MAGIC = b"\x1f\x8b"
+FORM = "application/x-www-form-urlencoded"
+_raw_object = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_encode = msgspec.json.Encoder().encode
+
+
+def json_body(body: bytes, *, content_type: str | None, max_bytes: int) -> bytes:
+    """The JSON text of an SDK request body, whatever wrapping the SDK chose."""
+    kind = (content_type or "").split(";", 1)[0].strip().lower()
+    if kind == FORM:
+        body = _form_data(body)
+    if body[:2] == GZIP_MAGIC:  # posthog-js gzips without saying so
+        body = _gunzip(body, max_bytes)
+    return body
+
+
+def _form_data(body: bytes) -> bytes:
+    fields = urllib.parse.parse_qs(body, max_num_fields=20, keep_blank_values=True)
+    values = fields.get(b"data")
+    if not values:
+        raise MalformedPayload("a form body must carry the events in its 'data' field")
+    data = values[0].strip()
+    if data[:1] in (b"{", b"["):
+        return data
+    try:
+        padded = data + b"=" * (-len(data) % 4)
+        return base64.b64decode(padded.replace(b"-", b"+").replace(b"_", b"/"), validate=True)
+    except binascii.Error:
+        raise MalformedPayload("the form's 'data' field is neither JSON nor base64") from None
+
+
+def _gunzip(body: bytes, max_bytes: int) -> bytes:
+    out = bytearray()
+    pending = body
+    while pending:
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            out += inflater.decompress(pending, max_bytes - len(out) + 1)
+        except zlib.error as exc:
+            raise MalformedPayload(f"body is not valid gzip: {exc}") from None
+        if inflater.unconsumed_tail or len(out) > max_bytes:
+            raise PayloadTooLarge(f"decompressed body is over {max_bytes} bytes")
+        if not inflater.eof:
+            raise MalformedPayload("body is truncated gzip")
+        pending = inflater.unused_data
+    return bytes(out)
+
+
+def envelope(text: bytes) -> dict[str, msgspec.Raw] | list[msgspec.Raw]:
+    """The body's outer JSON value: an object by its keys, or an array of its items."""
+    try:
+        text.decode("utf-8")
+        if text.lstrip()[:1] == b"[":
+            items: list[msgspec.Raw] = msgspec.json.decode(text, type=list[msgspec.Raw])
+            return items
+        fields = _raw_object.decode(text)
+    except UnicodeDecodeError:
+        raise MalformedPayload("body is not valid UTF-8") from None
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        raise MalformedPayload(f"body is not a JSON object or array: {exc}") from None
+    # A repeated outer key ({"batch": [A], "batch": [B]}) is ambiguous; only when a key's
+    # text occurs twice anywhere is it worth parsing the outer object's keys exactly.
+    if any(text.count(msgspec.json.encode(key)) > 1 for key in fields):
+        names = json_checks.top_level_keys(text)
+        if len(names) != len(set(names)):
+            raise MalformedPayload("body is ambiguous: a key appears twice")
+    return fields
+
+
+def text_of(raw: msgspec.Raw | None) -> str | None:
+    """A JSON string value's text; None for absent, null, or anything not a string."""
+    if raw is None:
+        return None
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    return value if isinstance(value, str) else None
+
+
+def instant(value: Any) -> datetime | None:
+    """An RFC 3339 / ISO 8601 time with an offset (naive times are refused)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidEvent(f"{value[:40]!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise InvalidEvent(f"{value[:40]!r} has no UTC offset")
+    return moment
+
+
+def body_is_clean(text: bytes, *, max_depth: int) -> bool:
+    """Whether a whole body passes the checks every message must pass: then its messages
+    need no check of their own (one pass over the body costs far less than one per
+    message). `max_depth` counts the levels above the messages too."""
+    try:
+        json_checks.decode(text, max_depth=max_depth)
+    except json_checks.InvalidJSON:
+        return False  # some message is bad: each is checked on its own, to say which
+    return True
+
+
+def check(raw: msgspec.Raw, *, max_event_bytes: int, max_depth: int, deep: bool) -> None:
+    """The same checks as a native event's properties (`deep`: unless the whole body was
+    checked already), one level deeper: the message itself is the outer level."""
+    if len(raw) > max_event_bytes:
+        raise InvalidEvent(f"message is {len(raw)} bytes; the limit is {max_event_bytes}")
+    if deep:
+        try:
+            json_checks.decode(raw, max_depth=max_depth + 1)
+        except json_checks.InvalidJSON as exc:
+            raise InvalidEvent(str(exc)) from None
+
+
+def members(raw: msgspec.Raw | bytes) -> dict[str, msgspec.Raw]:
+    """The members of a JSON object by name, each as its JSON text."""
+    try:
+        return _raw_object.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        raise InvalidEvent("a message must be a JSON object") from None
+
+
+class Message(msgspec.Struct):
+    """What one SDK message maps to, by column (docs/api.md has the table)."""
+
+    event_name: Any
+    user_id: Any
+    key: Any
+    timestamp: datetime | None
+    sent_at: datetime | None
+    channel: Any
+    properties: msgspec.Raw | None  # the user's own, as sent
+    reserved: dict[str, bytes] = {}  # JSON texts kept under $keys (msgspec copies it)
+
+
+def to_row_from(
+    message: Message, *, project_id: int, received_at: datetime, max_future: timedelta
+) -> Row:
+    """The row of a message, checked like a native event (lengths, NUL, times)."""
+    fields = {"event_name": message.event_name, "user_id": message.user_id}
+    if message.key is not None:
+        fields["idempotency_key"] = message.key
+    if isinstance(message.channel, str) and message.channel:
+        fields["channel"] = message.channel[:200]
+    try:
+        event = msgspec.convert(fields, EventIn)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(str(exc).replace(" - at `$.", ": ").rstrip("`")) from None
+    event.timestamp = message.timestamp
+    event.sent_at = message.sent_at
+    return to_row(
+        event, compose(message.properties, message.reserved), project_id=project_id,
+        received_at=received_at, max_future=max_future,
+    )  # fmt: skip
+
+
+def compose(properties: msgspec.Raw | None, reserved: Mapping[str, bytes]) -> str | None:
+    """The stored properties: the user's own as sent, then the reserved keys that are not
+    theirs. Built from JSON texts, so numbers keep their digits; the message they come
+    from was checked whole, so the result needs no second check."""
+    own = bytes(properties) if properties is not None else b"{}"  # a Raw is exactly the value
+    if own == b"null":
+        own = b"{}"
+    elif own[:1] != b"{":
+        raise InvalidEvent("properties must be a JSON object")
+    tail = []
+    for name, text in reserved.items():
+        key = _key(name)
+        if key in own and name in members(own):  # the user's own property of that name wins
+            continue
+        tail.append(key + b":" + text)
+    if not tail:
+        return own.decode() if own != b"{}" else None
+    head = own[:-1].rstrip()
+    if head != b"{":
+        head += b","
+    return (head + b",".join(tail)).decode() + "}"
+
+
+def object_text(members: Mapping[str, msgspec.Raw]) -> bytes:
+    """A JSON object from its members' texts (msgspec writes a Raw value as it is)."""
+    return _encode(members)
+
+
+@functools.lru_cache(maxsize=4096)  # messages of one SDK repeat the same few names
+def _key(name: str) -> bytes:
+    return msgspec.json.encode(name)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
