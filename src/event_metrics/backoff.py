@@ -11,6 +11,8 @@ import logging
 import random
 import time
 
+from event_metrics import telemetry
+
 
 class Backoff:
     """Delays that double from initial_s up to max_s, each jittered to 50-150%."""
@@ -63,6 +65,7 @@ class LoopState:
         """A failed attempt: logged on entering `failing` and when the error's kind changes."""
         text = describe(error)
         self.failures += 1
+        telemetry.RETRIES.labels(self.name.replace(" ", "_")).inc()
         self.last_error = text
         kind = type(error).__name__
         if self.state != "failing" or self._logged_error != kind:

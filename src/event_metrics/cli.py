@@ -20,7 +20,7 @@ import msgspec
 
 from event_metrics import __version__, http_server, logs, projects, rollups, verify
 from event_metrics.migrations import upgrade_head
-from event_metrics.postgres import start_embedded
+from event_metrics.postgres import EmbeddedUnavailable, start_embedded
 from event_metrics.replicator import Replicator
 from event_metrics.settings import ConfigError, Settings, unknown_variables, variables
 
@@ -32,7 +32,7 @@ Product-analytics events in over HTTP, counts and exact unique users out.
 
 Every command reads its configuration from EVENT_METRICS_* environment variables (the
 README lists them all). Without EVENT_METRICS_DATABASE_URL, commands start an embedded
-PostgreSQL whose data lives under EVENT_METRICS_DATA_DIR (default .data).
+PostgreSQL (the `embedded` extra) whose data lives under EVENT_METRICS_DATA_DIR (default .data).
 """
 DEFAULT_KEYS_FILE = "default-project.env"
 
@@ -50,7 +50,10 @@ def database(settings: Settings) -> Iterator[Settings]:
     (started here and stopped on the way out), migrated to head."""
     server = None
     if not settings.database_url:
-        url, server = start_embedded(settings.data_dir)
+        try:
+            url, server = start_embedded(settings.data_dir)
+        except EmbeddedUnavailable as exc:
+            raise Failure(str(exc)) from None
         settings = msgspec.structs.replace(settings, database_url=url)
     try:
         assert settings.database_url is not None

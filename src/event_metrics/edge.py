@@ -4,14 +4,20 @@ the answers of allowed origins). One layer, not two: each costs a coroutine per 
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from event_metrics import request_ids
+from event_metrics import request_ids, telemetry
 from event_metrics.cors import CorsPolicy, answer_preflight
 
 
-def middleware(app: ASGIApp, policy: CorsPolicy) -> ASGIApp:
+def middleware(app: ASGIApp, policy: CorsPolicy, routes: Collection[str]) -> ASGIApp:
+    """`routes`: the paths counted under their own name in the requests metric; any other
+    path is counted as `/schema` (the docs pages) or `other`, so the labels stay few."""
+    known = frozenset(routes)
+
     async def edge(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
@@ -27,29 +33,34 @@ def middleware(app: ASGIApp, policy: CorsPolicy) -> ASGIApp:
         request_id = request_ids.assign(incoming)
         token = request_ids.current.set(request_id)
         extra = [(b"x-request-id", request_id.encode("ascii"))]
-        kind = policy.kinds.get(scope["path"].rstrip("/")) if origin is not None else None
+        path = scope["path"].rstrip("/")
+        route = path if path in known else "/schema" if path.startswith("/schema") else "other"
+        kind = policy.kinds.get(path) if origin is not None else None
         try:
             if kind is not None and origin is not None:
                 allowed = policy.allows(kind, origin)
                 if scope["method"] == "OPTIONS" and preflight is not None:
                     headers = policy.response_headers(kind, origin) if allowed else None
                     await answer_preflight(
-                        _adding(send, extra), kind, headers[0][1] if headers else None
+                        _adding(send, extra, route), kind, headers[0][1] if headers else None
                     )
                     return
                 if allowed:
                     extra += policy.response_headers(kind, origin)
-            await app(scope, receive, _adding(send, extra))
+            await app(scope, receive, _adding(send, extra, route))
         finally:
             request_ids.current.reset(token)
 
     return edge
 
 
-def _adding(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+def _adding(send: Send, headers: list[tuple[bytes, bytes]], route: str) -> Send:
+    """Add the headers to the answer, and count it by route and status."""
+
     async def send_with_headers(message: Message) -> None:
         if message["type"] == "http.response.start":
             message["headers"] = [*message.get("headers", ()), *headers]
+            telemetry.count_request(route, message["status"])
         await send(message)
 
     return send_with_headers

@@ -31,17 +31,26 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     `properties` stays the client's JSON text: it is checked, then stored as sent.
     """
 
-    event_name: Name
-    user_id: Key
-    timestamp: Instant | None = None
-    idempotency_key: Key | None = None
-    channel: Channel | None = None
+    event_name: Annotated[Name, msgspec.Meta(examples=["signup"])]
+    user_id: Annotated[Key, msgspec.Meta(examples=["u-1"])]
+    timestamp: Annotated[Instant, msgspec.Meta(examples=["2026-11-01T09:15:00Z"])] | None = None
+    idempotency_key: Annotated[Key, msgspec.Meta(examples=["web-view-7f3a9c"])] | None = None
+    channel: Annotated[Channel, msgspec.Meta(examples=["web"])] | None = None
     properties: msgspec.Raw = msgspec.Raw(b"")
-    sent_at: Instant | None = None
+    sent_at: Annotated[Instant, msgspec.Meta(examples=["2026-11-01T09:15:03Z"])] | None = None
+
+
+# Why an event was refused, in a word: a metric label, so a fixed and small set.
+REJECTION_REASONS = ("invalid_field", "invalid_json", "too_large", "bad_timestamp")
 
 
 class InvalidEvent(Exception):
-    """One event in a request is not acceptable; the message says why."""
+    """One event in a request is not acceptable; the message says why, `reason` in a word
+    (one of REJECTION_REASONS)."""
+
+    def __init__(self, message: str, reason: str = "invalid_field") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 _decoder = msgspec.json.Decoder(EventIn)
@@ -63,18 +72,20 @@ def parse_event(
 ) -> Row:
     """Validate one JSON-encoded event and turn it into a Row, or raise InvalidEvent."""
     if len(raw) > max_event_bytes:
-        raise InvalidEvent(f"event is {len(raw)} bytes; the limit is {max_event_bytes}")
+        raise InvalidEvent(
+            f"event is {len(raw)} bytes; the limit is {max_event_bytes}", "too_large"
+        )
     try:
         event = _decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise InvalidEvent(_describe(str(exc))) from None
     except (msgspec.DecodeError, ValueError, RecursionError) as exc:
-        raise InvalidEvent(f"not a valid JSON event: {_reason(exc)}") from None
+        raise InvalidEvent(f"not a valid JSON event: {_reason(exc)}", "invalid_json") from None
     if b"\\u" in raw or _repeats_a_field(raw):
         try:
             json_checks.refuse_duplicate_keys(raw)
         except json_checks.InvalidJSON as exc:
-            raise InvalidEvent(str(exc)) from None
+            raise InvalidEvent(str(exc), "invalid_json") from None
     properties = None
     text = bytes(event.properties)
     if text and text != b"null":
@@ -82,7 +93,7 @@ def parse_event(
             if not isinstance(json_checks.decode(text, max_depth=max_depth), dict):
                 raise InvalidEvent("properties must be a JSON object")
         except json_checks.InvalidJSON as exc:
-            raise InvalidEvent(f"properties: {exc}") from None
+            raise InvalidEvent(f"properties: {exc}", "invalid_json") from None
         properties = text.decode()
     return to_row(
         event, properties, project_id=project_id, received_at=received_at, max_future=max_future
@@ -114,20 +125,23 @@ def to_row(
     for field in ("timestamp", "sent_at"):
         value = getattr(event, field)
         if value is not None and not _fits_utc(value):
-            raise InvalidEvent(f"{field} is out of range")
+            raise InvalidEvent(f"{field} is out of range", "bad_timestamp")
     ts = event.timestamp or received_at
     if event.sent_at is not None and event.timestamp is not None:
         # The client's clock may be off; what it measured (sent_at - timestamp) is not.
         try:
             ts = received_at - (event.sent_at - event.timestamp)
         except OverflowError:
-            raise InvalidEvent("sent_at - timestamp is out of range") from None
+            raise InvalidEvent("sent_at - timestamp is out of range", "bad_timestamp") from None
     if ts > received_at + max_future:
         raise InvalidEvent(
-            f"timestamp {ts.isoformat()} is more than {max_future} ahead of the server clock"
+            f"timestamp {ts.isoformat()} is more than {max_future} ahead of the server clock",
+            "bad_timestamp",
         )
     if ts < EARLIEST:
-        raise InvalidEvent("timestamp must not be earlier than 1970-01-01T00:00:00Z")
+        raise InvalidEvent(
+            "timestamp must not be earlier than 1970-01-01T00:00:00Z", "bad_timestamp"
+        )
 
     key = event.idempotency_key or derive_key(event, properties)
     return Row(

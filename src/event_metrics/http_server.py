@@ -21,6 +21,7 @@ from typing import Literal
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from event_metrics import telemetry
 from event_metrics.settings import HttpSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -169,9 +170,15 @@ def raise_open_files_limit() -> None:
 
 def run(settings: HttpSettings, *, shutdown_timeout_s: float) -> None:
     """Serve the app with uvicorn; worker processes build it from the environment."""
-    import uvicorn
 
     raise_open_files_limit()
+    with telemetry.multiprocess_dir(settings.workers):
+        _run_uvicorn(settings, shutdown_timeout_s)
+
+
+def _run_uvicorn(settings: HttpSettings, shutdown_timeout_s: float) -> None:
+    import uvicorn
+
     uvicorn.run(
         "event_metrics.app:app_from_env",
         factory=True,

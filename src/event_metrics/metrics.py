@@ -8,7 +8,7 @@ import importlib.resources
 import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -75,16 +75,22 @@ class Totals(msgspec.Struct):
     unique_users: int
 
 
+Rfc3339 = Annotated[str, msgspec.Meta(examples=["2026-11-01T01:00:00+01:00"])]
+# A series row: where its bucket starts, one key per group_by dimension, the counts.
+ROW_EXAMPLE = {"bucket_start": "2026-11-01T10:00:00+01:00", "channel": "web", "events": 2,
+               "unique_users": 2}  # fmt: skip
+
+
 class MetricsResponse(msgspec.Struct, kw_only=True):
-    from_: str = msgspec.field(name="from")
-    to: str
+    from_: Rfc3339 = msgspec.field(name="from")
+    to: Rfc3339
     event_name: str | None
     granularity: str
     group_by: list[str]
-    timezone: str
+    timezone: Annotated[str, msgspec.Meta(examples=["Europe/Berlin"])]
     backend: str
     total: Totals
-    series: list[dict[str, Any]]
+    series: Annotated[list[dict[str, Any]], msgspec.Meta(examples=[[ROW_EXAMPLE]])]
 
 
 # What an engine returns for a series row: (bucket, *dimension values, events, unique_users).

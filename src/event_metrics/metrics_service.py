@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Literal
 
 import asyncpg
 
-from event_metrics import metrics_clickhouse, metrics_postgres, metrics_rollup
+from event_metrics import metrics_clickhouse, metrics_postgres, metrics_rollup, telemetry
 from event_metrics.clickhouse import ClickHousePool
 from event_metrics.metrics import InvalidParameter, MetricsQuery, MetricsResponse
 from event_metrics.settings import Settings
@@ -78,7 +79,11 @@ class MetricsService:
     ) -> tuple[MetricsResponse, str]:
         """The answer from the chosen engine, and the plan that produced it."""
         async with self.gate.turn():
-            return await self._answer(query, backend or self.settings.backend, plan or "auto")
+            started = time.monotonic()
+            chosen = backend or self.settings.backend
+            answer, used = await self._answer(query, chosen, plan or "auto")
+            telemetry.QUERY_SECONDS.labels(chosen, used).observe(time.monotonic() - started)
+            return answer, used
 
     async def _answer(
         self, query: MetricsQuery, backend: str, plan: Plan

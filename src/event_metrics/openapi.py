@@ -1,4 +1,5 @@
-"""OpenAPI pieces Litestar cannot infer: the POST /events body, read by hand from the stream."""
+"""OpenAPI pieces Litestar cannot infer: the security schemes, and the bodies the handlers
+read by hand from the stream (openapi_examples.py holds the examples and the answers)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from litestar.openapi.spec import (
 )
 
 from event_metrics.events import EventIn
+from event_metrics.openapi_examples import EVENTS_EXAMPLES, POSTHOG_EXAMPLES, SEGMENT_EXAMPLES
 
 SECURITY_SCHEMES: dict[str, SecurityScheme | Reference] = {
     "writeKey": SecurityScheme(
@@ -65,7 +67,7 @@ def _to_schema(node: dict[str, Any], definitions: dict[str, Any]) -> Schema:
         elif key == "type":
             fields[key] = OpenAPIType(value)
         elif key in ("title", "description", "required", "format", "minLength",
-                     "maxLength", "enum", "default", "pattern"):  # fmt: skip
+                     "maxLength", "enum", "default", "pattern", "examples"):  # fmt: skip
             fields[_snake(key)] = value
     return Schema(**fields)
 
@@ -104,21 +106,60 @@ BODY = Schema(
 )
 
 
+# --- the bodies the handlers read by hand -------------------------------------------------
+
+
+def _body(description: str, content: dict[str, OpenAPIMediaType]) -> RequestBody:
+    return RequestBody(required=True, description=description, content=content)
+
+
 @dataclass
 class IngestOperation(Operation):
-    """POST /events: the handler reads the body itself, so describe it here."""
+    """POST /events."""
 
     def __post_init__(self) -> None:
-        self.request_body = RequestBody(
-            required=True,
-            description=(
-                'One event, a JSON array of events, or {"events": [...]}; or NDJSON, one '
-                "event per line. Content-Encoding: gzip is accepted."
-            ),
-            content={
-                "application/json": OpenAPIMediaType(schema=BODY),
+        self.request_body = _body(
+            'One event, a JSON array of events, or {"events": [...]}; or NDJSON, one event per '
+            "line. Content-Encoding: gzip is accepted.",
+            {
+                "application/json": OpenAPIMediaType(schema=BODY, examples=EVENTS_EXAMPLES),
+                # No example: schemathesis cannot send one (docs/api.md shows NDJSON).
                 "application/x-ndjson": OpenAPIMediaType(
                     schema=Schema(type=OpenAPIType.STRING, description="one event object per line")
                 ),
+            },
+        )
+
+
+@dataclass
+class SegmentOperation(Operation):
+    """The Segment routes."""
+
+    def __post_init__(self) -> None:
+        self.request_body = _body(
+            '{"batch": [messages], "sentAt", "writeKey"} on /v1/batch, /v1/import and /v1/b; '
+            "one message on the other paths. Also sent as text/plain, or gzipped.",
+            {
+                "application/json": OpenAPIMediaType(
+                    schema=Schema(type=OpenAPIType.OBJECT), examples=SEGMENT_EXAMPLES
+                )
+            },
+        )
+
+
+@dataclass
+class PostHogOperation(Operation):
+    """The PostHog routes."""
+
+    def __post_init__(self) -> None:
+        self.request_body = _body(
+            '{"api_key", "batch": [events], "sent_at"}, one event with its api_key, or an array '
+            "of events. Also sent as text/plain, gzipped, or as a form whose data field is "
+            "base64.",
+            {
+                "application/json": OpenAPIMediaType(
+                    schema=Schema(type=[OpenAPIType.OBJECT, OpenAPIType.ARRAY]),
+                    examples=POSTHOG_EXAMPLES,
+                )
             },
         )

@@ -117,7 +117,7 @@ def message(
         try:
             timestamp = received_at - timedelta(milliseconds=offset)
         except OverflowError:
-            raise InvalidEvent("offset is out of range") from None
+            raise InvalidEvent("offset is out of range", "bad_timestamp") from None
     reserved = {k: bytes(v) for k, v in members.items() if k in PERSON_FIELDS}
     rest = {k: v for k, v in members.items() if k not in MAPPED and k not in PERSON_FIELDS}
     if rest:

@@ -21,10 +21,13 @@ class QueueClosed(Exception):
 class Ticket:
     """One request's events on their way to the database, and the outcome for each."""
 
-    __slots__ = ("enqueued_at", "future", "rows")
+    __slots__ = ("enqueued_at", "future", "protocol", "rows")
 
-    def __init__(self, rows: Sequence[Row], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, rows: Sequence[Row], loop: asyncio.AbstractEventLoop, protocol: str = "native"
+    ) -> None:
         self.rows = rows
+        self.protocol = protocol  # what the events came in as, for the metrics
         self.enqueued_at = time.monotonic()
         # Resolved by a writer with one bool per row: True if stored, False if duplicate.
         self.future: asyncio.Future[list[bool]] = loop.create_future()
@@ -75,13 +78,13 @@ class IngestQueue:
             return 0.0
         return time.monotonic() - self._tickets[0].enqueued_at
 
-    def put(self, rows: Sequence[Row]) -> Ticket:
+    def put(self, rows: Sequence[Row], protocol: str = "native") -> Ticket:
         """Enqueue a request's rows, or raise QueueFull / QueueClosed without enqueuing any."""
         if self._closed:
             raise QueueClosed("the service is shutting down")
         if self._events + len(rows) > self.max_events:
             raise QueueFull(f"ingest queue is full ({self._events} events waiting)")
-        ticket = Ticket(rows, asyncio.get_running_loop())
+        ticket = Ticket(rows, asyncio.get_running_loop(), protocol)
         self._tickets.append(ticket)
         self._events += len(rows)
         self._ready.set()

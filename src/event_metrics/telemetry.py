@@ -1,0 +1,206 @@
+"""Prometheus metrics, served at GET /internal/metrics (EVENT_METRICS_PROMETHEUS=false
+turns the route off). docs/operations.md lists every metric; docs/grafana/ graphs them.
+
+Counters and histograms are updated where things happen. Gauges that describe a state
+(queue depth, lags, loop states) are set from the parts' own status by `refresh`, which
+runs before every scrape and once a second in every process. With several HTTP worker
+processes, `event-metrics serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory
+before they start: each process then writes its numbers to files there, and a scrape,
+whichever process answers it, adds them up across processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+if TYPE_CHECKING:
+    from event_metrics.services import Services
+
+PATH = "/internal/metrics"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # the name prometheus-client reads
+
+# Events by what became of them. Rejections carry a reason from a fixed set
+# (events.REJECTION_REASONS), never the message: labels must stay few.
+EVENTS = Counter(
+    "event_metrics_events",
+    "Events committed, by protocol and outcome: accepted (new) or duplicate",
+    ["protocol", "outcome"],
+)
+REJECTED = Counter(
+    "event_metrics_events_rejected",
+    "Events refused one by one, by protocol and reason",
+    ["protocol", "reason"],
+)
+REQUESTS = Counter(
+    "event_metrics_http_requests",
+    "HTTP requests answered, by route and status code",
+    ["route", "status"],
+)
+COMMITS = Counter("event_metrics_writer_commits", "Transactions the writers committed")
+COMMIT_ROWS = Histogram(
+    "event_metrics_writer_commit_rows",
+    "Events per committed transaction",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000),
+)
+COMMIT_SECONDS = Histogram(
+    "event_metrics_writer_commit_seconds",
+    "Time to write and commit one batch (COPY or INSERT, then COMMIT)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+ACK_SECONDS = Histogram(
+    "event_metrics_ingest_ack_seconds",
+    "From a request's events entering the queue to their commit (what a client waits)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RETRIES = Counter(
+    "event_metrics_retries",
+    "Failed attempts of a background loop, each retried with backoff",
+    ["loop"],
+)
+QUERY_SECONDS = Histogram(
+    "event_metrics_query_seconds",
+    "GET /metrics answer time, by the engine and plan that answered",
+    ["backend", "plan"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+QUEUE_EVENTS = Gauge(
+    "event_metrics_queue_events", "Events waiting for a writer", multiprocess_mode="livesum"
+)
+QUEUE_CAPACITY = Gauge(
+    "event_metrics_queue_capacity_events",
+    "Events the queue holds at most",
+    multiprocess_mode="livesum",
+)
+QUEUE_OLDEST = Gauge(
+    "event_metrics_queue_oldest_age_seconds",
+    "How long the oldest waiting event has waited",
+    multiprocess_mode="livemax",
+)
+LAG_ROWS = Gauge(
+    "event_metrics_lag_rows",
+    "Committed events a follower (replication, rollups) has not processed yet",
+    ["loop"],
+    multiprocess_mode="livemax",
+)
+LAG_SECONDS = Gauge(
+    "event_metrics_lag_seconds",
+    "Age of the oldest committed event a follower has not processed yet",
+    ["loop"],
+    multiprocess_mode="livemax",
+)
+STATE = Gauge(
+    "event_metrics_loop_state",
+    "1 for the state each background loop is in (in any process), 0 for the others",
+    ["loop", "state"],
+    multiprocess_mode="livemax",
+)
+LOOP_STATES = ("starting", "running", "standby", "failing", "stalled", "stopped")
+
+
+def count_committed(protocol: str, outcome: list[bool], waited_s: float) -> None:
+    """One request's events committed: how many were new, how long the request waited."""
+    accepted, duplicate = _outcome_counters(protocol)
+    fresh = sum(outcome)
+    if fresh:
+        accepted.inc(fresh)
+    if fresh < len(outcome):
+        duplicate.inc(len(outcome) - fresh)
+    ACK_SECONDS.observe(waited_s)
+
+
+def count_commit(rows: int, seconds: float) -> None:
+    COMMITS.inc()
+    COMMIT_ROWS.observe(rows)
+    COMMIT_SECONDS.observe(seconds)
+
+
+def count_request(route: str, status: int) -> None:
+    _request_counter(route, status).inc()
+
+
+@functools.cache  # routes and statuses are few (edge.py bounds the routes)
+def _request_counter(route: str, status: int) -> Any:
+    return REQUESTS.labels(route, str(status))
+
+
+@functools.cache  # a handful of protocols: the label lookup once each, not per request
+def _outcome_counters(protocol: str) -> tuple[Any, Any]:
+    return EVENTS.labels(protocol, "accepted"), EVENTS.labels(protocol, "duplicate")
+
+
+def refresh(services: Services) -> None:
+    """Set the gauges from the parts' own status (what /health shows)."""
+    queue = services.queue
+    QUEUE_EVENTS.set(queue.depth)
+    QUEUE_CAPACITY.set(queue.max_events)
+    QUEUE_OLDEST.set(queue.oldest_age_s())
+    # Named like the loops' own (LoopState) names, as the retries counter is.
+    loops: dict[str, dict[str, Any]] = {
+        "writers": services.writers.status(),
+        "key_cache": services.keys.status(),
+    }
+    if services.replicator is not None:
+        loops["replicator"] = services.replicator.status()
+    if services.refresher is not None:
+        loops["rollup_refresher"] = services.refresher.status()
+    for name, status in loops.items():
+        for state in LOOP_STATES:
+            STATE.labels(name, state).set(1 if status["state"] == state else 0)
+        if "lag_rows" in status:
+            LAG_ROWS.labels(name).set(status["lag_rows"])
+            LAG_SECONDS.labels(name).set(status["lag_seconds"])
+
+
+def exposition() -> bytes:
+    """The text a scrape gets: this process's registry, or all processes' files."""
+    if os.environ.get(MULTIPROCESS_DIR):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+@contextlib.contextmanager
+def multiprocess_dir(workers: int) -> Iterator[None]:
+    """With several worker processes, a fresh directory for their metric files, set in
+    the environment they inherit (a directory given in PROMETHEUS_MULTIPROC_DIR is
+    emptied instead: numbers from an earlier run must not be added in)."""
+    if workers == 1:
+        yield
+        return
+    given = os.environ.get(MULTIPROCESS_DIR)
+    if given:
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="event-metrics-prometheus-") as folder:
+        os.environ[MULTIPROCESS_DIR] = folder
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROCESS_DIR]
+
+
+def process_exited() -> None:
+    """Drop this process's live gauges from the multiprocess files on a clean exit."""
+    if os.environ.get(MULTIPROCESS_DIR):
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
