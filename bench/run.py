@@ -34,6 +34,7 @@ from typing import Any
 import asyncpg
 from throwaway.clickhouse import ClickHouseServer
 
+from bench import wrk
 from bench.seed import clickhouse_client
 from bench.summary import machine_info, render_summary
 
@@ -203,6 +204,47 @@ def run_loads(
     return results
 
 
+WRK_ROUNDS = 3
+WRK_WORKERS = (1, 2)
+
+
+def wrk_comparison(
+    runner: Runner, cli: str, env: dict[str, str], keys: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Single events under wrk, the service against the no-op app, rounds interleaved, on
+    one and on two HTTP worker processes each."""
+    results = []
+    for workers in WRK_WORKERS:
+        ports = {"service": free_port(), "noop": free_port()}
+        servers = {
+            "service": runner.start(
+                f"service-wrk-{workers}", [cli, "serve"],
+                env={**env, "EVENT_METRICS_PORT": str(ports["service"]),
+                     "EVENT_METRICS_HTTP_WORKERS": str(workers)},
+            ),
+            "noop": runner.start(
+                f"noop-wrk-{workers}",
+                [sys.executable, "-m", "bench.noop", "--port", str(ports["noop"]),
+                 "--workers", str(workers)],
+                env={},
+            ),
+        }  # fmt: skip
+        for name, proc in servers.items():
+            wait_http(f"http://127.0.0.1:{ports[name]}/health", proc,
+                      runner.workdir / f"{name}-wrk-{workers}.log")  # fmt: skip
+        rounds: dict[str, list[dict[str, Any]]] = {"service": [], "noop": []}
+        for _ in range(WRK_ROUNDS):
+            for name, proc in servers.items():
+                url = f"http://127.0.0.1:{ports[name]}"
+                result = wrk.run(url, key=keys["write"], pid=proc.pid)
+                runner.commands.append(f"WRK_AUTH='Bearer $WRITE_KEY' wrk {result['command']}")
+                rounds[name].append(result)
+        for proc in servers.values():
+            runner.stop(proc)
+        results.append({"workers": workers, "rounds": rounds})
+    return results
+
+
 def measure_freshness(base_url: str, keys: dict[str, str], trials: int = 20) -> dict[str, float]:
     """Milliseconds from a 200 on POST /events until /metrics (rollup plan) counts it."""
     delays = []
@@ -305,6 +347,10 @@ def benchmark(
     fold_wait_s = wait_folded(database_url)
     service_loads = run_loads(runner, service_url, args.load_total, keys, protocols=True)
     freshness = measure_freshness(service_url, keys)
+    runner.stop(service)  # the wrk runs start their own, on one and on two workers
+    wrk_runs = wrk_comparison(runner, cli, env, keys)
+    service = runner.start("service", [cli, "serve"], env={**env, "EVENT_METRICS_PORT": str(port)})
+    wait_http(f"{service_url}/health", service, runner.workdir / "service.log")
 
     noop_port = free_port()
     noop_url = f"http://127.0.0.1:{noop_port}"
@@ -338,6 +384,7 @@ def benchmark(
         "fold_wait_s": round(fold_wait_s, 1),
         "freshness_ms": freshness,
         "load": {"service": service_loads, "service-no-rollups": bare_loads, "noop": noop_loads},
+        "wrk": wrk_runs,
         "replication_wait_s": round(replication_wait_s, 2),
         "queries": json.loads(queries_out),
     }

@@ -62,22 +62,58 @@ def _n(value: Any, digits: int = 0) -> str:
     return f"{value:,.{digits}f}" if isinstance(value, int | float) else str(value)
 
 
-def _load_table(loads: dict[str, list[dict[str, Any]]]) -> list[str]:
+def _load_table(
+    loads: dict[str, list[dict[str, Any]]], wrk_runs: list[dict[str, Any]]
+) -> list[str]:
+    """One row per bench.load run; single-event rows also give wrk's rate (one worker)."""
+    by_wrk = {
+        target: statistics.median(r["rps"] for r in rounds)
+        for run in wrk_runs if run["workers"] == 1
+        for target, rounds in run["rounds"].items()
+    }  # fmt: skip
     lines = [
-        "| target | run | events | events/s | p50 ms | p99 ms | max ms | non-2xx | conn. errors "
-        "| verified |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| target | run | events | bench.load events/s | wrk events/s | p50 ms | p99 ms | max ms "
+        "| non-2xx | conn. errors | verified |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for target, runs in loads.items():
         for run in runs:
             latency = run.get("latency_ms") or {}
+            by_wrk_rate = by_wrk.get(target) if run["name"] == "max, single events" else None
             lines.append(
                 f"| {target} | {run['name']} | {_n(run.get('total_events'))} "
-                f"| {_n(run.get('events_per_s'))} | {_n(latency.get('p50'), 1)} "
+                f"| {_n(run.get('events_per_s'))} | {_n(by_wrk_rate)} "
+                f"| {_n(latency.get('p50'), 1)} "
                 f"| {_n(latency.get('p99'), 1)} | {_n(latency.get('max'), 1)} "
                 f"| {_n(run.get('errors'))} | {_n(run.get('connection_errors'))} "
                 f"| {_n(run.get('verified'))} |"
             )
+    return lines
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f}–{max(values):,.0f})"
+
+
+def wrk_table(runs: list[dict[str, Any]]) -> list[str]:
+    """Single events under wrk: the service against the no-op app, per worker count."""
+    lines = [
+        "| HTTP workers | service events/s | no-op events/s | ratio (medians) "
+        "| service p50 / p99 ms | service non-2xx | peak RSS per process |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        service, noop = run["rounds"]["service"], run["rounds"]["noop"]
+        rates = [r["rps"] for r in service]
+        base = [r["rps"] for r in noop]
+        p50 = statistics.median(r["p50_ms"] for r in service)
+        p99 = statistics.median(r["p99_ms"] for r in service)
+        rss = max((r["peak_rss_mib"] or 0) for r in service)
+        lines.append(
+            f"| {run['workers']} | {_spread(rates)} | {_spread(base)} "
+            f"| {statistics.median(rates) / statistics.median(base):.2f} "
+            f"| {p50:.1f} / {p99:.1f} | {sum(r['errors'] for r in service)} | {rss:.0f} MiB |"
+        )
     return lines
 
 
@@ -141,7 +177,16 @@ def render_summary(result: dict[str, Any]) -> str:
         "and the HTTP stack on this machine. `service-no-rollups` is the service with "
         "EVENT_METRICS_ROLLUPS=false (no refresher), for the cost of keeping rollups.",
         "",
-        *_load_table(result["load"]),
+        *_load_table(result["load"], result.get("wrk", [])),
+        "",
+        "Single events under wrk (an independent load generator in C; "
+        "`bench/wrk/single_event.lua`, 64 connections, 2 threads, 10 s per round, "
+        "service and no-op interleaved; median (min–max)):",
+        "",
+        *wrk_table(result.get("wrk", [])),
+        "",
+        "bench.load's rows above are limited by bench.load itself: against the no-op app its "
+        "single-event rate is the ceiling of a Python client, not of the HTTP stack.",
         "",
         "SDK wire formats against the native one, same service, same run (rounds interleaved):",
         "",
