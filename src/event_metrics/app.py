@@ -15,7 +15,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components
 
-from event_metrics import __version__, cors, docs_ui, edge, logs, request_ids, telemetry
+from event_metrics import __version__, cors, docs_ui, edge, logs, openapi, request_ids, telemetry
 from event_metrics.auth import InvalidCredentials, MissingCredentials, WrongScope
 from event_metrics.errors import ErrorBody
 from event_metrics.ingest import RateLimited
@@ -36,6 +36,7 @@ from event_metrics.routes import (
     SDK_PATHS,
     health,
     ingest,
+    ingest_declaration,
     metrics,
     posthog_ingest,
     prometheus,
@@ -181,7 +182,6 @@ def create_app(settings: Settings) -> Litestar:
             *([prometheus] if settings.prometheus else []),
             *docs_ui.asset_routes(),
         ],
-        # Handlers receive the parts they use; the lifespan put them in app.state.
         # Handlers receive the running services (which the lifespan put in app.state) as
         # their one dependency: Litestar resolves two or more in an anyio task group per
         # request, which cost a fifth of single-event throughput.
@@ -199,6 +199,7 @@ def create_app(settings: Settings) -> Litestar:
         # Logging is configured once by the process (cli.py), not by each app.
         logging_config=None,
     )
+    openapi.declare(app, [ingest_declaration])  # POST /events is an ASGI handler
     policy = cors.CorsPolicy(
         ingest_paths=INGEST_PATHS,
         ingest_origins=settings.access.cors_ingest_origins,

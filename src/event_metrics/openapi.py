@@ -1,13 +1,18 @@
-"""OpenAPI pieces Litestar cannot infer: the security schemes, and the bodies the handlers
-read by hand from the stream (openapi_examples.py holds the examples and the answers)."""
+"""OpenAPI pieces Litestar cannot infer: the security schemes, the bodies the handlers
+read by hand from the stream (openapi_examples.py holds the examples and the answers), and
+the operations of ASGI handlers."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from litestar import Litestar
+from litestar._openapi.plugin import OpenAPIPlugin
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.spec import (
     OpenAPIMediaType,
     OpenAPIType,
@@ -18,6 +23,7 @@ from litestar.openapi.spec import (
     SecurityRequirement,
     SecurityScheme,
 )
+from litestar.routes import HTTPRoute
 
 from event_metrics.events import EventIn
 from event_metrics.openapi_examples import EVENTS_EXAMPLES, POSTHOG_EXAMPLES, SEGMENT_EXAMPLES
@@ -163,3 +169,13 @@ class PostHogOperation(Operation):
                 )
             },
         )
+
+
+def declare(app: Litestar, declarations: Sequence[HTTPRouteHandler]) -> None:
+    """Describe routes that Litestar serves but leaves out of OpenAPI (ASGI handlers) by
+    declared handlers with the same path: they are registered in an app that only holds
+    them, and their routes join the document's, first, as if they were served."""
+    holder = Litestar(route_handlers=list(declarations), openapi_config=None, logging_config=None)
+    declared = {r.path: r for r in holder.routes if isinstance(r, HTTPRoute)}
+    plugin = app.plugins.get(OpenAPIPlugin)
+    plugin.included_routes = {**declared, **plugin.included_routes}

@@ -82,7 +82,9 @@ class WriterSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_events_per_commit: Annotated[
         PositiveInt, Env("MAX_EVENTS_PER_COMMIT", aliases=("BATCH_MAX_EVENTS",))
     ] = 5_000
-    flush_interval_s: Annotated[float, Env("FLUSH_INTERVAL_MS", "ms"), msgspec.Meta(ge=0)] = 0.005
+    # 0: group commit without a timer. A writer that finds events commits them at once;
+    # whatever arrives during that commit is the next batch (docs/architecture.md).
+    flush_interval_s: Annotated[float, Env("FLUSH_INTERVAL_MS", "ms"), msgspec.Meta(ge=0)] = 0.0
     copy_min_rows: Annotated[PositiveInt, Env("COPY_MIN_ROWS")] = 1_000
     retry_initial_s: Annotated[float, Env("RETRY_INITIAL_MS", "ms"), Positive] = 0.05
     retry_max_s: Annotated[float, Env("RETRY_MAX_MS", "ms"), Positive] = 2.0

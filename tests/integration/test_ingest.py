@@ -675,6 +675,29 @@ async def test_invalid_wait_parameter_is_400(
     assert await count_events(db) == 0
 
 
+@pytest.mark.parametrize(("value", "status"), [("false", 202), ("0", 202), ("true", 200), ("", 400)])
+async def test_wait_parameter_values(
+    client: AsyncTestClient[Any], db: asyncpg.Connection, value: str, status: int
+) -> None:
+    response = await post(client, ev(f"w{value}"), params={"wait": value})
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert response.json()["parameter"] == "wait"
+
+
+async def test_other_methods_on_events_are_405_with_allow(client: AsyncTestClient[Any]) -> None:
+    # POST /events is a plain ASGI handler: it answers other methods as Litestar would.
+    for method in ("GET", "PUT", "DELETE", "HEAD"):
+        response = await client.request(method, "/events")
+        assert response.status_code == 405, (method, response.text)
+        assert "POST" in response.headers["allow"]
+        if method != "HEAD":
+            assert response.json()["error"] == "http_error"
+    options = await client.options("/events")
+    assert options.status_code == 204
+    assert options.headers["allow"] == "OPTIONS, POST"
+
+
 async def lock_events(db: asyncpg.Connection) -> asyncpg.transaction.Transaction:
     """Stall every writer: INSERT into events waits until the returned transaction ends."""
     transaction = db.transaction()
@@ -858,6 +881,9 @@ async def test_openapi_describes_the_event_body_and_errors(client: AsyncTestClie
         event["properties"]
     )
     assert {"200", "202", "400", "413", "415", "503"} <= set(ingest["responses"])
+    assert ingest["security"] == [{"writeKey": []}, {"writeKeyBasic": []}]
+    (wait,) = ingest["parameters"]
+    assert (wait["name"], wait["in"], wait["schema"]["type"]) == ("wait", "query", "boolean")
     required = {p["name"]: p.get("required") for p in paths["/metrics"]["get"]["parameters"]}
     assert required["from"] is True and required["to"] is True
     assert {"backend", "plan"} <= set(required)

@@ -57,3 +57,30 @@ async def test_a_ticket_times_out_but_keeps_its_rows() -> None:
     with pytest.raises(TimeoutError):
         await ticket.outcome(0.01)
     assert queue.depth == 2  # still queued: a writer stores it later
+
+
+async def test_group_commit_an_idle_writer_takes_at_once_and_batches_grow_meanwhile() -> None:
+    """With no linger (the default), a waiting writer leaves with the first request, and
+    what arrives while it commits is the next batch, whole."""
+    queue = IngestQueue(max_events=100)
+    waiting = asyncio.create_task(queue.take(max_events=50, linger_s=0))
+    await asyncio.sleep(0)
+    queue.put(rows(1, prefix="a"))
+    first = await asyncio.wait_for(waiting, timeout=1)
+    assert [t.rows[0].idempotency_key for t in first] == ["a0"]
+    for prefix in "bcd":  # "during the commit" of the first batch
+        queue.put(rows(2, prefix=prefix))
+    second = await queue.take(max_events=50, linger_s=0)
+    assert [t.rows[0].idempotency_key for t in second] == ["b0", "c0", "d0"]
+    assert queue.depth == 0
+
+
+async def test_a_linger_waits_for_more_until_the_deadline() -> None:
+    queue = IngestQueue(max_events=100)
+    queue.put(rows(1, prefix="a"))
+    taking = asyncio.create_task(queue.take(max_events=50, linger_s=0.2))
+    await asyncio.sleep(0.05)
+    assert not taking.done()
+    queue.put(rows(1, prefix="b"))
+    batch = await asyncio.wait_for(taking, timeout=2)
+    assert [t.rows[0].idempotency_key for t in batch] == ["a0", "b0"]
