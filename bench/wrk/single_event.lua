@@ -37,8 +37,9 @@ end
 
 function done(summary, latency, requests)
    io.write(string.format(
-      "JSON {\"requests\":%d,\"duration_s\":%.3f,\"rps\":%.1f,\"p50_ms\":%.2f,\"p99_ms\":%.2f,\"max_ms\":%.2f,\"errors\":%d}\n",
+      "JSON {\"requests\":%d,\"duration_s\":%.3f,\"rps\":%.1f,\"mean_ms\":%.2f,\"p50_ms\":%.2f,\"p99_ms\":%.2f,\"max_ms\":%.2f,\"errors\":%d}\n",
       summary.requests, summary.duration / 1e6, summary.requests / (summary.duration / 1e6),
+      latency.mean / 1000,
       latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency.max / 1000,
       summary.errors.connect + summary.errors.read + summary.errors.write +
       summary.errors.status + summary.errors.timeout))
