@@ -26,6 +26,7 @@ from event_metrics.schema import Row
 from event_metrics.writer import init_writer_connection, write_copy, write_unnest
 
 CHANNELS = ("web", "ios", "android")
+DEFAULT_PROJECT_ID = 1  # the project 'default', which every migrated database has (alembic 0003)
 WRITES = {"copy": write_copy, "unnest": write_unnest}
 
 
@@ -35,6 +36,7 @@ def make_batches(total: int, batch: int) -> list[list[Row]]:
     run = uuid.uuid4().hex[:12]
     rows = [
         Row(
+            project_id=DEFAULT_PROJECT_ID,
             idempotency_key=f"{run}-{seq}",
             event_name=f"load_{run}",
             user_id=f"user-{seq % 1000}",

@@ -19,12 +19,23 @@ import asyncpg
 from event_metrics.schema import Row
 from event_metrics.writer import init_writer_connection, write_copy, write_unnest
 
+DEFAULT_PROJECT_ID = 1  # the project 'default', which every migrated database has (alembic 0003)
+
 
 def make_rows(n: int) -> list[Row]:
     now = datetime.now(UTC)
     tag = uuid.uuid4().hex[:8]
     return [
-        Row(f"wp-{tag}-{i}", "product_view", f"user-{i % 5000}", "web", now, now, None)
+        Row(
+            DEFAULT_PROJECT_ID,
+            f"wp-{tag}-{i}",
+            "product_view",
+            f"user-{i % 5000}",
+            "web",
+            now,
+            now,
+            None,
+        )
         for i in range(n)
     ]
 
