@@ -117,14 +117,15 @@ def to_row(
     max_future: timedelta,
 ) -> Row:
     """Apply clock-skew correction, time bounds and key derivation to a decoded event."""
-    for field in ("event_name", "user_id", "idempotency_key", "channel"):
-        value = getattr(event, field)
-        if value is not None and "\x00" in value:
-            raise InvalidEvent(f"{field} must not contain NUL characters")
-
+    key, channel = event.idempotency_key, event.channel
+    if "\x00" in f"{event.event_name}{event.user_id}{key or ''}{channel or ''}":
+        for field in ("event_name", "user_id", "idempotency_key", "channel"):
+            if "\x00" in (getattr(event, field) or ""):
+                raise InvalidEvent(f"{field} must not contain NUL characters")
     for field in ("timestamp", "sent_at"):
         value = getattr(event, field)
-        if value is not None and not _fits_utc(value):
+        # Only the first and last years can leave datetime's range when moved to UTC.
+        if value is not None and value.year in _EDGE_YEARS and not _fits_utc(value):
             raise InvalidEvent(f"{field} is out of range", "bad_timestamp")
     ts = event.timestamp or received_at
     if event.sent_at is not None and event.timestamp is not None:
@@ -143,13 +144,12 @@ def to_row(
             "timestamp must not be earlier than 1970-01-01T00:00:00Z", "bad_timestamp"
         )
 
-    key = event.idempotency_key or derive_key(event, properties)
     return Row(
         project_id=project_id,
-        idempotency_key=key,
+        idempotency_key=key or derive_key(event, properties),
         event_name=event.event_name,
         user_id=event.user_id,
-        channel=event.channel or "",
+        channel=channel or "",
         ts=ts,
         received_at=received_at,
         properties=properties,
@@ -183,6 +183,9 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, RecursionError):
         return "nested too deeply"
     return str(exc)
+
+
+_EDGE_YEARS = (1, 9999)
 
 
 def _fits_utc(value: datetime) -> bool:
