@@ -675,7 +675,9 @@ async def test_invalid_wait_parameter_is_400(
     assert await count_events(db) == 0
 
 
-@pytest.mark.parametrize(("value", "status"), [("false", 202), ("0", 202), ("true", 200), ("", 400)])
+@pytest.mark.parametrize(
+    ("value", "status"), [("false", 202), ("0", 202), ("true", 200), ("", 400)]
+)
 async def test_wait_parameter_values(
     client: AsyncTestClient[Any], db: asyncpg.Connection, value: str, status: int
 ) -> None:
