@@ -57,6 +57,15 @@ LIMIT $4
 """
 
 
+def copy_rows(client: Any, rows: Sequence[asyncpg.Record]) -> None:
+    """Insert fetched rows into ClickHouse, one block per month. Runs in a worker thread:
+    reshaping 10,000 rows took the event loop for tens of milliseconds, which requests
+    waiting on it felt as p99 (docs/benchmarks.md)."""
+    mirrored = [tuple(row[name] for name in MIRRORED_COLUMNS) for row in rows]
+    for block in split_by_month(mirrored):
+        insert_columns(client, [list(column) for column in zip(*block, strict=True)])
+
+
 def split_by_month(rows: Sequence[Sequence[Any]]) -> list[list[Sequence[Any]]]:
     """Rows (in MIRRORED_COLUMNS order) grouped by their monthly ClickHouse partition.
 
@@ -131,10 +140,7 @@ class Replicator(LockedWorker):
         )
         if not rows:
             return 0
-        mirrored = [tuple(row[name] for name in MIRRORED_COLUMNS) for row in rows]
-        for block in split_by_month(mirrored):
-            columns = [list(column) for column in zip(*block, strict=True)]
-            await asyncio.to_thread(insert_columns, client, columns)
+        await asyncio.to_thread(copy_rows, client, rows)
         # Only after ClickHouse has the block: a crash before this line re-sends it.
         await save_checkpoint(connection, TARGET, (rows[-1]["txid_text"], rows[-1]["id"]))
         self.rows_copied += len(rows)
