@@ -95,7 +95,7 @@ def _error_handler(
 
 
 def _validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
-    # Litestar's own parameter checks (e.g. ?wait=maybe): same shape as ours.
+    # Litestar's own checks of declared parameters: same shape as ours.
     parameter = None
     detail = exc.detail
     if isinstance(exc.extra, list) and exc.extra and isinstance(exc.extra[0], dict):
@@ -184,7 +184,8 @@ def create_app(settings: Settings) -> Litestar:
         ],
         # Handlers receive the running services (which the lifespan put in app.state) as
         # their one dependency: Litestar resolves two or more in an anyio task group per
-        # request, which cost a fifth of single-event throughput.
+        # request, which cost a fifth of single-event throughput. (POST /events, a plain
+        # ASGI handler, takes none and reads app.state itself.)
         dependencies={"services": Provide(_services, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers=handlers,

@@ -159,18 +159,23 @@ async def _send_json(
     await send(end)
 
 
+_WAIT_VALUES = {"true": True, "1": True, "false": False, "0": False}
+
+
 def wait_parameter(query: bytes) -> bool:
-    """`?wait=` of POST /events: true unless false is asked for; anything else is a 400."""
-    if b"wait=" not in query:
+    """`?wait=` of POST /events, read as Litestar reads a declared bool: true, false, 1 or 0
+    in any case, the last one when repeated, true when absent; anything else is a 400."""
+    if b"wait" not in query:
         return True
-    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-        if name == "wait":
-            if value.lower() in ("true", "1", "yes", "on", "t", "y"):
-                return True
-            if value.lower() in ("false", "0", "no", "off", "f", "n"):
-                return False
-            raise InvalidParameter("wait", "wait must be true or false")
-    return True
+    values = [
+        v for n, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True) if n == "wait"
+    ]
+    if not values:
+        return True
+    wait = _WAIT_VALUES.get(values[-1].lower())
+    if wait is None:
+        raise InvalidParameter("wait", "wait must be true or false")
+    return wait
 
 
 @post(

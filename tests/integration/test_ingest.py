@@ -676,8 +676,10 @@ async def test_invalid_wait_parameter_is_400(
 
 
 @pytest.mark.parametrize(
-    ("value", "status"), [("false", 202), ("0", 202), ("true", 200), ("", 400)]
-)
+    ("value", "status"),
+    [("false", 202), ("0", 202), ("FALSE", 202), ("true", 200), ("1", 200), ("True", 200),
+     ("", 400), ("yes", 400), ("off", 400), ("n", 400)],
+)  # fmt: skip
 async def test_wait_parameter_values(
     client: AsyncTestClient[Any], db: asyncpg.Connection, value: str, status: int
 ) -> None:
@@ -685,6 +687,22 @@ async def test_wait_parameter_values(
     assert response.status_code == status, response.text
     if status == 400:
         assert response.json()["parameter"] == "wait"
+
+
+async def test_a_repeated_wait_parameter_counts_its_last_value(
+    client: AsyncTestClient[Any], db: asyncpg.Connection
+) -> None:
+    # As Litestar read it when the parameter was declared.
+    response = await post(client, ev("r1"), params=[("wait", "true"), ("wait", "false")])
+    assert response.status_code == 202, response.text
+    response = await post(client, ev("r2"), params=[("wait", "false"), ("wait", "maybe")])
+    assert response.status_code == 400
+
+    async def stored() -> bool:
+        return await count_events(db) == 1
+
+    await wait_until(stored, what="the queued event")
+    assert await stored_keys(db) == ["r1"]
 
 
 async def test_other_methods_on_events_are_405_with_allow(client: AsyncTestClient[Any]) -> None:
