@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from event_metrics.schema import Row
 
@@ -90,14 +90,19 @@ class IngestQueue:
         self._ready.set()
         return ticket
 
-    async def take(self, max_events: int, linger_s: float) -> list[Ticket]:
+    async def take(
+        self, max_events: int, linger_s: float, may_start: Callable[[int], bool] | None = None
+    ) -> list[Ticket]:
         """Wait for work, then gather tickets until max_events or linger_s, whichever first.
 
+        `may_start(depth)`, when given, must also hold before tickets are taken: it is
+        checked again whenever tickets arrive or wake() is called, in the same step as
+        the taking, so no other taker can slip in between.
         Returns an empty list only when the queue is closed and empty.
         """
         while True:
-            while not self._tickets:
-                if self._closed:
+            while not self._tickets or (may_start is not None and not may_start(self._events)):
+                if self._closed and not self._tickets:
                     return []
                 self._ready.clear()
                 await self._ready.wait()
@@ -111,10 +116,17 @@ class IngestQueue:
                     await asyncio.wait_for(self._ready.wait(), remaining)
                 except TimeoutError:
                     break
+            if may_start is not None and not may_start(self._events):
+                continue  # another taker started while this one lingered
             # Another writer may have emptied the queue while this one lingered.
             batch = self._pop(max_events)
             if batch:
                 return batch
+
+    def wake(self) -> None:
+        """Make waiting takers check their `may_start` again."""
+        if self._tickets or self._closed:
+            self._ready.set()
 
     def _pop(self, max_events: int) -> list[Ticket]:
         # Whole tickets only: a request's events commit in one transaction. The first

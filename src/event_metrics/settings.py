@@ -86,6 +86,8 @@ class WriterSettings(msgspec.Struct, frozen=True, kw_only=True):
     # whatever arrives during that commit is the next batch (docs/architecture.md).
     flush_interval_s: Annotated[float, Env("FLUSH_INTERVAL_MS", "ms"), msgspec.Meta(ge=0)] = 0.0
     copy_min_rows: Annotated[PositiveInt, Env("COPY_MIN_ROWS")] = 1_000
+    # A second writer starts while one commits only when this many events wait.
+    parallel_min_events: Annotated[PositiveInt, Env("PARALLEL_COMMIT_MIN_EVENTS")] = 200
     retry_initial_s: Annotated[float, Env("RETRY_INITIAL_MS", "ms"), Positive] = 0.05
     retry_max_s: Annotated[float, Env("RETRY_MAX_MS", "ms"), Positive] = 2.0
     stall_s: Annotated[float, Env("WRITER_STALL_MS", "ms"), Positive] = 5.0

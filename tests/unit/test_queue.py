@@ -84,3 +84,55 @@ async def test_a_linger_waits_for_more_until_the_deadline() -> None:
     queue.put(rows(1, prefix="b"))
     batch = await asyncio.wait_for(taking, timeout=2)
     assert [t.rows[0].idempotency_key for t in batch] == ["a0", "b0"]
+
+
+async def test_a_gated_taker_waits_while_another_commits_unless_a_backlog_forms() -> None:
+    """The writers' gate: while one batch commits, a second taker starts only when
+    `may_start` says so (a backlog of 5 here), and wake() makes it look again."""
+    queue = IngestQueue(max_events=100)
+    in_flight: list[list[object]] = []
+
+    def may_start(waiting: int) -> bool:
+        return not in_flight or waiting >= 5
+
+    queue.put(rows(1, prefix="a"))
+    in_flight.append(await queue.take(50, 0, may_start))
+    second = asyncio.create_task(queue.take(50, 0, may_start))
+    queue.put(rows(2, prefix="b"))
+    await asyncio.sleep(0.01)
+    assert not second.done()  # two events wait behind the commit: no second commit
+    queue.put(rows(3, prefix="c"))
+    batch = await asyncio.wait_for(second, timeout=1)  # five wait: a second writer starts
+    assert [t.rows[0].idempotency_key for t in batch] == ["b0", "c0"]
+
+    third = asyncio.create_task(queue.take(50, 0, may_start))
+    queue.put(rows(1, prefix="d"))
+    await asyncio.sleep(0.01)
+    assert not third.done()
+    in_flight.clear()  # the commits return
+    queue.wake()
+    assert [t.rows[0].idempotency_key for t in await asyncio.wait_for(third, 1)] == ["d0"]
+
+
+async def test_only_one_gated_taker_leaves_when_the_commit_returns() -> None:
+    queue = IngestQueue(max_events=100)
+    in_flight: list[object] = ["commit"]
+    started: list[list[object]] = []
+
+    async def writer() -> None:
+        batch = await queue.take(50, 0, lambda waiting: not in_flight)
+        in_flight.append(batch)  # in the same step as the take, as WriterPool does
+        started.append(batch)
+
+    writers = [asyncio.create_task(writer()) for _ in range(3)]
+    queue.put(rows(1, prefix="a"))
+    queue.put(rows(1, prefix="b"))
+    await asyncio.sleep(0.01)
+    assert started == []
+    in_flight.clear()
+    queue.wake()
+    await asyncio.sleep(0.01)
+    assert len(started) == 1 and len(started[0]) == 2  # one writer took both, none idle took
+    for task in writers:
+        task.cancel()
+    await asyncio.gather(*writers, return_exceptions=True)
