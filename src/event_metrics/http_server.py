@@ -191,6 +191,9 @@ def _run_uvicorn(settings: HttpSettings, shutdown_timeout_s: float) -> None:
         log_level="warning",
         log_config=None,  # logs.configure already set the format, for every logger
         server_header=False,
+        # Nothing here reads the client's address or scheme, so X-Forwarded-* need not be
+        # parsed: uvicorn's proxy-headers layer cost ~2% of a single event's CPU.
+        proxy_headers=False,
         timeout_keep_alive=max(1, round(settings.keepalive_timeout_s)),
         timeout_graceful_shutdown=round(shutdown_timeout_s) + 5,
     )
