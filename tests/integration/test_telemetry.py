@@ -136,6 +136,15 @@ async def test_several_workers_add_up(
         await asyncio.gather(*(send(n) for n in range(40)))
         stored = await db.fetchval("SELECT count(*) FROM events")
         assert stored == 200
+
+        async def accepted() -> float:
+            async with httpx.AsyncClient(base_url=running.url) as client:
+                found = await scrape(client)
+            return value(found, "event_metrics_events_total", protocol="native",
+                         outcome="accepted")  # fmt: skip
+
+        # A process adds its tallies once a second, and before the scrapes it answers.
+        await wait_until(lambda: _equals(accepted(), 200.0), timeout_s=5, what="tallies flushed")
         seen = set()
         for _ in range(6):  # each scrape may reach either process: all must add up
             async with httpx.AsyncClient(base_url=running.url) as client:
@@ -143,6 +152,10 @@ async def test_several_workers_add_up(
                 seen.add(value(found, "event_metrics_events_total", protocol="native",
                                outcome="accepted"))  # fmt: skip
         assert seen == {200.0}
+
+
+async def _equals(found: Any, expected: float) -> bool:
+    return bool(await found == expected)
 
 
 async def test_the_endpoint_can_be_turned_off(database_url: str) -> None:
