@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -71,33 +72,68 @@ def parse_event(
     max_depth: int = 32,
 ) -> Row:
     """Validate one JSON-encoded event and turn it into a Row, or raise InvalidEvent."""
+    (outcome,) = parse_events(
+        [raw], project_id=project_id, received_at=received_at,
+        max_event_bytes=max_event_bytes, max_future=max_future, max_depth=max_depth,
+    )  # fmt: skip
+    if isinstance(outcome, InvalidEvent):
+        raise outcome
+    return outcome
+
+
+def parse_events(
+    items: Sequence[bytes],
+    *,
+    project_id: int,
+    received_at: datetime,
+    max_event_bytes: int,
+    max_future: timedelta,
+    max_depth: int = 32,
+) -> list[Row | InvalidEvent]:
+    """Each JSON-encoded event as a Row, or the InvalidEvent saying why it is refused."""
+    latest = received_at + max_future
+    outcomes: list[Row | InvalidEvent] = []
+    for raw in items:
+        event = _decode(raw, max_event_bytes)
+        if isinstance(event, InvalidEvent):
+            outcomes.append(event)
+            continue
+        try:
+            if b"\\u" in raw or _repeats_a_field(raw):
+                try:
+                    json_checks.refuse_duplicate_keys(raw)
+                except json_checks.InvalidJSON as exc:
+                    raise InvalidEvent(str(exc), "invalid_json") from None
+            outcomes.append(
+                _to_row(event, _properties(event, max_depth), project_id, received_at, latest)
+            )
+        except InvalidEvent as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+def _decode(raw: bytes, max_event_bytes: int) -> EventIn | InvalidEvent:
     if len(raw) > max_event_bytes:
-        raise InvalidEvent(
-            f"event is {len(raw)} bytes; the limit is {max_event_bytes}", "too_large"
-        )
+        return InvalidEvent(f"event is {len(raw)} bytes; the limit is {max_event_bytes}",
+                            "too_large")  # fmt: skip
     try:
-        event = _decoder.decode(raw)
+        return _decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        raise InvalidEvent(_describe(str(exc))) from None
+        return InvalidEvent(_describe(str(exc)))
     except (msgspec.DecodeError, ValueError, RecursionError) as exc:
-        raise InvalidEvent(f"not a valid JSON event: {_reason(exc)}", "invalid_json") from None
-    if b"\\u" in raw or _repeats_a_field(raw):
-        try:
-            json_checks.refuse_duplicate_keys(raw)
-        except json_checks.InvalidJSON as exc:
-            raise InvalidEvent(str(exc), "invalid_json") from None
-    properties = None
+        return InvalidEvent(f"not a valid JSON event: {_reason(exc)}", "invalid_json")
+
+
+def _properties(event: EventIn, max_depth: int) -> str | None:
     text = bytes(event.properties)
-    if text and text != b"null":
-        try:
-            if not isinstance(json_checks.decode(text, max_depth=max_depth), dict):
-                raise InvalidEvent("properties must be a JSON object")
-        except json_checks.InvalidJSON as exc:
-            raise InvalidEvent(f"properties: {exc}", "invalid_json") from None
-        properties = text.decode()
-    return to_row(
-        event, properties, project_id=project_id, received_at=received_at, max_future=max_future
-    )
+    if not text or text == b"null":
+        return None
+    try:
+        if not isinstance(json_checks.decode(text, max_depth=max_depth), dict):
+            raise InvalidEvent("properties must be a JSON object")
+    except json_checks.InvalidJSON as exc:
+        raise InvalidEvent(f"properties: {exc}", "invalid_json") from None
+    return text.decode()
 
 
 def _repeats_a_field(raw: bytes) -> bool:
@@ -117,43 +153,49 @@ def to_row(
     max_future: timedelta,
 ) -> Row:
     """Apply clock-skew correction, time bounds and key derivation to a decoded event."""
-    key, channel = event.idempotency_key, event.channel
-    if "\x00" in f"{event.event_name}{event.user_id}{key or ''}{channel or ''}":
+    return _to_row(event, properties, project_id, received_at, received_at + max_future)
+
+
+def _to_row(
+    event: EventIn, properties: str | None, project_id: int, received_at: datetime,
+    latest: datetime,
+) -> Row:  # fmt: skip
+    name, user, key, channel = event.event_name, event.user_id, event.idempotency_key, event.channel
+    if "\x00" in name or "\x00" in user or "\x00" in (key or "") or "\x00" in (channel or ""):
         for field in ("event_name", "user_id", "idempotency_key", "channel"):
             if "\x00" in (getattr(event, field) or ""):
                 raise InvalidEvent(f"{field} must not contain NUL characters")
-    for field in ("timestamp", "sent_at"):
-        value = getattr(event, field)
+    timestamp, sent_at = event.timestamp, event.sent_at
+    for field, value in (("timestamp", timestamp), ("sent_at", sent_at)):
         # Only the first and last years can leave datetime's range when moved to UTC.
         if value is not None and value.year in _EDGE_YEARS and not _fits_utc(value):
             raise InvalidEvent(f"{field} is out of range", "bad_timestamp")
-    ts = event.timestamp or received_at
-    if event.sent_at is not None and event.timestamp is not None:
-        # The client's clock may be off; what it measured (sent_at - timestamp) is not.
-        try:
-            ts = received_at - (event.sent_at - event.timestamp)
-        except OverflowError:
-            raise InvalidEvent("sent_at - timestamp is out of range", "bad_timestamp") from None
-    if ts > received_at + max_future:
-        raise InvalidEvent(
-            f"timestamp {ts.isoformat()} is more than {max_future} ahead of the server clock",
-            "bad_timestamp",
-        )
-    if ts < EARLIEST:
-        raise InvalidEvent(
-            "timestamp must not be earlier than 1970-01-01T00:00:00Z", "bad_timestamp"
-        )
-
+    if timestamp is None:
+        ts = received_at  # the server's own clock: within bounds
+    else:
+        ts = timestamp
+        if sent_at is not None:
+            # The client's clock may be off; what it measured (sent_at - timestamp) is not.
+            try:
+                ts = received_at - (sent_at - timestamp)
+            except OverflowError:
+                raise InvalidEvent("sent_at - timestamp is out of range", "bad_timestamp") from None
+        if ts > latest:
+            raise InvalidEvent(
+                f"timestamp {ts.isoformat()} is more than {latest - received_at} ahead of the"
+                " server clock",
+                "bad_timestamp",
+            )
+        if ts < EARLIEST:
+            raise InvalidEvent(
+                "timestamp must not be earlier than 1970-01-01T00:00:00Z", "bad_timestamp"
+            )
+    # Positional: a single event's Row with keywords cost ~0.35 us more. Row's fields in
+    # order; tests/unit/test_parsers.py checks each field of what comes out.
     return Row(
-        project_id=project_id,
-        idempotency_key=key or derive_key(event, properties),
-        event_name=event.event_name,
-        user_id=event.user_id,
-        channel=channel or "",
-        ts=ts,
-        received_at=received_at,
-        properties=properties,
-    )
+        project_id, key or derive_key(event, properties), name, user, channel or "", ts,
+        received_at, properties,
+    )  # fmt: skip
 
 
 def derive_key(event: EventIn, properties: str | None) -> str:

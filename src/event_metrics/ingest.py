@@ -20,7 +20,7 @@ import msgspec
 
 from event_metrics import posthog, sdk, segment, telemetry
 from event_metrics.auth import KeyStore
-from event_metrics.events import InvalidEvent, parse_event
+from event_metrics.events import InvalidEvent, parse_events
 from event_metrics.payload import TooManyEvents
 from event_metrics.queue import IngestQueue
 from event_metrics.schema import Row
@@ -119,20 +119,19 @@ class Ingestor:
         settings = self.settings
         received_at = datetime.now(UTC)
         parsed = Parsed(project_id, count=len(items))
-        for index, raw in enumerate(items):
-            try:
-                row = parse_event(
-                    raw,
-                    project_id=project_id,
-                    received_at=received_at,
-                    max_event_bytes=settings.max_event_bytes,
-                    max_future=self._max_future,
-                    max_depth=settings.max_property_depth,
-                )
-            except InvalidEvent as exc:
-                parsed.reject(index, exc)
+        outcomes = parse_events(
+            items,
+            project_id=project_id,
+            received_at=received_at,
+            max_event_bytes=settings.max_event_bytes,
+            max_future=self._max_future,
+            max_depth=settings.max_property_depth,
+        )
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, InvalidEvent):
+                parsed.reject(index, outcome)
             else:
-                parsed.add(index, row)
+                parsed.add(index, outcome)
         if parsed.rejected:
             self.rejected["native"] += len(parsed.rejected)
         return parsed
