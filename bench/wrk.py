@@ -1,7 +1,9 @@
 """wrk, an independent load generator written in C, against a service: single events, one
-per request, each with its own idempotency key (bench/wrk/single_event.lua).
+per request, each with its own idempotency key (bench/wrk/single_event.lua), or with
+--batch N, N events per request (bench/wrk/batch_events.lua).
 
     python -m bench.wrk --url http://127.0.0.1:8080 --key emw_... [-c 64] [-d 10] [--pid N]
+    python -m bench.wrk --url http://127.0.0.1:8080 --key emw_... --batch 1000 -c 8
 
 A Python load tool cannot measure a ceiling above its own (bench.load tops out near the
 no-op app's speed); wrk can. Prints one JSON object: requests/s, latency percentiles,
@@ -22,6 +24,7 @@ from typing import Any
 import psutil
 
 SCRIPT = Path(__file__).parent / "wrk" / "single_event.lua"
+BATCH_SCRIPT = Path(__file__).parent / "wrk" / "batch_events.lua"
 
 
 def find_wrk() -> str:
@@ -73,13 +76,18 @@ class PeakRss:
 
 def run(
     url: str, *, key: str | None, connections: int = 64, duration_s: int = 10,
-    threads: int = 2, pid: int | None = None,
+    threads: int = 2, pid: int | None = None, batch: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """One wrk run; the Lua script's summary line, plus the peak RSS when pid is given."""
+    """One wrk run; the Lua script's summary line, plus the peak RSS when pid is given.
+    With `batch`, each request carries that many events (the line adds events_per_s)."""
     env = {**os.environ, "WRK_PATH": "/events"}
+    script = SCRIPT
+    if batch is not None:
+        env["WRK_BATCH"] = str(batch)
+        script = BATCH_SCRIPT
     if key:
         env["WRK_AUTH"] = f"Bearer {key}"
-    argv = [find_wrk(), f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "-s", str(SCRIPT),
+    argv = [find_wrk(), f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "-s", str(script),
             url.rstrip("/")]  # fmt: skip
     with PeakRss(pid) as rss:
         done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
@@ -98,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-d", "--duration", type=int, default=10, help="seconds")
     p.add_argument("-t", "--threads", type=int, default=2)
     p.add_argument("--pid", type=int, help="the service's process: report its peak RSS")
+    p.add_argument("--batch", type=int, help="events per request (default: single events)")
     args = p.parse_args(argv)
-    result = run(args.url, key=args.key, connections=args.connections,
-                 duration_s=args.duration, threads=args.threads, pid=args.pid)  # fmt: skip
+    result = run(args.url, key=args.key, connections=args.connections, duration_s=args.duration,
+                 threads=args.threads, pid=args.pid, batch=args.batch)  # fmt: skip
     print(json.dumps(result))
     return 0
 
