@@ -206,6 +206,7 @@ def run_loads(
 
 WRK_ROUNDS = 3
 WRK_WORKERS = (1, 2)
+WRK_BATCH = 1000
 
 
 def wrk_comparison(
@@ -233,16 +234,31 @@ def wrk_comparison(
             wait_http(f"http://127.0.0.1:{ports[name]}/health", proc,
                       runner.workdir / f"{name}-wrk-{workers}.log")  # fmt: skip
         rounds: dict[str, list[dict[str, Any]]] = {"service": [], "noop": []}
+        batch_rounds: dict[str, list[dict[str, Any]]] = {"service": [], "noop": []}
         for _ in range(WRK_ROUNDS):
             for name, proc in servers.items():
                 url = f"http://127.0.0.1:{ports[name]}"
                 result = wrk.run(url, key=keys["write"], pid=proc.pid)
                 runner.commands.append(f"WRK_AUTH='Bearer $WRITE_KEY' wrk {result['command']}")
                 rounds[name].append(result)
+                if workers == 1:  # and batches of 1000, 8 connections, as bench.load sends
+                    result = wrk.run(url, key=keys["write"], connections=8, batch=WRK_BATCH)
+                    shown = f"WRK_BATCH={WRK_BATCH} wrk {result['command']}"
+                    runner.commands.append(f"WRK_AUTH='Bearer $WRITE_KEY' {shown}")
+                    batch_rounds[name].append(result)
         for proc in servers.values():
             runner.stop(proc)
-        results.append({"workers": workers, "rounds": rounds})
+        results.append({"workers": workers, "rounds": rounds, "batch_rounds": batch_rounds})
     return results
+
+
+def batched_vs_bare(runner: Runner, url: str, key: str, database_url: str) -> dict[str, Any]:
+    """Batched ingest through the service (wrk) against bare asyncpg, ABBA rounds."""
+    argv = ["--url", url, "--key", key, "--database-url", database_url, "--rounds", "3"]
+    out = runner.run([sys.executable, "-m", "bench.batched_vs_bare", *argv], timeout=900)
+    runner.commands[-1] = runner.commands[-1].replace(key, "$WRITE_KEY")
+    result: dict[str, Any] = json.loads(out)
+    return result
 
 
 def measure_freshness(base_url: str, keys: dict[str, str], trials: int = 20) -> dict[str, float]:
@@ -352,6 +368,8 @@ def benchmark(
     service = runner.start("service", [cli, "serve"], env={**env, "EVENT_METRICS_PORT": str(port)})
     wait_http(f"{service_url}/health", service, runner.workdir / "service.log")
 
+    batched = batched_vs_bare(runner, service_url, keys["write"], database_url)
+
     noop_port = free_port()
     noop_url = f"http://127.0.0.1:{noop_port}"
     noop = runner.start(
@@ -385,6 +403,7 @@ def benchmark(
         "freshness_ms": freshness,
         "load": {"service": service_loads, "service-no-rollups": bare_loads, "noop": noop_loads},
         "wrk": wrk_runs,
+        "batched_vs_bare": batched,
         "replication_wait_s": round(replication_wait_s, 2),
         "queries": json.loads(queries_out),
     }

@@ -65,11 +65,17 @@ def _n(value: Any, digits: int = 0) -> str:
 def _load_table(
     loads: dict[str, list[dict[str, Any]]], wrk_runs: list[dict[str, Any]]
 ) -> list[str]:
-    """One row per bench.load run; single-event rows also give wrk's rate (one worker)."""
+    """One row per bench.load run; the single-event and -batch 1000 rows also give wrk's
+    rate (one worker)."""
     by_wrk = {
-        target: statistics.median(r["rps"] for r in rounds)
+        ("max, single events", target): statistics.median(r["rps"] for r in rounds)
         for run in wrk_runs if run["workers"] == 1
         for target, rounds in run["rounds"].items()
+    }  # fmt: skip
+    by_wrk |= {
+        ("max, -batch 1000", target): statistics.median(r["events_per_s"] for r in rounds)
+        for run in wrk_runs if run["workers"] == 1
+        for target, rounds in run.get("batch_rounds", {}).items() if rounds
     }  # fmt: skip
     lines = [
         "| target | run | events | bench.load events/s | wrk events/s | p50 ms | p99 ms | max ms "
@@ -79,7 +85,7 @@ def _load_table(
     for target, runs in loads.items():
         for run in runs:
             latency = run.get("latency_ms") or {}
-            by_wrk_rate = by_wrk.get(target) if run["name"] == "max, single events" else None
+            by_wrk_rate = by_wrk.get((run["name"], target))
             lines.append(
                 f"| {target} | {run['name']} | {_n(run.get('total_events'))} "
                 f"| {_n(run.get('events_per_s'))} | {_n(by_wrk_rate)} "
@@ -115,6 +121,24 @@ def wrk_table(runs: list[dict[str, Any]]) -> list[str]:
             f"| {p50:.1f} / {p99:.1f} | {sum(r['errors'] for r in service)} | {rss:.0f} MiB |"
         )
     return lines
+
+
+def batched_lines(result: dict[str, Any] | None) -> list[str]:
+    """Batched ingest through the service against bare asyncpg (bench.batched_vs_bare)."""
+    if not result:
+        return []
+    ratios = [r["ratio"] for r in result["rounds"]]
+    return [
+        "Batched ingest against bare asyncpg on the same table (`bench.batched_vs_bare`: "
+        "the service under wrk, 1,000 events per request, 8 connections; bare asyncpg "
+        "COPY with 8 connections; ABBA rounds):",
+        "",
+        "| service events/s | bare asyncpg rows/s | ratio per round |",
+        "|---|---|---|",
+        f"| {result['service_median']:,.0f} | {result['bare_median']:,.0f} "
+        f"| **{statistics.median(ratios):.2f}** ({min(ratios):.2f}–{max(ratios):.2f}) |",
+        "",
+    ]
 
 
 def protocol_comparison(runs: list[dict[str, Any]]) -> list[str]:
@@ -186,8 +210,11 @@ def render_summary(result: dict[str, Any]) -> str:
         *wrk_table(result.get("wrk", [])),
         "",
         "bench.load's rows above are limited by bench.load itself: against the no-op app its "
-        "single-event rate is the ceiling of a Python client, not of the HTTP stack.",
+        "single-event rate is the ceiling of a Python client, not of the HTTP stack. "
+        "The wrk column of the `-batch 1000` rows is `bench/wrk/batch_events.lua` "
+        "(1,000 events per request, 8 connections, 10 s, median of the rounds).",
         "",
+        *batched_lines(result.get("batched_vs_bare")),
         "SDK wire formats against the native one, same service, same run (rounds interleaved):",
         "",
         *protocol_comparison(result["load"]["service"]),
