@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from typing import Any
 
 from event_metrics import telemetry
 
@@ -35,6 +36,14 @@ def describe(error: BaseException) -> str:
     """`Type: message`, the form /health and the logs show (never a request body)."""
     message = " ".join(str(error).split())  # ClickHouse puts the reason on a second line
     return f"{type(error).__name__}: {message[:300]}" if message else type(error).__name__
+
+
+class StatusSource:
+    """What /health shows of a background loop, wherever the loop runs (a task here, or
+    the replicator's own process)."""
+
+    def status(self) -> dict[str, Any]:
+        raise NotImplementedError
 
 
 class LoopState:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -18,10 +19,11 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 
-from event_metrics import __version__, http_server, logs, projects, rollups, verify
+from event_metrics import __version__, http_server, logs, projects, rollups, telemetry, verify
 from event_metrics.migrations import upgrade_head
 from event_metrics.postgres import EmbeddedUnavailable, start_embedded
 from event_metrics.replicator import Replicator
+from event_metrics.replicator_process import die_with_parent, replicator_process, report_status
 from event_metrics.settings import ConfigError, Settings, unknown_variables, variables
 
 log = logging.getLogger("event_metrics")
@@ -91,8 +93,16 @@ def serve(settings: Settings, _: argparse.Namespace) -> None:
         # uvicorn re-raises SIGTERM after its graceful shutdown: exit cleanly then, so the
         # embedded PostgreSQL is stopped and `make serve` does not report an error.
         signal.signal(signal.SIGTERM, _exit_cleanly)
+        alongside = None
+        replication = settings.replication
+        if settings.clickhouse_url and replication.enabled and replication.process:
+            alongside = functools.partial(replicator_process, retry_max_s=replication.retry_max_s)
         with contextlib.suppress(KeyboardInterrupt):
-            http_server.run(settings.http, shutdown_timeout_s=settings.writer.shutdown_timeout_s)
+            http_server.run(
+                settings.http,
+                shutdown_timeout_s=settings.writer.shutdown_timeout_s,
+                alongside=alongside,
+            )
         log.info("stopped")
 
 
@@ -161,9 +171,18 @@ def replicate(settings: Settings, args: argparse.Namespace) -> None:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, replicator.stop)
-            await replicator.run()
+            reporting = None
+            if args.parent_pid:  # a child of serve
+                die_with_parent(args.parent_pid)
+                reporting = asyncio.create_task(report_status(replicator, args.status_file))
+            try:
+                await replicator.run()
+            finally:
+                if reporting is not None:
+                    reporting.cancel()
 
         asyncio.run(run())
+        telemetry.process_exited()
 
 
 def rebuild_rollups(settings: Settings, _: argparse.Namespace) -> None:
@@ -309,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
         (None, "replication"),
     )
     sub.add_argument("--once", action="store_true", help="copy what is committed now, then exit")
+    sub.add_argument(
+        "--status-file",
+        type=Path,
+        help="write the replicator's status here every second (serve reads it for /health)",
+    )
+    sub.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # set by serve
     command(
         "rebuild-rollups", rebuild_rollups, "recompute the rollups from the events table", (None,)
     )

@@ -14,9 +14,12 @@ began, and one sweep per process, twice a second, closes those past their deadli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import weakref
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Literal
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -168,11 +171,19 @@ def raise_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def run(settings: HttpSettings, *, shutdown_timeout_s: float) -> None:
-    """Serve the app with uvicorn; worker processes build it from the environment."""
+def run(
+    settings: HttpSettings,
+    *,
+    shutdown_timeout_s: float,
+    alongside: Callable[[], AbstractContextManager[object]] | None = None,
+) -> None:
+    """Serve the app with uvicorn; worker processes build it from the environment.
+    `alongside` runs another process for as long (the replicator): it shares the
+    Prometheus files with the workers."""
 
     raise_open_files_limit()
-    with telemetry.multiprocess_dir(settings.workers):
+    processes = settings.workers + (alongside is not None)
+    with telemetry.multiprocess_dir(processes), (alongside or contextlib.nullcontext)():
         _run_uvicorn(settings, shutdown_timeout_s)
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
 import asyncpg
@@ -15,13 +17,14 @@ import msgspec
 
 from event_metrics import telemetry
 from event_metrics.auth import KeyStore
-from event_metrics.backoff import describe
+from event_metrics.backoff import StatusSource, describe
 from event_metrics.clickhouse import ClickHousePool
 from event_metrics.ingest import Ingestor
 from event_metrics.metrics_service import MetricsService
 from event_metrics.postgres import create_pool
 from event_metrics.queue import IngestQueue
 from event_metrics.replicator import Replicator
+from event_metrics.replicator_process import STATUS_FILE_VARIABLE, ReplicatorStatus
 from event_metrics.rollups import RollupRefresher
 from event_metrics.settings import Settings
 from event_metrics.writer import WriterPool, init_writer_connection
@@ -60,7 +63,7 @@ class Services:
     metrics: MetricsService
     keys: KeyStore
     clickhouse: ClickHousePool | None = None
-    replicator: Replicator | None = None
+    replicator: StatusSource | None = None
     refresher: RollupRefresher | None = None
 
     async def health(self) -> Health:
@@ -112,14 +115,18 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
         )
         stack.push_async_callback(query_pool.close)
 
-        clickhouse = replicator = None
+        clickhouse = None
+        replicator: StatusSource | None = None
         if settings.clickhouse_url:
             # Clients connect lazily: the service starts even while ClickHouse is down.
             clickhouse = ClickHousePool(
                 settings.clickhouse_url, size=metrics.pool_size, timeout_s=metrics.query_timeout_s
             )
             stack.push_async_callback(clickhouse.close)
-            if settings.replication.enabled:
+            status_file = os.environ.get(STATUS_FILE_VARIABLE)
+            if settings.replication.enabled and status_file:
+                replicator = ReplicatorStatus(Path(status_file))  # serve runs it beside us
+            elif settings.replication.enabled:
                 replicator = Replicator(
                     settings.database_url, settings.clickhouse_url, settings.replication
                 )

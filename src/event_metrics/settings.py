@@ -115,11 +115,14 @@ class RollupSettings(msgspec.Struct, frozen=True, kw_only=True):
 class ReplicationSettings(msgspec.Struct, frozen=True, kw_only=True):
     enabled: Annotated[bool, Env("REPLICATE")] = True
     batch_rows: Annotated[PositiveInt, Env("REPLICATION_BATCH_ROWS")] = 10_000
-    # Short: each cycle copies what arrived since the last, and that work shares the event
-    # loop (and the GIL) with requests. One second's worth of 9,000 events/s held them up
-    # for ~35 ms (p99 35 ms under wrk); a fifth of it, ~20 ms (docs/benchmarks.md).
+    # Short: each cycle copies what arrived since the last. When the replicator runs in an
+    # HTTP worker (REPLICATOR_PROCESS=false) that work shares the event loop and the GIL
+    # with requests: a second's worth of 9,000 events/s held them up for ~35 ms (p99 35
+    # ms under wrk), a fifth of it ~20 ms (docs/benchmarks.md).
     interval_s: Annotated[float, Env("REPLICATION_INTERVAL_MS", "ms"), Positive] = 0.2
     retry_max_s: Annotated[float, Env("REPLICATION_RETRY_MAX_MS", "ms"), Positive] = 5.0
+    # `serve` runs it as a child process: its work then never holds up a request.
+    process: Annotated[bool, Env("REPLICATOR_PROCESS")] = True
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -224,8 +227,14 @@ def _by_name() -> dict[str, Variable]:
 
 
 VARIABLES = _by_name()
-# Read by the tests and .ci/run, not by the service: known, so not warned about.
-TEST_VARIABLES = ("REQUIRE_SERVICES", "TEST_POSTGRES_URL", "CLICKHOUSE_BINARY")
+# Read by the tests and .ci/run, or set by `serve` for its own processes
+# (replicator_process.py), not configuration: known, so not warned about.
+TEST_VARIABLES = (
+    "REQUIRE_SERVICES",
+    "TEST_POSTGRES_URL",
+    "CLICKHOUSE_BINARY",
+    "REPLICATOR_STATUS_FILE",
+)
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:

@@ -33,6 +33,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
 
 if TYPE_CHECKING:
     from event_metrics.services import Services
@@ -223,13 +224,50 @@ def refresh(services: Services) -> None:
             LAG_SECONDS.labels(name).set(status["lag_seconds"])
 
 
+# prometheus-client picks files or memory for a process's values when it is imported.
+# A single-worker `serve` imported it before it set the directory up for its replicator
+# child: that process keeps its numbers in memory and adds the child's files to them.
+_IN_FILES = bool(os.environ.get(MULTIPROCESS_DIR))
+
+
 def exposition() -> bytes:
-    """The text a scrape gets: this process's registry, or all processes' files."""
-    if os.environ.get(MULTIPROCESS_DIR):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
-    return generate_latest(REGISTRY)
+    """The text a scrape gets: this process's registry, all processes' files, or both."""
+    if not os.environ.get(MULTIPROCESS_DIR):
+        return generate_latest(REGISTRY)
+    files = CollectorRegistry()
+    multiprocess.MultiProcessCollector(files)  # type: ignore[no-untyped-call]
+    if _IN_FILES:
+        return generate_latest(files)
+    return generate_latest(_Merged([REGISTRY, files]))
+
+
+class _Merged(CollectorRegistry):
+    """Several registries as one: samples with the same name and labels are added up
+    (gauges: the largest), as the multiprocess collector adds up processes."""
+
+    def __init__(self, parts: list[CollectorRegistry]) -> None:
+        super().__init__(auto_describe=False)
+        self.parts = parts
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        where: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}  # sample -> position
+        for part in self.parts:
+            for family in part.collect():
+                into = merged.setdefault(family.name, Metric(family.name, family.documentation,
+                                                             family.type))  # fmt: skip
+                for sample in family.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    at = where.get(key)
+                    if at is None:
+                        where[key] = len(into.samples)
+                        into.samples.append(sample)
+                        continue
+                    old = into.samples[at].value
+                    largest = family.type == "gauge" or sample.name.endswith("_created")
+                    new = max(old, sample.value) if largest else old + sample.value
+                    into.samples[at] = into.samples[at]._replace(value=new)
+        yield from merged.values()
 
 
 @contextlib.contextmanager

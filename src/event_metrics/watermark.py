@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from event_metrics.backoff import Backoff, LoopState
+from event_metrics.backoff import Backoff, LoopState, StatusSource
 from event_metrics.postgres import TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ async def measure_lag(
     return count, 0.0 if oldest is None else max(0.0, time.time() - oldest.timestamp())
 
 
-class LockedWorker:
+class LockedWorker(StatusSource):
     """A background loop that works only while it holds a PostgreSQL advisory lock.
 
     Several service processes may run one each; the lock makes one of them active and

@@ -52,3 +52,18 @@ def test_flush_moves_the_per_request_counters() -> None:
              count("event_metrics_writer_commits_total"),
              count("event_metrics_ingest_ack_seconds_count"))  # fmt: skip
     assert [a - b for a, b in zip(after, before, strict=True)] == [3, 2, 1, 1]
+
+
+def test_a_merged_exposition_adds_counters_and_keeps_the_largest_gauge() -> None:
+    from prometheus_client import Counter, Gauge
+
+    first, second = CollectorRegistry(), CollectorRegistry()
+    for registry, (count, level) in ((first, (2, 5)), (second, (3, 7))):
+        Counter("c", "c", ["loop"], registry=registry).labels("a").inc(count)
+        Gauge("g", "g", registry=registry).set(level)
+    Counter("only", "only", registry=second).inc(4)
+    merged = exposition(telemetry._Merged([first, second]))
+    assert 'c_total{loop="a"} 5.0' in merged
+    assert "g 7.0" in merged
+    assert "only_total 4.0" in merged
+    assert sum(line.startswith("c_total") for line in merged) == 1
