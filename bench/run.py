@@ -210,21 +210,25 @@ WRK_BATCH = 1000
 
 
 def wrk_comparison(
-    runner: Runner, cli: str, env: dict[str, str], keys: dict[str, str]
+    runner: Runner, cli: str, env: dict[str, str], keys: dict[str, str], *, batch: int | None = None
 ) -> list[dict[str, Any]]:
-    """Single events under wrk, the service against the no-op app, rounds interleaved, on
-    one and on two HTTP worker processes each."""
+    """Under wrk, the service against the no-op app, rounds interleaved: single events on
+    one and on two HTTP worker processes, or (`batch`) batched requests on one. Each
+    service starts once the replicator and the rollups have caught up with earlier runs,
+    so it pays only for its own traffic."""
     results = []
-    for workers in WRK_WORKERS:
+    for workers in WRK_WORKERS if batch is None else (1,):
+        wait_folded(env["EVENT_METRICS_DATABASE_URL"])
         ports = {"service": free_port(), "noop": free_port()}
+        label = f"wrk-{workers}" if batch is None else f"wrk-batch-{batch}"
         servers = {
             "service": runner.start(
-                f"service-wrk-{workers}", [cli, "serve"],
+                f"service-{label}", [cli, "serve"],
                 env={**env, "EVENT_METRICS_PORT": str(ports["service"]),
                      "EVENT_METRICS_HTTP_WORKERS": str(workers)},
             ),
             "noop": runner.start(
-                f"noop-wrk-{workers}",
+                f"noop-{label}",
                 [sys.executable, "-m", "bench.noop", "--port", str(ports["noop"]),
                  "--workers", str(workers)],
                 env={},
@@ -232,31 +236,45 @@ def wrk_comparison(
         }  # fmt: skip
         for name, proc in servers.items():
             wait_http(f"http://127.0.0.1:{ports[name]}/health", proc,
-                      runner.workdir / f"{name}-wrk-{workers}.log")  # fmt: skip
+                      runner.workdir / f"{name}-{label}.log")  # fmt: skip
+        wait_replicated(f"http://127.0.0.1:{ports['service']}")
         rounds: dict[str, list[dict[str, Any]]] = {"service": [], "noop": []}
-        batch_rounds: dict[str, list[dict[str, Any]]] = {"service": [], "noop": []}
         for _ in range(WRK_ROUNDS):
             for name, proc in servers.items():
                 url = f"http://127.0.0.1:{ports[name]}"
-                result = wrk.run(url, key=keys["write"], pid=proc.pid)
-                runner.commands.append(f"WRK_AUTH='Bearer $WRITE_KEY' wrk {result['command']}")
+                if batch is None:
+                    result = wrk.run(url, key=keys["write"], pid=proc.pid)
+                else:  # 8 connections, as bench.batched_vs_bare gives bare asyncpg
+                    result = wrk.run(
+                        url, key=keys["write"], connections=8, batch=batch, pid=proc.pid
+                    )
+                shown = f"WRK_BATCH={batch} " if batch else ""
+                runner.commands.append(
+                    f"WRK_AUTH='Bearer $WRITE_KEY' {shown}wrk {result['command']}"
+                )
                 rounds[name].append(result)
-                if workers == 1:  # and batches of 1000, 8 connections, as bench.load sends
-                    result = wrk.run(url, key=keys["write"], connections=8, batch=WRK_BATCH)
-                    shown = f"WRK_BATCH={WRK_BATCH} wrk {result['command']}"
-                    runner.commands.append(f"WRK_AUTH='Bearer $WRITE_KEY' {shown}")
-                    batch_rounds[name].append(result)
         for proc in servers.values():
             runner.stop(proc)
-        results.append({"workers": workers, "rounds": rounds, "batch_rounds": batch_rounds})
+        results.append({"workers": workers, "batch": batch, "rounds": rounds})
     return results
 
 
-def batched_vs_bare(runner: Runner, url: str, key: str, database_url: str) -> dict[str, Any]:
-    """Batched ingest through the service (wrk) against bare asyncpg, ABBA rounds."""
+def batched_vs_bare(runner: Runner, cli: str, env: dict[str, str], key: str) -> dict[str, Any]:
+    """Batched ingest through the service (wrk) against bare asyncpg, ABBA rounds, on the
+    same table. The service has PostgreSQL only here: bare asyncpg does no replicating."""
+    database_url = env["EVENT_METRICS_DATABASE_URL"]
+    wait_folded(database_url)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    service = runner.start(
+        "service-postgres-only", [cli, "serve"],
+        env={"EVENT_METRICS_DATABASE_URL": database_url, "EVENT_METRICS_PORT": str(port)},
+    )  # fmt: skip
+    wait_http(f"{url}/health", service, runner.workdir / "service-postgres-only.log")
     argv = ["--url", url, "--key", key, "--database-url", database_url, "--rounds", "3"]
     out = runner.run([sys.executable, "-m", "bench.batched_vs_bare", *argv], timeout=900)
     runner.commands[-1] = runner.commands[-1].replace(key, "$WRITE_KEY")
+    runner.stop(service)
     result: dict[str, Any] = json.loads(out)
     return result
 
@@ -365,10 +383,10 @@ def benchmark(
     freshness = measure_freshness(service_url, keys)
     runner.stop(service)  # the wrk runs start their own, on one and on two workers
     wrk_runs = wrk_comparison(runner, cli, env, keys)
+    wrk_runs += wrk_comparison(runner, cli, env, keys, batch=WRK_BATCH)
+    batched = batched_vs_bare(runner, cli, env, keys["write"])
     service = runner.start("service", [cli, "serve"], env={**env, "EVENT_METRICS_PORT": str(port)})
     wait_http(f"{service_url}/health", service, runner.workdir / "service.log")
-
-    batched = batched_vs_bare(runner, service_url, keys["write"], database_url)
 
     noop_port = free_port()
     noop_url = f"http://127.0.0.1:{noop_port}"

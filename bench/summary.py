@@ -69,13 +69,13 @@ def _load_table(
     rate (one worker)."""
     by_wrk = {
         ("max, single events", target): statistics.median(r["rps"] for r in rounds)
-        for run in wrk_runs if run["workers"] == 1
+        for run in wrk_runs if run["workers"] == 1 and not run.get("batch")
         for target, rounds in run["rounds"].items()
     }  # fmt: skip
     by_wrk |= {
         ("max, -batch 1000", target): statistics.median(r["events_per_s"] for r in rounds)
-        for run in wrk_runs if run["workers"] == 1
-        for target, rounds in run.get("batch_rounds", {}).items() if rounds
+        for run in wrk_runs if run.get("batch") == 1000
+        for target, rounds in run["rounds"].items()
     }  # fmt: skip
     lines = [
         "| target | run | events | bench.load events/s | wrk events/s | p50 ms | p99 ms | max ms "
@@ -109,6 +109,8 @@ def wrk_table(runs: list[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for run in runs:
+        if run.get("batch"):
+            continue  # in the ingest table's wrk column
         service, noop = run["rounds"]["service"], run["rounds"]["noop"]
         rates = [r["rps"] for r in service]
         base = [r["rps"] for r in noop]
@@ -130,8 +132,8 @@ def batched_lines(result: dict[str, Any] | None) -> list[str]:
     ratios = [r["ratio"] for r in result["rounds"]]
     return [
         "Batched ingest against bare asyncpg on the same table (`bench.batched_vs_bare`: "
-        "the service under wrk, 1,000 events per request, 8 connections; bare asyncpg "
-        "COPY with 8 connections; ABBA rounds):",
+        "the service, with PostgreSQL only, under wrk, 1,000 events per request, 8 "
+        "connections; bare asyncpg COPY with 8 connections; ABBA rounds):",
         "",
         "| service events/s | bare asyncpg rows/s | ratio per round |",
         "|---|---|---|",
@@ -212,7 +214,8 @@ def render_summary(result: dict[str, Any]) -> str:
         "bench.load's rows above are limited by bench.load itself: against the no-op app its "
         "single-event rate is the ceiling of a Python client, not of the HTTP stack. "
         "The wrk column of the `-batch 1000` rows is `bench/wrk/batch_events.lua` "
-        "(1,000 events per request, 8 connections, 10 s, median of the rounds).",
+        "(1,000 events per request, 8 connections, 10 s, median of three rounds interleaved "
+        "with the no-op app's).",
         "",
         *batched_lines(result.get("batched_vs_bare")),
         "SDK wire formats against the native one, same service, same run (rounds interleaved):",
