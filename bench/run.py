@@ -128,16 +128,19 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: flo
     raise RuntimeError(f"{url} did not answer within {timeout_s}s:\n{log.read_text()[-3000:]}")
 
 
-def wait_replicated(base_url: str, timeout_s: float = 180) -> float:
-    """Wait until /health reports no replication lag; return how long it took."""
+def wait_replicated(base_url: str, timeout_s: float = 180, *, rollups: bool = False) -> float:
+    """Wait until /health reports no replication lag (and with `rollups`, nothing left to
+    fold either); return how long it took."""
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
         with urllib.request.urlopen(f"{base_url}/health", timeout=5) as response:
-            replication = json.loads(response.read()).get("replication") or {}
-        if replication.get("state") == "running" and replication.get("lag_rows") == 0:
+            health = json.loads(response.read())
+        replication = health.get("replication") or {}
+        folded = not rollups or (health.get("rollups") or {}).get("lag_rows") == 0
+        if replication.get("state") == "running" and replication.get("lag_rows") == 0 and folded:
             return time.monotonic() - started
         time.sleep(0.5)
-    raise RuntimeError(f"replication still lagging after {timeout_s}s: {replication}")
+    raise RuntimeError(f"replication or rollups still lagging after {timeout_s}s: {health}")
 
 
 PENDING_FOLD = """
@@ -218,7 +221,6 @@ def wrk_comparison(
     so it pays only for its own traffic."""
     results = []
     for workers in WRK_WORKERS if batch is None else (1,):
-        wait_folded(env["EVENT_METRICS_DATABASE_URL"])
         ports = {"service": free_port(), "noop": free_port()}
         label = f"wrk-{workers}" if batch is None else f"wrk-batch-{batch}"
         servers = {
@@ -237,7 +239,7 @@ def wrk_comparison(
         for name, proc in servers.items():
             wait_http(f"http://127.0.0.1:{ports[name]}/health", proc,
                       runner.workdir / f"{name}-{label}.log")  # fmt: skip
-        wait_replicated(f"http://127.0.0.1:{ports['service']}")
+        wait_replicated(f"http://127.0.0.1:{ports['service']}", 600, rollups=True)
         rounds: dict[str, list[dict[str, Any]]] = {"service": [], "noop": []}
         for _ in range(WRK_ROUNDS):
             for name, proc in servers.items():
@@ -263,7 +265,6 @@ def batched_vs_bare(runner: Runner, cli: str, env: dict[str, str], key: str) -> 
     """Batched ingest through the service (wrk) against bare asyncpg, ABBA rounds, on the
     same table. The service has PostgreSQL only here: bare asyncpg does no replicating."""
     database_url = env["EVENT_METRICS_DATABASE_URL"]
-    wait_folded(database_url)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     service = runner.start(
@@ -271,6 +272,7 @@ def batched_vs_bare(runner: Runner, cli: str, env: dict[str, str], key: str) -> 
         env={"EVENT_METRICS_DATABASE_URL": database_url, "EVENT_METRICS_PORT": str(port)},
     )  # fmt: skip
     wait_http(f"{url}/health", service, runner.workdir / "service-postgres-only.log")
+    wait_folded(database_url)  # this service's refresher folds what earlier runs left
     argv = ["--url", url, "--key", key, "--database-url", database_url, "--rounds", "3"]
     out = runner.run([sys.executable, "-m", "bench.batched_vs_bare", *argv], timeout=900)
     runner.commands[-1] = runner.commands[-1].replace(key, "$WRITE_KEY")
