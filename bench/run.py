@@ -389,6 +389,9 @@ def benchmark(
     batched = batched_vs_bare(runner, cli, env, keys["write"])
     service = runner.start("service", [cli, "serve"], env={**env, "EVENT_METRICS_PORT": str(port)})
     wait_http(f"{service_url}/health", service, runner.workdir / "service.log")
+    # Millions of rows from the runs above: copied and folded before the no-op app is
+    # measured beside this service, not while.
+    wait_replicated(service_url, 1800, rollups=True)
 
     noop_port = free_port()
     noop_url = f"http://127.0.0.1:{noop_port}"
