@@ -162,10 +162,19 @@ class KeyAuth(httpx.Auth):
 async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the test database, emptied before the test."""
     connection = await asyncpg.connect(database_url)
-    await connection.execute(
-        "TRUNCATE events, replication_state, rollups, user_ids RESTART IDENTITY"
-    )
     try:
+        for attempt in range(5):
+            try:
+                await connection.execute(
+                    "TRUNCATE events, replication_state, rollups, user_ids RESTART IDENTITY"
+                )
+                break
+            except asyncpg.DeadlockDetectedError:
+                # A running server's rollup refresher reads events and then rollups;
+                # TRUNCATE locks them one by one, and PostgreSQL may abort either side.
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.1)
         yield connection
     finally:
         await connection.close()
