@@ -171,9 +171,10 @@ def replicate(settings: Settings, args: argparse.Namespace) -> None:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, replicator.stop)
-            reporting = None
             if args.parent_pid:  # a child of serve
                 die_with_parent(args.parent_pid)
+            reporting = None
+            if args.status_file:
                 reporting = asyncio.create_task(report_status(replicator, args.status_file))
             try:
                 await replicator.run()

@@ -55,7 +55,6 @@ class ReplicatorProcess:
         self.status_file = status_file
         self.backoff = Backoff(initial_s=0.5, max_s=max(retry_max_s, 1.0))
         self.child: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._supervise, name="replicator", daemon=True)
@@ -94,7 +93,6 @@ class ReplicatorProcess:
             if time.monotonic() - started > 60:
                 self.backoff.reset()  # it ran a while: a fresh failure, not a crash loop
             delay = self.backoff.next_delay()
-            self.restarts += 1
             log.error("replicator process exited with status %d; restarting in %.1f s",
                       code, delay)  # fmt: skip
             self._stopping.wait(delay)
@@ -119,7 +117,7 @@ async def report_status(replicator: Replicator, status_file: Path) -> None:
     """In the child: write the replicator's status to the file every second, atomically."""
     temporary = status_file.with_name(status_file.name + f".{os.getpid()}")
     while True:
-        report = {**replicator.status(), "pid": os.getpid(), "reported_at": time.time()}
+        report = {**replicator.status(), "reported_at": time.time()}
         with contextlib.suppress(OSError):  # the folder goes when serve exits
             temporary.write_text(json.dumps(report))
             temporary.replace(status_file)
@@ -137,19 +135,22 @@ class ReplicatorStatus(StatusSource):
         try:
             report: dict[str, Any] = json.loads(self.status_file.read_text())
         except (OSError, ValueError):
-            report = {}
-        reported_at = report.pop("reported_at", None)
-        silent_s = time.time() - (reported_at if reported_at is not None else self.started)
+            report = {}  # none yet, or serve's folder is gone
+        reported_at = report.pop("reported_at", self.started)
+        status = {**_NOT_YET_REPORTED, **report}
+        silent_s = time.time() - reported_at
         if silent_s > SILENT_AFTER_S:
-            return {
-                "state": "failing",
-                "lag_rows": report.get("lag_rows", 0),
-                "lag_rows_capped": report.get("lag_rows_capped", False),
-                "lag_seconds": report.get("lag_seconds", 0.0),
-                "last_error": f"the replicator process has not reported for {silent_s:.0f} s",
-            }
-        if not report:
-            return {"state": "starting", "lag_rows": 0, "lag_rows_capped": False,
-                    "lag_seconds": 0.0, "last_error": None}  # fmt: skip
-        report.pop("pid", None)
-        return report
+            status["state"] = "failing"
+            status["last_error"] = f"the replicator process has not reported for {silent_s:.0f} s"
+        return status
+
+
+# What /health shows before the child's first report: Replicator.status()'s fields.
+_NOT_YET_REPORTED: dict[str, Any] = {
+    "state": "starting",
+    "lag_rows": 0,
+    "lag_rows_capped": False,
+    "lag_seconds": 0.0,
+    "last_error": None,
+    "rows_copied": 0,
+}

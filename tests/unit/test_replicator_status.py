@@ -1,0 +1,48 @@
+"""What an HTTP worker shows of the replicator child: its report, `starting` before the
+first one, and `failing` once the reports stop (the child died or hangs)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from event_metrics import replicator_process
+from event_metrics.replicator_process import ReplicatorStatus
+
+
+def write(path: Path, age_s: float, **fields: object) -> None:
+    path.write_text(json.dumps({**fields, "reported_at": time.time() - age_s}))
+
+
+def test_a_fresh_report_is_shown_as_the_child_wrote_it(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    report = {"state": "running", "lag_rows": 7, "lag_rows_capped": False,
+              "lag_seconds": 0.4, "last_error": None, "rows_copied": 99}  # fmt: skip
+    write(path, 1, **report)
+    assert ReplicatorStatus(path).status() == report
+
+
+def test_before_the_first_report_it_is_starting_then_failing(tmp_path: Path) -> None:
+    watch = ReplicatorStatus(tmp_path / "status.json")
+    assert watch.status()["state"] == "starting"
+    watch.started -= replicator_process.SILENT_AFTER_S + 1  # no report in time
+    status = watch.status()
+    assert status["state"] == "failing"
+    assert "has not reported" in status["last_error"]
+
+
+def test_a_stale_report_is_failing_and_keeps_the_last_lag(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    write(path, replicator_process.SILENT_AFTER_S + 5, state="running", lag_rows=12,
+          lag_rows_capped=False, lag_seconds=3.0, last_error=None, rows_copied=5)  # fmt: skip
+    status = ReplicatorStatus(path).status()
+    assert status["state"] == "failing"
+    assert status["lag_rows"] == 12 and status["rows_copied"] == 5
+    assert "has not reported for 15 s" in status["last_error"]
+
+
+def test_a_torn_file_reads_as_no_report(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    path.write_text('{"state": "runn')
+    assert ReplicatorStatus(path).status()["state"] == "starting"
