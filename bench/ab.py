@@ -24,14 +24,16 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
+from pathlib import Path
 from typing import Any
 
 import psutil
 from clickhouse_driver import Client
 
 from bench import wrk
+from bench.run import wait_http
 
 CLI = [sys.executable, "-m", "event_metrics.cli"]
 
@@ -56,18 +58,6 @@ def postgres_processes() -> list[psutil.Process]:
     ]
 
 
-def wait_up(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited with {process.returncode}")
-        with contextlib.suppress(OSError):
-            urllib.request.urlopen(f"{url}/health", timeout=1)
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer /health in 60 s")
-
-
 class Variant:
     def __init__(self, spec: str, args: argparse.Namespace, port: int) -> None:
         spec, _, self.pythonpath = spec.partition("@")
@@ -79,6 +69,13 @@ class Variant:
         self.database = f"em_ab_{self.name.replace('-', '_')}"
         self.process: subprocess.Popen[bytes] | None = None
         self.key: str | None = None
+        self.log = Path(tempfile.gettempdir()) / f"bench-ab-{self.name}.log"
+
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        """Start the server, its stderr in self.log, and wait until /health answers."""
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(argv, env=env, stderr=log, start_new_session=True)
+        wait_http(f"{self.url}/health", self.process, self.log)
 
     def start(self) -> None:
         admin = self.args.admin_url.rsplit("/", 1)[0]
@@ -106,8 +103,7 @@ class Variant:
         made = subprocess.run([*CLI, "keys", "create", "--project", "default", "--scope", "write",
                                "--json"], env=env, check=True, capture_output=True)  # fmt: skip
         self.key = json.loads(made.stdout)["key"]
-        self.process = subprocess.Popen([*CLI, "serve"], env=env, start_new_session=True)
-        wait_up(self.url, self.process)
+        self.spawn([*CLI, "serve"], env)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -125,11 +121,8 @@ class Noop(Variant):
         super().__init__("noop", args, port)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.noop", "--port", str(self.port),
-             "--workers", str(self.args.workers)], start_new_session=True,
-        )  # fmt: skip
-        wait_up(self.url, self.process)
+        self.spawn([sys.executable, "-m", "bench.noop", "--port", str(self.port),
+                    "--workers", str(self.args.workers)])  # fmt: skip
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
