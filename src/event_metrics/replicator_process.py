@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from event_metrics.backoff import Backoff, StatusSource
+from event_metrics.backoff import Backoff, StatusSource, describe
 from event_metrics.replicator import Replicator
 
 log = logging.getLogger(__name__)
@@ -82,19 +82,22 @@ class ReplicatorProcess:
                 str(self.status_file), "--parent-pid", str(os.getpid())]  # fmt: skip
         while not self._stopping.is_set():
             started = time.monotonic()
-            with self._lock:
-                if self._stopping.is_set():
-                    return
-                self.child = subprocess.Popen(argv)
-            log.info("replicator process %d started", self.child.pid)
-            code = self.child.wait()
+            try:
+                with self._lock:
+                    if self._stopping.is_set():
+                        return
+                    self.child = subprocess.Popen(argv)
+            except OSError as exc:  # no process at all (out of memory, pids): try again
+                outcome = f"could not start ({describe(exc)})"
+            else:
+                log.info("replicator process %d started", self.child.pid)
+                outcome = f"exited with status {self.child.wait()}"
             if self._stopping.is_set():
                 return
             if time.monotonic() - started > 60:
                 self.backoff.reset()  # it ran a while: a fresh failure, not a crash loop
             delay = self.backoff.next_delay()
-            log.error("replicator process exited with status %d; restarting in %.1f s",
-                      code, delay)  # fmt: skip
+            log.error("replicator process %s; restarting in %.1f s", outcome, delay)
             self._stopping.wait(delay)
 
 

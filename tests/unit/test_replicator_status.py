@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from event_metrics import replicator_process
 from event_metrics.replicator_process import ReplicatorStatus
 
@@ -46,3 +48,24 @@ def test_a_torn_file_reads_as_no_report(tmp_path: Path) -> None:
     path = tmp_path / "status.json"
     path.write_text('{"state": "runn')
     assert ReplicatorStatus(path).status()["state"] == "starting"
+
+
+def test_the_supervisor_retries_when_the_child_cannot_even_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    attempts: list[int] = []
+
+    def refuse(*_: object, **__: object) -> None:
+        attempts.append(1)
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(replicator_process.subprocess, "Popen", refuse)
+    supervisor = replicator_process.ReplicatorProcess(tmp_path / "s.json", retry_max_s=0.1)
+    supervisor.backoff = replicator_process.Backoff(initial_s=0.01, max_s=0.02)
+    supervisor.start()
+    deadline = time.monotonic() + 5
+    while len(attempts) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    supervisor.stop()
+    assert len(attempts) >= 3  # the thread kept trying instead of dying
+    assert "could not start (OSError" in caplog.text
