@@ -9,8 +9,9 @@ wrk, single events, rounds interleaved, each variant on a fresh database of its 
 A variant is NAME[:VAR=VALUE,...][@PYTHONPATH]: the PYTHONPATH puts another checkout's
 `src` in front of this one (e.g. a `git worktree` of an older commit). With
 --clickhouse-url each variant replicates into a ClickHouse database of its own. Reports
-events/s, wrk's p50/p99, the CPU per request of the service's processes and of all
-PostgreSQL processes (utime + stime from /proc), and peak RSS; alternating the order
+events/s, wrk's p50/p99, the CPU per request (utime + stime from /proc) of the service's
+HTTP processes, of all PostgreSQL processes, of its replicator child and of the
+ClickHouse server, and peak RSS; alternating the order
 of the variants from round to round.
 """
 
@@ -52,10 +53,14 @@ def tree(pid: int) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
-def postgres_processes() -> list[psutil.Process]:
-    return [
-        p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")
-    ]
+def processes_named(prefix: str) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith(prefix)]
+
+
+def is_replicator(process: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        return "replicate" in process.cmdline()
+    return False
 
 
 class Variant:
@@ -132,12 +137,18 @@ class Noop(Variant):
 
 def measure(variant: Variant, duration_s: int) -> dict[str, Any]:
     assert variant.process is not None
-    processes, postgres = tree(variant.process.pid), postgres_processes()
-    service_before, postgres_before = cpu_seconds(processes), cpu_seconds(postgres)
+    processes = tree(variant.process.pid)
+    groups = {
+        "service": [p for p in processes if not is_replicator(p)],
+        "replicator": [p for p in processes if is_replicator(p)],
+        "postgres": processes_named("postgres"),
+        "clickhouse": processes_named("clickhouse"),
+    }
+    before = {name: cpu_seconds(group) for name, group in groups.items()}
     result = wrk.run(variant.url, key=variant.key, duration_s=duration_s, pid=variant.process.pid)
-    requests = result["requests"]
-    result["service_cpu_us"] = round((cpu_seconds(processes) - service_before) / requests * 1e6, 1)
-    result["postgres_cpu_us"] = round((cpu_seconds(postgres) - postgres_before) / requests * 1e6, 1)
+    for name, group in groups.items():
+        spent = cpu_seconds(group) - before[name]
+        result[f"{name}_cpu_us"] = round(spent / result["requests"] * 1e6, 1)
     return result
 
 
@@ -175,15 +186,17 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(results), file=sys.stderr)
     print(
         "| variant | events/s, median (min–max) | p99 ms | service CPU / request "
-        "| PostgreSQL CPU / request | peak RSS |"
+        "| PostgreSQL CPU / request | replicator + ClickHouse CPU / request | peak RSS |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for name, runs in results.items():
         rates = [r["rps"] for r in runs]
         print(f"| {name} | {statistics.median(rates):,.0f} ({min(rates):,.0f}–{max(rates):,.0f}) "
               f"| {statistics.median(r['p99_ms'] for r in runs):.1f} "
               f"| {statistics.median(r['service_cpu_us'] for r in runs):.0f} µs "
               f"| {statistics.median(r['postgres_cpu_us'] for r in runs):.0f} µs "
+              f"| {statistics.median(r['replicator_cpu_us'] for r in runs):.0f} + "
+              f"{statistics.median(r['clickhouse_cpu_us'] for r in runs):.0f} µs "
               f"| {max(r['peak_rss_mib'] or 0 for r in runs):.0f} MiB |")  # fmt: skip
     return 0
 

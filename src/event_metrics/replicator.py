@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from datetime import UTC
 from typing import Any
 
 import asyncpg
@@ -41,15 +40,26 @@ REPLICATOR_LOCK_ID = 0x45564D52  # "EVMR"
 # The txid goes out as text (asyncpg has no xid8 codec) under another name: ORDER BY
 # prefers an output column to a table column of the same name, and sorting by the text
 # put '10000' before '9995', moving the checkpoint past rows never copied.
-# ClickHouse's columns as PostgreSQL gives them: JSON as its text ('' for none).
-MIRRORED = ", ".join(
-    f"coalesce({name}::text, '') AS {name}"
-    if name in COLUMN_TYPES and COLUMN_TYPES[name].postgres == "jsonb"
-    else name
-    for name in MIRRORED_COLUMNS
-)
+# ClickHouse's columns as PostgreSQL gives them: JSON as its text ('' for none), and a
+# time as the whole seconds since 1970 that a ClickHouse DateTime holds. clickhouse-driver
+# passes integers through, while decoding and re-encoding two datetimes per row was most
+# of the replicator's CPU (docs/benchmarks.md).
+
+
+def _mirrored(name: str) -> str:
+    kind = COLUMN_TYPES[name].postgres if name in COLUMN_TYPES else None
+    if kind == "jsonb":
+        return f"coalesce({name}::text, '') AS {name}"
+    if kind == "timestamptz":
+        return f"floor(extract(epoch FROM {name}))::bigint AS {name}"
+    return name
+
+
+MIRRORED = ", ".join(_mirrored(name) for name in MIRRORED_COLUMNS)
+# ClickHouse's monthly partition of a row (toYYYYMM(ts) there).
+PARTITION = "to_char(ts AT TIME ZONE 'UTC', 'YYYYMM')::integer"
 FETCH_BATCH = f"""
-SELECT {MIRRORED}, txid::text AS txid_text
+SELECT {MIRRORED}, {PARTITION} AS partition, txid::text AS txid_text
 FROM events
 WHERE (txid, id) > ($1::text::xid8, $2::bigint) AND txid < $3::text::xid8
 ORDER BY events.txid, events.id
@@ -61,23 +71,25 @@ def copy_rows(client: Any, rows: Sequence[asyncpg.Record]) -> None:
     """Insert fetched rows into ClickHouse, one block per month. Runs in a worker thread:
     reshaping 10,000 rows took the event loop for tens of milliseconds, which requests
     waiting on it felt as p99 (docs/benchmarks.md)."""
-    mirrored = [tuple(row[name] for name in MIRRORED_COLUMNS) for row in rows]
-    for block in split_by_month(mirrored):
-        insert_columns(client, [list(column) for column in zip(*block, strict=True)])
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    partitions = columns[len(MIRRORED_COLUMNS)]
+    for block in split_by_month(columns[: len(MIRRORED_COLUMNS)], partitions):
+        insert_columns(client, block)
 
 
-def split_by_month(rows: Sequence[Sequence[Any]]) -> list[list[Sequence[Any]]]:
-    """Rows (in MIRRORED_COLUMNS order) grouped by their monthly ClickHouse partition.
+def split_by_month(columns: list[list[Any]], months: list[int]) -> list[list[list[Any]]]:
+    """Column-wise rows grouped by their monthly ClickHouse partition (`months`, one per
+    row).
 
     One insert per partition: current ClickHouse refuses an insert that touches more than
     100 partitions (max_partitions_per_insert_block), which one valid request can do.
     """
-    at = MIRRORED_COLUMNS.index("ts")
-    months: dict[tuple[int, int], list[Sequence[Any]]] = {}
-    for row in rows:
-        ts = row[at].astimezone(UTC)
-        months.setdefault((ts.year, ts.month), []).append(row)
-    return list(months.values())
+    if months.count(months[0]) == len(months):  # nearly always: one month
+        return [columns]
+    rows_of: dict[int, list[int]] = {}
+    for at, month in enumerate(months):
+        rows_of.setdefault(month, []).append(at)
+    return [[[column[at] for at in ats] for column in columns] for ats in rows_of.values()]
 
 
 class Replicator(LockedWorker):

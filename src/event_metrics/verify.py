@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 
 from event_metrics.clickhouse import apply_schema, connect, insert_columns
-from event_metrics.replicator import MIRRORED, TARGET, split_by_month
+from event_metrics.replicator import MIRRORED, TARGET
 from event_metrics.watermark import load_checkpoint
 
 Cell = tuple[int, date, str]  # (project_id, UTC day, event_name)
@@ -151,8 +151,8 @@ async def repair(connection: asyncpg.Connection, client: Any, differences: list[
             POSTGRES_ROWS, *checkpoint, difference.project_id, difference.day,
             difference.event_name,
         )  # fmt: skip
-        for block in split_by_month([tuple(r) for r in rows]):
-            columns = [list(column) for column in zip(*block, strict=True)]
+        if rows:  # one day: one monthly partition
+            columns = [list(column) for column in zip(*rows, strict=True)]
             await asyncio.to_thread(insert_columns, client, columns)
         copied += len(rows)
         if difference.extra:

@@ -13,6 +13,7 @@ from clickhouse_driver import Client
 from test_replication import clickhouse_keys, postgres_keys
 
 from conftest import ClientFactory, wait_until
+from event_metrics.replicator import PARTITION
 
 
 def event(key: str, ts: datetime | None = None) -> dict[str, Any]:
@@ -138,6 +139,39 @@ async def test_an_insert_spanning_many_months_is_replicated(
         expected = await postgres_keys(db)
         assert len(expected) == 101
         await wait_until(lambda: clickhouse_keys(clickhouse_url) == expected, what="copy")
+
+
+async def test_times_and_partitions_reach_clickhouse_exactly(
+    make_client: ClientFactory, db: asyncpg.Connection, clickhouse_url: str
+) -> None:
+    # The replicator sends times as whole epoch seconds and groups rows by a month that
+    # PostgreSQL computes: both must agree with ClickHouse's own DateTime and toYYYYMM(ts),
+    # at a month's last second, its first, and across a year.
+    moments = ["2025-12-31T23:59:59.999Z", "2026-01-01T00:00:00Z", "2026-01-31T23:59:59Z",
+               "2026-02-01T00:30:00+01:00", "2026-02-28T23:00:00-02:00",
+               "1970-01-01T00:00:01Z"]  # fmt: skip
+    events = [{**event(f"t{n}"), "timestamp": moment} for n, moment in enumerate(moments)]
+    async with make_client(clickhouse_url=clickhouse_url, replication_interval_ms=20) as client:
+        assert (await client.post("/events", json=events)).status_code == 200
+        rows = await db.fetch(
+            f"SELECT idempotency_key, floor(extract(epoch FROM ts))::bigint, {PARTITION} "
+            "FROM events"
+        )
+        expected = {key: (ts, month) for key, ts, month in rows}
+        ch = Client.from_url(clickhouse_url)
+        try:
+
+            def mirrored() -> dict[str, tuple[int, int]]:
+                found = ch.execute(
+                    "SELECT idempotency_key, toUInt32(ts), toYYYYMM(ts) FROM events FINAL"
+                )
+                return {key: (ts, month) for key, ts, month in found}
+
+            await wait_until(lambda: mirrored() == expected, what="exact copy")
+        finally:
+            ch.disconnect()
+    assert expected["t1"] == (1767225600, 202601)
+    assert expected["t3"][1] == 202601  # 00:30 at +01:00 is still January in UTC
 
 
 async def test_rollup_refresher_failure_is_retried_and_shown(

@@ -797,14 +797,14 @@ def test_current_clickhouse_refuses_an_insert_over_100_partitions(chdb_engine: E
     as_ints = [tuple(int(v.timestamp()) if isinstance(v, datetime) else v for v in r) for r in rows]
     with pytest.raises(RuntimeError, match=r"252|TOO_MANY_PARTS|partitions"):
         chdb_engine.insert("events_months", EVENTS_COLUMNS, as_ints)
-    blocks = split_by_month(rows)
+    columns = [list(column) for column in zip(*as_ints, strict=True)]
+    months = [
+        ts.year * 100 + ts.month for ts in (row[MIRRORED_COLUMNS.index("ts")] for row in rows)
+    ]
+    blocks = split_by_month(columns, months)
     assert len(blocks) == 101
     for block in blocks:
-        chdb_engine.insert(
-            "events_months",
-            EVENTS_COLUMNS,
-            [tuple(int(v.timestamp()) if isinstance(v, datetime) else v for v in r) for r in block],
-        )
+        chdb_engine.insert("events_months", EVENTS_COLUMNS, list(zip(*block, strict=True)))
     assert chdb_engine("SELECT count() FROM events_months") == [(101,)]
 
 
