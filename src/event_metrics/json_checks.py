@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -73,6 +74,28 @@ def decode(raw: bytes | memoryview, *, max_depth: int) -> Any:
         _walk_escaped(value, max_depth)
         refuse_duplicate_keys(data)
     return value
+
+
+def all_objects(texts: Sequence[bytes], *, max_depth: int) -> bool:
+    """Whether decode() would accept every text and find an object in each, checked as
+    one JSON array: one decode and one encode for a whole batch instead of one per event.
+    False says nothing about which text fails: ask decode() about each."""
+    data = b"[" + b",".join(texts) + b"]"
+    if b"\\" in data:
+        return False
+    try:
+        value = _any.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError):
+        return False
+    # Each text holds one value, so the array holds one per text unless one is not JSON.
+    if len(value) != len(texts) or any(type(item) is not dict for item in value):
+        return False
+    # The array adds one level. decode()'s colon count, summed: decoding can only drop a
+    # key, so the totals are equal only if every text's counts are.
+    depth = max_depth + 1
+    if data.count(b"{") + data.count(b"[") > depth and _deeper(data, depth):
+        return False
+    return data.count(b":") == _encode(value).count(b":")
 
 
 _STRING = re.compile(rb'"[^"]*"')  # a string, in JSON text without escapes

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from event_metrics import json_checks
-from event_metrics.events import InvalidEvent, parse_event
+from event_metrics.events import InvalidEvent, parse_event, parse_events
 from event_metrics.payload import (
     JSON_TYPES,
     NDJSON_TYPES,
@@ -19,7 +19,8 @@ from event_metrics.payload import (
     TooManyEvents,
     split_events,
 )
-from strategies import MAX_DEPTH, NOW, bodies, oracle, render, trees
+from event_metrics.schema import Row
+from strategies import MAX_DEPTH, NOW, bodies, event_bytes, oracle, render, trees
 
 
 @settings(max_examples=400, deadline=None)
@@ -34,6 +35,64 @@ def test_json_checks_agree_with_the_standard_library(
     except json_checks.InvalidJSON:
         accepted = False
     assert accepted == oracle(text, MAX_DEPTH), text
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    batch=st.lists(st.tuples(trees, st.lists(st.booleans(), max_size=3)), min_size=1, max_size=5),
+    space=st.sampled_from(["", " "]),
+)
+def test_a_batch_of_properties_passes_only_if_each_would(
+    batch: list[tuple[Any, list[bool]]], space: str
+) -> None:
+    """all_objects (one check for a whole batch) says yes only when decode() accepts each
+    text and finds an object, and says yes to every batch of such texts without escapes:
+    otherwise the fast path would be wrong, or never taken."""
+    texts = [render(tree, escape, space).encode("utf-8", "surrogatepass") for tree, escape in batch]
+    each = [
+        oracle(text, MAX_DEPTH) and isinstance(msgspec.json.decode(text), dict) for text in texts
+    ]
+    together = json_checks.all_objects(texts, max_depth=MAX_DEPTH)
+    if together:
+        assert all(each), texts
+    elif all(each):
+        assert any(b"\\" in text for text in texts), texts
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    batch=st.lists(st.tuples(trees, st.lists(st.booleans(), max_size=3)), min_size=2, max_size=5),
+    noise=st.lists(event_bytes(), max_size=2),
+)
+def test_a_batch_parses_as_its_events_one_by_one(
+    batch: list[tuple[Any, list[bool]]], noise: list[bytes]
+) -> None:
+    """parse_events over a request's events (with its batch check of the properties)
+    gives each event the row, or the refusal and reason, that it gets on its own."""
+    items = [
+        b'{"event_name": "e", "user_id": "u", "properties": '
+        + render(tree, escape, "").encode("utf-8", "surrogatepass")
+        + b"}"
+        for tree, escape in batch
+    ] + noise
+    options: dict[str, Any] = {"project_id": 1, "received_at": NOW, "max_event_bytes": 65536,
+                               "max_future": timedelta(days=1), "max_depth": MAX_DEPTH}  # fmt: skip
+    together = parse_events(items, **options)
+    for item, outcome in zip(items, together, strict=True):
+        try:
+            alone: Row | InvalidEvent = parse_event(item, **options)
+        except InvalidEvent as exc:
+            alone = exc
+        if isinstance(alone, InvalidEvent):
+            assert isinstance(outcome, InvalidEvent), item
+            assert (str(outcome), outcome.reason) == (str(alone), alone.reason), item
+        else:
+            assert isinstance(outcome, Row), item
+            # An event without its own key or time gets a random key each time it is parsed.
+            if alone.idempotency_key.startswith("rnd:"):
+                assert outcome.idempotency_key.startswith("rnd:")
+                outcome = outcome._replace(idempotency_key=alone.idempotency_key)
+            assert outcome == alone, item
 
 
 @settings(max_examples=400, deadline=None)
