@@ -162,6 +162,8 @@ async def test_times_and_partitions_reach_clickhouse_exactly(
         try:
 
             def mirrored() -> dict[str, tuple[int, int]]:
+                if not ch.execute("EXISTS TABLE events")[0][0]:  # the replicator creates it
+                    return {}
                 found = ch.execute(
                     "SELECT idempotency_key, toUInt32(ts), toYYYYMM(ts) FROM events FINAL"
                 )
