@@ -95,11 +95,12 @@ def parse_events(
     decoded = [_decode(raw, max_event_bytes) for raw in items]
     # Most batches hold only valid properties: check them all at once, and each on its
     # own only when that fails, to say which.
+    texts = [_properties_text(event) for event in decoded]
     checked = len(decoded) > 1 and json_checks.all_objects(
-        [text for event in decoded if (text := _properties_text(event))], max_depth=max_depth
+        [text for text in texts if text is not None], max_depth=max_depth
     )
     outcomes: list[Row | InvalidEvent] = []
-    for raw, event in zip(items, decoded, strict=True):
+    for raw, event, text in zip(items, decoded, texts, strict=True):
         if isinstance(event, InvalidEvent):
             outcomes.append(event)
             continue
@@ -109,7 +110,8 @@ def parse_events(
                     json_checks.refuse_duplicate_keys(raw)
                 except json_checks.InvalidJSON as exc:
                     raise InvalidEvent(str(exc), "invalid_json") from None
-            text = _properties_text(event) if checked else _properties(event, max_depth)
+            if text is not None and not checked:
+                _check_properties(text, max_depth)
             properties = None if text is None else text.decode()
             outcomes.append(_to_row(event, properties, project_id, received_at, latest))
         except InvalidEvent as exc:
@@ -137,16 +139,12 @@ def _properties_text(event: EventIn | InvalidEvent) -> bytes | None:
     return None if not text or text == b"null" else text
 
 
-def _properties(event: EventIn, max_depth: int) -> bytes | None:
-    text = _properties_text(event)
-    if text is None:
-        return None
+def _check_properties(text: bytes, max_depth: int) -> None:
     try:
         if not isinstance(json_checks.decode(text, max_depth=max_depth), dict):
             raise InvalidEvent("properties must be a JSON object")
     except json_checks.InvalidJSON as exc:
         raise InvalidEvent(f"properties: {exc}", "invalid_json") from None
-    return text
 
 
 def _repeats_a_field(raw: bytes) -> bool:
