@@ -62,13 +62,9 @@ def decode(raw: bytes | memoryview, *, max_depth: int) -> Any:
     except (msgspec.DecodeError, ValueError) as exc:
         raise InvalidJSON(f"not valid JSON: {exc}") from None
     if b"\\" not in data:
-        # No escapes: every ':' in the text separates a key from its value or sits inside
-        # a string exactly as decoded, and encoding the decoded value writes the same
-        # strings back. Fewer ':' in that encoding means two keys of one object were equal
-        # and decoding dropped one.
-        if data.count(b"{") + data.count(b"[") > max_depth and _deeper(data, max_depth):
+        if _nests_deeper(data, max_depth):
             raise InvalidJSON(f"nested deeper than {max_depth} levels")
-        if data.count(b":") != _encode(value).count(b":"):
+        if _dropped_a_key(data, value):
             refuse_duplicate_keys(data)
     else:
         _walk_escaped(value, max_depth)
@@ -90,12 +86,25 @@ def all_objects(texts: Sequence[bytes], *, max_depth: int) -> bool:
     # Each text holds one value, so the array holds one per text unless one is not JSON.
     if len(value) != len(texts) or any(type(item) is not dict for item in value):
         return False
-    # The array adds one level. decode()'s colon count, summed: decoding can only drop a
-    # key, so the totals are equal only if every text's counts are.
-    depth = max_depth + 1
-    if data.count(b"{") + data.count(b"[") > depth and _deeper(data, depth):
-        return False
-    return data.count(b":") == _encode(value).count(b":")
+    # The array adds one level. Decoding can only drop a key, so the array drops none
+    # only if no text does.
+    return not _nests_deeper(data, max_depth + 1) and not _dropped_a_key(data, value)
+
+
+def _nests_deeper(data: bytes, max_depth: int) -> bool:
+    """Whether JSON text without escapes nests deeper than max_depth."""
+    return data.count(b"{") + data.count(b"[") > max_depth and _deeper(data, max_depth)
+
+
+def _dropped_a_key(data: bytes, value: Any) -> bool:
+    """Whether decoding JSON text without escapes dropped a repeated key.
+
+    Without escapes every ':' in the text separates a key from its value or sits inside a
+    string exactly as decoded, and encoding the decoded value writes the same strings
+    back. Fewer ':' in that encoding means two keys of one object were equal and decoding
+    kept one.
+    """
+    return data.count(b":") != _encode(value).count(b":")
 
 
 _STRING = re.compile(rb'"[^"]*"')  # a string, in JSON text without escapes
