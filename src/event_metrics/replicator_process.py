@@ -1,12 +1,13 @@
 """The replicator in a process of its own, next to the HTTP workers.
 
-Copying to ClickHouse is ~5 us of Python per row (fetch, reshape, encode). Inside an
-HTTP worker that work holds the event loop or the GIL for milliseconds at a time, and
-the requests that arrive meanwhile wait: wrk's p99 was 20 ms with the replicator in the
-worker and 14 ms with it beside it (docs/benchmarks.md). So `serve` starts
-`event-metrics replicate --status-file F` as a child, restarts it with backoff if it
-exits, and stops it on the way out. The child writes its status (what /health shows) to
-F every second; each HTTP worker reads F for /health and the gauges.
+Copying to ClickHouse is Python work per row (fetch, reshape, encode: ~3 us, ~5 us when
+this module was written). Inside an HTTP worker that work holds the event loop or the
+GIL for milliseconds at a time, and the requests that arrive meanwhile wait: wrk's p99
+was 20 ms with the replicator in the worker and 14 ms with it beside it
+(docs/benchmarks.md). So `serve` starts `event-metrics replicate --status-file F` as a
+child, restarts it with backoff if it exits, and stops it on the way out. The child
+writes its status (what /health shows) to F every second; each HTTP worker reads F for
+/health and the gauges.
 """
 
 from __future__ import annotations
