@@ -6,7 +6,7 @@ import asyncio
 import gzip
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -907,3 +907,38 @@ async def test_openapi_describes_the_event_body_and_errors(client: AsyncTestClie
     required = {p["name"]: p.get("required") for p in paths["/metrics"]["get"]["parameters"]}
     assert required["from"] is True and required["to"] is True
     assert {"backend", "plan"} <= set(required)
+
+
+@pytest.mark.parametrize("path", ["copy", "unnest"])
+async def test_times_are_stored_to_the_microsecond(db: asyncpg.Connection, path: str) -> None:
+    # The writers send times as integer microseconds since 1970; PostgreSQL turns them
+    # back into timestamptz. Edges: the epoch, before it (a negative remainder), the
+    # microsecond below a second, year 9999 (beyond float8's exact microseconds), an
+    # offset other than UTC, and rows sharing one received_at object or having their own.
+    from event_metrics.schema import Row
+    from event_metrics.writer import init_writer_connection, write_copy, write_unnest
+
+    plus_five = timezone(timedelta(hours=5, minutes=30))
+    shared = datetime(2026, 11, 30, 6, 0, 0, 123_456, tzinfo=UTC)
+    times = [
+        (shared, shared),
+        (datetime(1970, 1, 1, tzinfo=UTC), shared),
+        (datetime(1969, 12, 31, 23, 59, 59, 500_000, tzinfo=UTC), shared),
+        (datetime(2000, 1, 1, 0, 0, 0, 999_999, tzinfo=UTC), shared),
+        (datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC), shared),
+        (datetime(2026, 3, 1, 4, 59, 59, 1, tzinfo=plus_five), shared),
+        (shared, datetime(2026, 11, 30, 6, 0, 0, 123_457, tzinfo=UTC)),
+        (datetime(1, 1, 1, 5, 30, tzinfo=plus_five), datetime(1970, 1, 1, tzinfo=plus_five)),
+    ]
+    rows = [
+        Row(1, f"times-{n}", "e", "u", "", ts, received, None)
+        for n, (ts, received) in enumerate(times)
+    ]
+    await init_writer_connection(db)
+    write = write_copy if path == "copy" else write_unnest
+    assert len(await write(db, rows)) == len(rows)
+    stored = {
+        r["idempotency_key"]: (r["ts"], r["received_at"])
+        for r in await db.fetch("SELECT idempotency_key, ts, received_at FROM events")
+    }
+    assert stored == {row.idempotency_key: (row.ts, row.received_at) for row in rows}
