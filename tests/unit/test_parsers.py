@@ -10,7 +10,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from event_metrics import json_checks
+from event_metrics import events, json_checks
 from event_metrics.events import InvalidEvent, parse_event, parse_events
 from event_metrics.payload import (
     JSON_TYPES,
@@ -120,3 +120,77 @@ def test_parsers_raise_only_client_errors(body: tuple[bytes, str]) -> None:
         assert "\x00" not in row.event_name + row.user_id + row.idempotency_key + row.channel
         if row.properties is not None:
             assert isinstance(msgspec.json.decode(row.properties), dict)
+
+
+# Events built member by member: a field may come twice, be sent as null, have its name
+# written with a \u escape, or have another field's name as its value.
+_VALUES = {
+    "event_name": ['"e"', '"channel"'],
+    "user_id": ['"u"', '"sent_at"'],
+    "idempotency_key": ['"k"', "null"],
+    "channel": ['"web"', "null"],
+    "timestamp": ['"2026-11-01T00:00:00Z"', "null"],
+    "sent_at": ['"2026-11-01T00:00:05Z"', "null"],
+    "properties": ["{}", '{"user_id": 2}', "null"],
+}
+_members = st.sampled_from(sorted(_VALUES)).flatmap(
+    lambda name: st.tuples(st.just(name), st.sampled_from(_VALUES[name]), st.booleans())
+)
+
+
+def _render_event(members: list[tuple[str, str, bool]]) -> bytes:
+    def spelled(name: str, escaped: bool) -> str:
+        return f"\\u{ord(name[0]):04x}{name[1:]}" if escaped else name
+
+    return ("{" + ", ".join(f'"{spelled(n, e)}": {v}' for n, v, e in members) + "}").encode()
+
+
+_events = st.lists(_members, max_size=5).map(
+    lambda extra: [("event_name", '"e"', False), ("user_id", '"u"', False), *extra]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(batch=st.lists(_events, min_size=2, max_size=5))
+def test_a_batch_with_repeated_fields_parses_as_its_events_one_by_one(
+    batch: list[list[tuple[str, str, bool]]],
+) -> None:
+    """The repeated-field check done once for a whole request refuses exactly the events
+    that repeat a field, whatever else the batch holds."""
+    items = [_render_event(members) for members in batch]
+    options: dict[str, Any] = {"project_id": 1, "received_at": NOW, "max_event_bytes": 65536,
+                               "max_future": timedelta(days=1)}  # fmt: skip
+    together = parse_events(items, **options)
+    for item, outcome in zip(items, together, strict=True):
+        try:
+            alone: Row | InvalidEvent = parse_event(item, **options)
+        except InvalidEvent as exc:
+            alone = exc
+        if isinstance(alone, InvalidEvent):
+            assert isinstance(outcome, InvalidEvent), item
+            assert (str(outcome), outcome.reason) == (str(alone), alone.reason), item
+        else:
+            assert isinstance(outcome, Row), item
+            if alone.idempotency_key.startswith("rnd:"):  # no key and no time: random
+                assert outcome.idempotency_key.startswith("rnd:")
+                outcome = outcome._replace(idempotency_key=alone.idempotency_key)
+            assert outcome == alone, item
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    batch=st.lists(
+        st.sets(st.sampled_from(sorted(set(_VALUES) - {"event_name", "user_id"}))),
+        min_size=2, max_size=5,
+    )
+)  # fmt: skip
+def test_a_batch_without_repeated_fields_is_checked_at_once(batch: list[set[str]]) -> None:
+    """Plain events (each field once, no escapes, no nulls) skip the per-event check."""
+    items = [
+        _render_event([("event_name", '"e"', False), ("user_id", '"u"', False)]
+                      + [(name, _VALUES[name][0], False) for name in sorted(fields)])
+        for fields in batch
+    ]  # fmt: skip
+    decoded = [events._decode(item, 65536) for item in items]
+    texts = [events._properties_text(event) for event in decoded]
+    assert events._each_field_once(items, decoded, texts), items
