@@ -92,6 +92,11 @@ def parse_events(
 ) -> list[Row | InvalidEvent]:
     """Each JSON-encoded event as a Row, or the InvalidEvent saying why it is refused."""
     latest = received_at + max_future
+    # The items as one JSON array's contents, for checks done on all of them at once.
+    joined = b",".join(items)
+    # Only an escape can spell a field's name differently or put NUL in a string (msgspec
+    # refuses a raw NUL byte), so most requests need neither check.
+    escaped = b"\\u" in joined
     decoded = [_decode(raw, max_event_bytes) for raw in items]
     # Most batches hold only valid properties: check them all at once, and each on its
     # own only when that fails, to say which.
@@ -99,14 +104,14 @@ def parse_events(
     checked = len(decoded) > 1 and json_checks.all_objects(
         [text for text in texts if text is not None], max_depth=max_depth
     )
-    each_field_once = len(decoded) > 1 and _each_field_once(items, decoded, texts)
+    each_field_once = len(decoded) > 1 and not escaped and _each_field_once(joined, decoded, texts)
     outcomes: list[Row | InvalidEvent] = []
     for raw, event, text in zip(items, decoded, texts, strict=True):
         if isinstance(event, InvalidEvent):
             outcomes.append(event)
             continue
         try:
-            if not each_field_once and (b"\\u" in raw or _repeats_a_field(raw)):
+            if not each_field_once and ((escaped and b"\\u" in raw) or _repeats_a_field(raw)):
                 try:
                     json_checks.refuse_duplicate_keys(raw)
                 except json_checks.InvalidJSON as exc:
@@ -114,7 +119,7 @@ def parse_events(
             if text is not None and not checked:
                 _check_properties(text, max_depth)
             properties = None if text is None else text.decode()
-            outcomes.append(_to_row(event, properties, project_id, received_at, latest))
+            outcomes.append(_to_row(event, properties, project_id, received_at, latest, escaped))
         except InvalidEvent as exc:
             outcomes.append(exc)
     return outcomes
@@ -149,19 +154,18 @@ def _check_properties(text: bytes, max_depth: int) -> None:
 
 
 def _each_field_once(
-    items: Sequence[bytes], decoded: Sequence[EventIn | InvalidEvent], texts: Sequence[bytes | None]
+    joined: bytes, decoded: Sequence[EventIn | InvalidEvent], texts: Sequence[bytes | None]
 ) -> bool:
     """True when no event of a request can repeat a field, checked on all at once.
 
     A field an event carries has its name at least once in the event's text, so the
     names occur in all the texts together at least as often as the events carry fields;
     exactly as often only if no event names a field twice. A name written with a \\u
-    escape would not be counted: any escape sends every event to its own check, as does
-    a field sent as null (decoded like an absent one) or an event that failed to decode.
+    escape would not be counted: the caller sends every event to its own check when
+    the request holds any escape; so does this, for a field sent as null (decoded like
+    an absent one) or an event that failed to decode. `joined` is the events' texts
+    with commas between: a name cannot span two events, each of which is {...}.
     """
-    joined = b"".join(items)  # no name spans two items: a decoded event is {...}
-    if b"\\u" in joined:
-        return False
     carried = 0
     for event, text in zip(decoded, texts, strict=True):
         if isinstance(event, InvalidEvent):
@@ -196,10 +200,12 @@ def to_row(
 
 def _to_row(
     event: EventIn, properties: str | None, project_id: int, received_at: datetime,
-    latest: datetime,
+    latest: datetime, escaped: bool = True,
 ) -> Row:  # fmt: skip
     name, user, key, channel = event.event_name, event.user_id, event.idempotency_key, event.channel
-    if "\x00" in name or "\x00" in user or "\x00" in (key or "") or "\x00" in (channel or ""):
+    if escaped and (
+        "\x00" in name or "\x00" in user or "\x00" in (key or "") or "\x00" in (channel or "")
+    ):
         for field in ("event_name", "user_id", "idempotency_key", "channel"):
             if "\x00" in (getattr(event, field) or ""):
                 raise InvalidEvent(f"{field} must not contain NUL characters")
