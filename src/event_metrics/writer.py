@@ -59,14 +59,16 @@ CREATE_STAGING = (
 
 # COPY into staging, then one INSERT ... SELECT: the fastest path measured here. The
 # ORDER BY makes the first of several same-key events in a batch the one that is stored.
+# No RETURNING: the command's row count says whether every row was new (the usual case);
+# only when it is short are the stored keys read, by this transaction's id.
 INSERT_FROM_STAGING = f"""
 INSERT INTO events ({_NAMES})
 SELECT {", ".join(_stored(name, name) for name in COLUMNS)}
 FROM events_staging
 ORDER BY ord
 ON CONFLICT ({_KEY}) DO NOTHING
-RETURNING {_KEY}
 """
+STORED_NOW = f"SELECT {_KEY} FROM events WHERE txid = pg_current_xact_id()"
 
 _ARRAYS = ", ".join(f"${n}::{_staging_type(name)}[]" for n, name in enumerate(COLUMNS, start=1))
 INSERT_UNNEST = f"""
@@ -117,14 +119,18 @@ def staging_records(rows: Sequence[Row]) -> list[tuple[Any, ...]]:
     return records
 
 
-async def write_copy(connection: asyncpg.Connection, rows: Sequence[Row]) -> set[Key]:
-    """COPY into the staging table, then INSERT ... SELECT; return the keys stored."""
+async def write_copy(connection: asyncpg.Connection, rows: Sequence[Row]) -> set[Key] | None:
+    """COPY into the staging table, then INSERT ... SELECT; return the keys stored, or
+    None when every row was stored."""
     records = staging_records(rows)
     async with connection.transaction():
         await connection.copy_records_to_table(
             "events_staging", records=records, columns=STAGING_COLUMNS
         )
-        return {tuple(record) for record in await connection.fetch(INSERT_FROM_STAGING)}
+        status = await connection.execute(INSERT_FROM_STAGING)  # "INSERT 0 <rows>"
+        if int(status.rsplit(" ", 1)[1]) == len(rows):
+            return None
+        return {tuple(record) for record in await connection.fetch(STORED_NOW)}
 
 
 async def write_unnest(connection: asyncpg.Connection, rows: Sequence[Row]) -> set[Key]:
@@ -142,12 +148,14 @@ async def write_rows(
     # (bench/write_paths.py measures the crossover).
     write = write_copy if len(rows) >= copy_min_rows else write_unnest
     inserted = await write(connection, rows)
-    stored = len(inserted)
     committed = time.monotonic()
     # As many distinct keys stored as rows sent: every row was new (the usual case).
-    every_row_new = stored == len(rows)
+    stored = len(rows) if inserted is None else len(inserted)
     for ticket in tickets:
-        outcome = [True] * len(ticket.rows) if every_row_new else _fresh(ticket.rows, inserted)
+        if inserted is None or stored == len(rows):
+            outcome = [True] * len(ticket.rows)
+        else:
+            outcome = _fresh(ticket.rows, inserted)
         telemetry.count_committed(ticket.protocol, outcome, committed - ticket.enqueued_at)
         if not ticket.future.done():
             ticket.future.set_result(outcome)

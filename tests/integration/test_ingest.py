@@ -936,7 +936,7 @@ async def test_times_are_stored_to_the_microsecond(db: asyncpg.Connection, path:
     ]
     await init_writer_connection(db)
     write = write_copy if path == "copy" else write_unnest
-    assert len(await write(db, rows)) == len(rows)
+    await write(db, rows)
     stored = {
         r["idempotency_key"]: (r["ts"], r["received_at"])
         for r in await db.fetch("SELECT idempotency_key, ts, received_at FROM events")
