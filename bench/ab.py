@@ -9,10 +9,11 @@ wrk, single events, rounds interleaved, each variant on a fresh database of its 
 A variant is NAME[:VAR=VALUE,...][@PYTHONPATH]: the PYTHONPATH puts another checkout's
 `src` in front of this one (e.g. a `git worktree` of an older commit). With
 --clickhouse-url each variant replicates into a ClickHouse database of its own. Reports
-events/s, wrk's p50/p99, the CPU per request (utime + stime from /proc) of the service's
+events/s, wrk's p50/p99, the CPU per event (utime + stime from /proc) of the service's
 HTTP processes, of all PostgreSQL processes, of its replicator child and of the
 ClickHouse server, and peak RSS; alternating the order
-of the variants from round to round.
+of the variants from round to round. With --batch N each request carries N events, over
+8 connections (the batched path; the no-op app answers them without reading the events).
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class Noop(Variant):
             self.process.wait(30)
 
 
-def measure(variant: Variant, duration_s: int) -> dict[str, Any]:
+def measure(variant: Variant, duration_s: int, batch: int | None = None) -> dict[str, Any]:
     assert variant.process is not None
     processes = tree(variant.process.pid)
     groups = {
@@ -145,10 +146,13 @@ def measure(variant: Variant, duration_s: int) -> dict[str, Any]:
         "clickhouse": processes_named("clickhouse"),
     }
     before = {name: cpu_seconds(group) for name, group in groups.items()}
-    result = wrk.run(variant.url, key=variant.key, duration_s=duration_s, pid=variant.process.pid)
+    result = wrk.run(variant.url, key=variant.key, duration_s=duration_s, pid=variant.process.pid,
+                     batch=batch, connections=64 if batch is None else 8)  # fmt: skip
+    events = result["requests"] * (batch or 1)
     for name, group in groups.items():
         spent = cpu_seconds(group) - before[name]
-        result[f"{name}_cpu_us"] = round(spent / result["requests"] * 1e6, 1)
+        result[f"{name}_cpu_us"] = round(spent / events * 1e6, 2)
+    result["events_per_s"] = result["rps"] * (batch or 1)
     return result
 
 
@@ -166,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("-d", "--duration", type=int, default=10, help="seconds per wrk run")
     p.add_argument("--first-port", type=int, default=8400)
+    p.add_argument(
+        "--batch", type=int, help="events per request (8 connections, as bench.batched_vs_bare)"
+    )
     args = p.parse_args(argv)
     variants: list[Variant] = [Variant(spec, args, args.first_port + n)
                                for n, spec in enumerate(args.variant)]  # fmt: skip
@@ -178,25 +185,25 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(2)
         for round_ in range(args.rounds):
             for variant in variants if round_ % 2 == 0 else variants[::-1]:
-                results[variant.name].append(measure(variant, args.duration))
+                results[variant.name].append(measure(variant, args.duration, args.batch))
                 time.sleep(1)
     finally:
         for variant in variants:
             variant.stop()
     print(json.dumps(results), file=sys.stderr)
     print(
-        "| variant | events/s, median (min–max) | p99 ms | service CPU / request "
-        "| PostgreSQL CPU / request | replicator + ClickHouse CPU / request | peak RSS |"
+        "| variant | events/s, median (min–max) | p99 ms | service CPU / event "
+        "| PostgreSQL CPU / event | replicator + ClickHouse CPU / event | peak RSS |"
     )
     print("|---|---|---|---|---|---|---|")
     for name, runs in results.items():
-        rates = [r["rps"] for r in runs]
+        rates = [r["events_per_s"] for r in runs]
         print(f"| {name} | {statistics.median(rates):,.0f} ({min(rates):,.0f}–{max(rates):,.0f}) "
               f"| {statistics.median(r['p99_ms'] for r in runs):.1f} "
-              f"| {statistics.median(r['service_cpu_us'] for r in runs):.0f} µs "
-              f"| {statistics.median(r['postgres_cpu_us'] for r in runs):.0f} µs "
-              f"| {statistics.median(r['replicator_cpu_us'] for r in runs):.0f} + "
-              f"{statistics.median(r['clickhouse_cpu_us'] for r in runs):.0f} µs "
+              f"| {statistics.median(r['service_cpu_us'] for r in runs):.1f} µs "
+              f"| {statistics.median(r['postgres_cpu_us'] for r in runs):.1f} µs "
+              f"| {statistics.median(r['replicator_cpu_us'] for r in runs):.1f} + "
+              f"{statistics.median(r['clickhouse_cpu_us'] for r in runs):.1f} µs "
               f"| {max(r['peak_rss_mib'] or 0 for r in runs):.0f} MiB |")  # fmt: skip
     return 0
 
