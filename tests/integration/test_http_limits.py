@@ -157,3 +157,48 @@ async def test_connections_over_the_cap_get_503_at_once(database_url: str) -> No
                 held_writer.close()
     assert answer.startswith(b"HTTP/1.1 503"), answer
     assert b"Retry-After: 1" in answer
+
+
+async def read_response(reader: asyncio.StreamReader, *, body: bool = True) -> tuple[bytes, bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.lower().split(b"\r\n")
+        if line.startswith(b"content-length:")
+    )
+    return head, await asyncio.wait_for(reader.readexactly(length), 5) if body else b""
+
+
+async def test_responses_on_one_connection_arrive_whole_and_in_order(
+    server: LiveServer, db: asyncpg.Connection, keys: Keys
+) -> None:
+    # A response's head waits for its body so that both leave in one send: pipelined
+    # requests, a HEAD (a head and no body) and 100 Continue must all still arrive.
+    async with connection(server) as (reader, writer):
+        writer.write(
+            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"OPTIONS /events HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        await writer.drain()
+        head, body = await read_response(reader)
+        assert head.startswith(b"HTTP/1.1 200") and json.loads(body)["status"], head
+        head, _ = await read_response(reader, body=False)
+        assert head.startswith(b"HTTP/1.1 405"), head
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 204"), head
+        writer.write(
+            b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {keys.default.write}\r\n".encode()
+            + f"Content-Length: {len(EVENT)}\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == (
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+        )
+        writer.write(EVENT)
+        await writer.drain()
+        head, body = await read_response(reader)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert json.loads(body)["accepted"] == 1
+    assert await db.fetchval("SELECT count(*) FROM events") == 1
