@@ -43,6 +43,16 @@ async def connection(
             await writer.wait_closed()
 
 
+def events_head(keys: Keys, length: int, *, expect_continue: bool = False) -> bytes:
+    """The head of a POST /events with the default project's write key."""
+    return (
+        b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {keys.default.write}\r\nContent-Length: {length}\r\n".encode()
+        + (b"Expect: 100-continue\r\n" if expect_continue else b"")
+        + b"\r\n"
+    )
+
+
 async def read_all(reader: asyncio.StreamReader, timeout_s: float = 10) -> bytes:
     return await asyncio.wait_for(reader.read(), timeout_s)
 
@@ -51,11 +61,7 @@ async def test_oversized_content_length_is_refused_before_100_continue(
     server: LiveServer, db: asyncpg.Connection, keys: Keys
 ) -> None:
     async with connection(server) as (reader, writer):
-        writer.write(
-            b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {keys.default.write}\r\n".encode()
-            + b"Content-Length: 1000000000000\r\nExpect: 100-continue\r\n\r\n"
-        )
+        writer.write(events_head(keys, 1_000_000_000_000, expect_continue=True))
         await writer.drain()
         status = await asyncio.wait_for(reader.readline(), 5)
     assert status.startswith(b"HTTP/1.1 413"), status
@@ -100,12 +106,7 @@ async def test_a_body_that_stops_arriving_gets_408_and_stores_nothing(
     server: LiveServer, db: asyncpg.Connection, keys: Keys
 ) -> None:
     async with connection(server) as (reader, writer):
-        writer.write(
-            b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {keys.default.write}\r\n".encode()
-            + f"Content-Length: {len(EVENT)}\r\n\r\n".encode()
-            + EVENT[:10]
-        )
+        writer.write(events_head(keys, len(EVENT)) + EVENT[:10])
         await writer.drain()
         status = await asyncio.wait_for(reader.readline(), 5)
     assert status.startswith(b"HTTP/1.1 408"), status
@@ -187,11 +188,7 @@ async def test_responses_on_one_connection_arrive_whole_and_in_order(
         assert head.startswith(b"HTTP/1.1 405"), head
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert head.startswith(b"HTTP/1.1 204"), head
-        writer.write(
-            b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {keys.default.write}\r\n".encode()
-            + f"Content-Length: {len(EVENT)}\r\nExpect: 100-continue\r\n\r\n".encode()
-        )
+        writer.write(events_head(keys, len(EVENT), expect_continue=True))
         await writer.drain()
         assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == (
             b"HTTP/1.1 100 Continue\r\n\r\n"
