@@ -142,9 +142,16 @@ async def test_unaligned_window_and_default_backend(
         assert clickhouse.pop("backend") == "clickhouse"
         assert postgres.pop("backend") == "postgres"
         assert clickhouse == postgres
+
+        async def counted() -> bool:
+            # rows_copied grows once the checkpoint is saved, just after ClickHouse has
+            # the rows.
+            health = (await client.get("/health")).json()
+            return bool(health["replication"]["rows_copied"] >= 400)
+
+        await wait_until(counted, what="/health counting the copied rows")
         health = (await client.get("/health")).json()
         assert health["replication"]["state"] == "running"
-        assert health["replication"]["rows_copied"] >= 400
 
 
 @pytest.mark.parametrize("backend", ["clickhouse"])

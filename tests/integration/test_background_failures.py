@@ -86,6 +86,13 @@ async def test_a_clickhouse_table_the_replicator_cannot_write_is_retried_and_sho
                 return clickhouse_keys(clickhouse_url) == await postgres_keys(db) - {"a"}
 
             await wait_until(recovered, what="replication after the table came back")
+
+            async def healthy() -> bool:
+                return bool((await health(client))["status"] == "ok")
+
+            # ClickHouse shows the rows a moment before the replicator has saved its
+            # checkpoint and said it is running again: wait for that, not just the rows.
+            await wait_until(healthy, what="/health ok after the recovery")
             body = await health(client)
             assert body["status"] == "ok"
             assert body["replication"]["state"] == "running"

@@ -224,8 +224,13 @@ async def test_clickhouse_outage_while_events_keep_arriving(
 
             await wait_until(complete, what="replication after ClickHouse came back")
             assert len(clickhouse_keys(url)) == 350
-            health = (await client.get("/health")).json()
-            assert health["replication"]["state"] == "running"
+
+            async def running() -> bool:
+                health: dict[str, Any] = (await client.get("/health")).json()
+                return bool(health["replication"]["state"] == "running")
+
+            # The rows reach ClickHouse a moment before the replicator says it is running.
+            await wait_until(running, what="replicator running again")
     finally:
         server.stop()
 
