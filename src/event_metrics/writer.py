@@ -133,10 +133,13 @@ async def write_copy(connection: asyncpg.Connection, rows: Sequence[Row]) -> set
         return {tuple(record) for record in await connection.fetch(STORED_NOW)}
 
 
-async def write_unnest(connection: asyncpg.Connection, rows: Sequence[Row]) -> set[Key]:
-    """One prepared INSERT ... SELECT FROM unnest(arrays): a single round trip."""
+async def write_unnest(connection: asyncpg.Connection, rows: Sequence[Row]) -> set[Key] | None:
+    """One prepared INSERT ... SELECT FROM unnest(arrays): a single round trip. Returns
+    what write_copy does: the keys stored, or None when every row was stored."""
     columns = [list(column) for column in zip(*staging_records(rows), strict=True)][1:]
-    return {tuple(record) for record in await connection.fetch(INSERT_UNNEST, *columns)}
+    stored = {tuple(record) for record in await connection.fetch(INSERT_UNNEST, *columns)}
+    # As many distinct keys stored as rows sent: every row was new (the usual case).
+    return None if len(stored) == len(rows) else stored
 
 
 async def write_rows(
@@ -149,13 +152,9 @@ async def write_rows(
     write = write_copy if len(rows) >= copy_min_rows else write_unnest
     inserted = await write(connection, rows)
     committed = time.monotonic()
-    # As many distinct keys stored as rows sent: every row was new (the usual case).
-    stored = len(rows) if inserted is None else len(inserted)
+    stored = len(rows) if inserted is None else len(inserted)  # before _fresh consumes it
     for ticket in tickets:
-        if inserted is None or stored == len(rows):
-            outcome = [True] * len(ticket.rows)
-        else:
-            outcome = _fresh(ticket.rows, inserted)
+        outcome = [True] * len(ticket.rows) if inserted is None else _fresh(ticket.rows, inserted)
         telemetry.count_committed(ticket.protocol, outcome, committed - ticket.enqueued_at)
         if not ticket.future.done():
             ticket.future.set_result(outcome)

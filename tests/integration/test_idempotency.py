@@ -64,6 +64,8 @@ async def test_same_key_across_requests(
         assert first.json()["accepted"] == 2, first.text
         # A retry whose content differs is still the same event: the key decides.
         second = await post(client, [ev("k2", user_id="someone-else"), ev("k3"), ev("k1")])
+        # /health counts rows stored, not rows sent.
+        assert (await client.get("/health")).json()["rows_written"] == 3
     assert second.status_code == 200, second.text
     assert second.json() == {
         "accepted": 1,
