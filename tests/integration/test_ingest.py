@@ -15,6 +15,8 @@ from litestar.testing import AsyncTestClient
 
 from conftest import ClientFactory, ConcurrentClientFactory, stored_keys, wait_until
 from event_metrics.payload import MalformedPayload, PayloadTooLarge, read_body
+from event_metrics.schema import Row
+from event_metrics.writer import init_writer_connection, write_copy, write_unnest
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
@@ -915,9 +917,6 @@ async def test_times_are_stored_to_the_microsecond(db: asyncpg.Connection, path:
     # back into timestamptz. Edges: the epoch, before it (a negative remainder), the
     # microsecond below a second, year 9999 (beyond float8's exact microseconds), an
     # offset other than UTC, and rows sharing one received_at object or having their own.
-    from event_metrics.schema import Row
-    from event_metrics.writer import init_writer_connection, write_copy, write_unnest
-
     plus_five = timezone(timedelta(hours=5, minutes=30))
     shared = datetime(2026, 11, 30, 6, 0, 0, 123_456, tzinfo=UTC)
     times = [
