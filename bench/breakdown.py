@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import urllib.request
@@ -80,7 +81,8 @@ def measure(
     profile = Path(tempfile.mkdtemp(prefix="breakdown-")) / "samples.txt"
     spy = None
     if py_spy:
-        binary = shutil.which("py-spy")
+        # The bench extra installs it beside this interpreter, which need not be on PATH.
+        binary = shutil.which("py-spy") or shutil.which("py-spy", path=Path(sys.executable).parent)
         if binary is None:
             raise SystemExit("py-spy is not installed (pip install py-spy; the bench extra has it)")
         spy = threading.Thread(target=subprocess.run, args=([
