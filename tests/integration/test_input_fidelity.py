@@ -1,6 +1,7 @@
-"""What SDK clients send is read exactly, answered in their own words, and kept whole:
-form bodies, duplicate keys however they are spelled, the reserved names the mapping
-uses, each event's own project, and rejection reasons that name the client's fields."""
+"""What clients send is read exactly, answered in their own words, and kept whole (#22):
+form bodies, duplicate keys however they are spelled, the reserved names the SDK mapping
+uses, each event's own project, rejection reasons that name the client's fields, numbers
+as stored, and a database refusal that answers without repeating the database's text."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from test_ingest import ev
 from litestar.testing import AsyncTestClient
 
 from conftest import Keys
@@ -59,4 +61,47 @@ async def test_a_form_with_two_data_fields_is_ambiguous(
     response = await client.post("/e/", content=form.encode(), headers=FORM, auth=None)
     assert response.status_code == 400, response.text
     assert "ambiguous" in response.json()["detail"]
+    assert await stored(db) == []
+
+
+# --- a write PostgreSQL refuses (#22 item 11) ------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/events", "/v1/batch"])
+async def test_a_refused_write_answers_a_generic_500_and_logs_the_reason(
+    client: AsyncTestClient[Any],
+    db: asyncpg.Connection,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+) -> None:
+    # A trigger stands for any refusal a retry cannot fix; its text names a value.
+    await db.execute(
+        """
+        CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF NEW.event_name = 'poison' THEN
+            RAISE EXCEPTION 'secret-internal-detail for %', NEW.user_id;
+          END IF;
+          RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_poison BEFORE INSERT ON events
+          FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+        """
+    )
+    try:
+        if path == "/events":
+            response = await client.post("/events", json=ev("p", event_name="poison"))
+        else:
+            message = {"type": "track", "event": "poison", "userId": "u", "messageId": "p"}
+            response = await client.post(path, json={"batch": [message]})
+    finally:
+        await db.execute("DROP TRIGGER refuse_poison ON events; DROP FUNCTION refuse_poison()")
+    assert response.status_code == 500, response.text
+    body = response.json()
+    request_id = response.headers["x-request-id"]
+    assert body["error"] == "storage_rejected" and body["request_id"] == request_id
+    assert request_id in body["detail"]
+    assert "secret-internal-detail" not in response.text and "RaiseError" not in response.text
+    logged = [r.getMessage() for r in caplog.records if request_id in r.getMessage()]
+    assert any("secret-internal-detail" in line for line in logged), logged
     assert await stored(db) == []
