@@ -11,8 +11,8 @@ from typing import Any
 
 import asyncpg
 import pytest
-from test_ingest import ev
 from litestar.testing import AsyncTestClient
+from test_ingest import ev
 
 from conftest import Keys
 
