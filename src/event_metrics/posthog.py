@@ -56,7 +56,7 @@ def parse(text: bytes, query: dict[str, str]) -> Request:
         events = [msgspec.Raw(text)]
     key = sdk.text_of(outer.get("api_key")) or sdk.text_of(outer.get("token"))
     with contextlib.suppress(InvalidEvent):  # an unreadable clock only skips skew correction
-        sent_at = sdk.instant(sdk.text_of(outer.get("sent_at"))) or sent_at
+        sent_at = sdk.instant(sdk.text_of(outer.get("sent_at")), "sent_at") or sent_at
     return Request(events, key, sent_at, nesting)
 
 
@@ -108,7 +108,7 @@ def message(
     except msgspec.ValidationError:
         raise InvalidEvent("properties must be a JSON object") from None
     plain = value.properties or Properties()
-    timestamp = sdk.instant(value.timestamp)
+    timestamp = sdk.instant(value.timestamp, "timestamp")
     sent_at = request.sent_at if timestamp is not None else None
     offset = value.offset
     if timestamp is None and isinstance(offset, int | float) and not isinstance(offset, bool):
@@ -127,16 +127,24 @@ def message(
         own = sdk.members(properties)
         shown = {k: v for k, v in own.items() if k not in HIDDEN_PROPERTIES}
         properties = msgspec.Raw(sdk.object_text(shown))
+    user_id = _id(value.distinct_id)
     return sdk.Message(
         event_name=value.event,
-        user_id=_id(value.distinct_id) or _id(plain.distinct_id),
+        user_id=user_id or _id(plain.distinct_id),
         key=value.uuid,
         timestamp=timestamp,
         sent_at=sent_at,
         channel=value.channel or plain.lib,
         properties=properties,
         reserved=reserved,
+        names=NAMES if user_id or not plain.distinct_id else NAMES_FROM_PROPERTIES,
     )
+
+
+# Our columns by the names PostHog's clients give them (reasons for a refusal use these).
+NAMES = {"event_name": "event", "user_id": "distinct_id", "idempotency_key": "uuid",
+         "channel": "properties.$lib", "timestamp": "timestamp", "sent_at": "sent_at"}  # fmt: skip
+NAMES_FROM_PROPERTIES = {**NAMES, "user_id": "properties.distinct_id"}
 
 
 def _id(value: Any) -> Any:

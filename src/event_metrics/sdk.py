@@ -119,16 +119,19 @@ def text_of(raw: msgspec.Raw | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def instant(value: Any) -> datetime | None:
-    """An RFC 3339 / ISO 8601 time with an offset (naive times are refused)."""
+def instant(value: Any, field: str) -> datetime | None:
+    """An RFC 3339 / ISO 8601 time with an offset (naive times are refused); `field` is
+    the client's name for it, for the reason a bad one is refused."""
     if not isinstance(value, str):
         return None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidEvent(f"{value[:40]!r} is not an ISO 8601 time", "bad_timestamp") from None
+        raise InvalidEvent(
+            f"{field}: {value[:40]!r} is not an ISO 8601 time", "bad_timestamp"
+        ) from None
     if moment.tzinfo is None:
-        raise InvalidEvent(f"{value[:40]!r} has no UTC offset", "bad_timestamp")
+        raise InvalidEvent(f"{field}: {value[:40]!r} has no UTC offset", "bad_timestamp")
     return moment
 
 
@@ -176,6 +179,9 @@ class Message(msgspec.Struct):
     channel: Any
     properties: msgspec.Raw | None  # the user's own, as sent
     reserved: dict[str, bytes] = {}  # JSON texts kept under $keys (msgspec copies it)
+    # The client's name of the field each column came from, for the reasons a message is
+    # refused: the client knows `distinct_id`, not our `user_id`.
+    names: Mapping[str, str] = {}
 
 
 def to_row_from(
@@ -190,13 +196,33 @@ def to_row_from(
     try:
         event = msgspec.convert(fields, EventIn)
     except msgspec.ValidationError as exc:
-        raise InvalidEvent(str(exc).replace(" - at `$.", ": ").rstrip("`")) from None
+        raise InvalidEvent(_in_client_words(str(exc), fields, message.names)) from None
     event.timestamp = message.timestamp
     event.sent_at = message.sent_at
-    return to_row(
-        event, compose(message.properties, message.reserved), project_id=project_id,
-        received_at=received_at, max_future=max_future,
-    )  # fmt: skip
+    try:
+        return to_row(
+            event, compose(message.properties, message.reserved), project_id=project_id,
+            received_at=received_at, max_future=max_future,
+        )  # fmt: skip
+    except InvalidEvent as exc:
+        # "user_id must not contain NUL", "timestamp ... is ahead": the client's names.
+        column, space, rest = str(exc).partition(" ")
+        if column in message.names:
+            raise InvalidEvent(message.names[column] + space + rest, exc.reason) from None
+        raise
+
+
+def _in_client_words(error: str, fields: Mapping[str, Any], names: Mapping[str, str]) -> str:
+    """msgspec's "Expected `str`, got `null` - at `$.user_id`" as the client would say it:
+    "distinct_id is missing"."""
+    reason, _, path = error.rpartition(" - at `$.")
+    column = path.rstrip("`")
+    if not reason or column not in fields:
+        return error
+    name = names.get(column, column)
+    if fields[column] is None:
+        return f"{name} {'are' if ' and ' in name else 'is'} missing"
+    return f"{name}: {reason}"
 
 
 def compose(properties: msgspec.Raw | None, reserved: Mapping[str, bytes]) -> str | None:

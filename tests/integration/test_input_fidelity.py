@@ -105,3 +105,57 @@ async def test_a_refused_write_answers_a_generic_500_and_logs_the_reason(
     logged = [r.getMessage() for r in caplog.records if request_id in r.getMessage()]
     assert any("secret-internal-detail" in line for line in logged), logged
     assert await stored(db) == []
+
+
+# --- rejection reasons in the client's words (#22 item 10) -----------------------------------
+
+
+def track(**fields: Any) -> dict[str, Any]:
+    return {"type": "track", "event": "e", "userId": "u", **fields}
+
+
+LONG = "x" * 201
+SEGMENT_REASONS = [
+    ({"type": "track", "event": "e"}, "userId and anonymousId are missing"),
+    ({"type": "identify"}, "userId and anonymousId are missing"),
+    (track(userId=LONG), "userId: Expected `str` of length <= 200"),
+    (track(userId=None, anonymousId=["a"]), "anonymousId: Expected `str`, got `array`"),
+    (track(event=""), "event: Expected `str` of length >= 1"),
+    (track(messageId=LONG), "messageId: Expected `str` of length <= 200"),
+    (track(timestamp="soon"), "timestamp: 'soon' is not an ISO 8601 time"),
+    (track(originalTimestamp="2026-01-01T00:00:00"),
+     "originalTimestamp: '2026-01-01T00:00:00' has no UTC offset"),
+    (track(sentAt="later"), "sentAt: 'later' is not an ISO 8601 time"),
+    (track(timestamp="2999-01-01T00:00:00Z"), "timestamp 2999-01-01T00:00:00+00:00 is more than"),
+]  # fmt: skip
+POSTHOG_REASONS = [
+    ({"distinct_id": "d"}, "event is missing"),
+    ({"event": 7, "distinct_id": "d"}, "event: Expected `str`, got `int`"),
+    ({"event": "e"}, "distinct_id is missing"),
+    ({"event": "e", "distinct_id": LONG}, "distinct_id: Expected `str` of length <= 200"),
+    ({"event": "e", "properties": {"distinct_id": LONG}},
+     "properties.distinct_id: Expected `str` of length <= 200"),
+    ({"event": "e", "distinct_id": "d", "uuid": ""}, "uuid: Expected `str` of length >= 1"),
+    ({"event": "e", "distinct_id": "d", "timestamp": "soon"},
+     "timestamp: 'soon' is not an ISO 8601 time"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "cases"), [("/v1/batch", SEGMENT_REASONS), ("/batch/", POSTHOG_REASONS)]
+)
+async def test_rejection_reasons_name_the_field_the_client_sent(
+    client: AsyncTestClient[Any],
+    db: asyncpg.Connection,
+    path: str,
+    cases: list[tuple[dict[str, Any], str]],
+) -> None:
+    response = await client.post(path, json={"batch": [message for message, _ in cases]})
+    assert response.status_code == 200, response.text
+    rejected = response.json()["rejected"]
+    assert [r["index"] for r in rejected] == list(range(len(cases)))
+    for (_, reason), answer in zip(cases, rejected, strict=True):
+        assert answer["error"].startswith(reason), answer
+        for column in ("event_name", "user_id", "idempotency_key", "sent_at"):
+            assert column not in answer["error"]
+    assert await stored(db) == []

@@ -127,7 +127,7 @@ def test_segment_single_message_routes_take_the_type_from_the_path() -> None:
 @pytest.mark.parametrize(
     ("message", "error"),
     [({"type": "track", "userId": "u"}, "event name"),
-     ({"type": "track", "event": "e"}, "user_id"),
+     ({"type": "track", "event": "e"}, "userId and anonymousId are missing"),
      ({"type": "nope", "event": "e", "userId": "u"}, "type must be"),
      ({"type": "track", "event": "e", "userId": "u", "timestamp": "2026-01-01T00:00:00"},
       "no UTC offset")],
