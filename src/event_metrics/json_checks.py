@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -180,3 +180,46 @@ def top_level_keys(data: bytes) -> list[str]:
     if not isinstance(pairs, list):
         raise InvalidJSON("not a JSON object")
     return [key for key, _ in pairs]
+
+
+_NAME = re.compile(rb'[ \t\n\r]*"((?:[^"\\]|\\.)*)"[ \t\n\r]*:[ \t\n\r]*')
+_AFTER_VALUE = re.compile(rb"[ \t\n\r]*([,}])")
+_decode_name = msgspec.json.Decoder(str)
+
+
+def repeats_a_key(text: bytes, members: Mapping[str, msgspec.Raw]) -> bool:
+    """Whether the JSON object `text` names a member twice once names are decoded
+    (`{"batch": [A], "\\u0062atch": [B]}`): `members` is what a decoder that keeps the last
+    of repeated names made of it.
+
+    The outer members are walked without parsing their values: each name is read and
+    decoded, and its value must be the text `members` holds for that name, or a later
+    member of the same name replaced it. So the cost is a comparison per member, however
+    large the values; anything unexpected falls back to the exact, slower check.
+    """
+    start = text.find(b"{") + 1
+    seen: set[str] = set()
+    position = start
+    while True:
+        name = _NAME.match(text, position)
+        if name is None:
+            break
+        raw = name.group(1)
+        try:
+            key = raw.decode() if b"\\" not in raw else _decode_name.decode(b'"' + raw + b'"')
+        except (UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError):
+            break
+        value = members.get(key)
+        if key in seen or value is None or not text.startswith(value, name.end()):
+            return True  # an earlier member of a name that comes again
+        seen.add(key)
+        after = _AFTER_VALUE.match(text, name.end() + len(value))
+        if after is None:
+            break
+        if after.group(1) == b"}":
+            return False
+        position = after.end()
+    if position == start and text[start:].strip(b" \t\n\r") == b"}":
+        return False  # {}
+    names = top_level_keys(text)
+    return len(names) != len(set(names))

@@ -99,12 +99,14 @@ def envelope(text: bytes) -> dict[str, msgspec.Raw] | list[msgspec.Raw]:
         raise MalformedPayload("body is not valid UTF-8") from None
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         raise MalformedPayload(f"body is not a JSON object or array: {exc}") from None
-    # A repeated outer key ({"batch": [A], "batch": [B]}) is ambiguous; only when a key's
-    # text occurs twice anywhere is it worth parsing the outer object's keys exactly.
-    if any(text.count(msgspec.json.encode(key)) > 1 for key in fields):
-        names = json_checks.top_level_keys(text)
-        if len(names) != len(set(names)):
-            raise MalformedPayload("body is ambiguous: a key appears twice")
+    # A repeated outer key ({"batch": [A], "\u0062atch": [B]}) is ambiguous: the decoder
+    # kept B alone.
+    try:
+        repeated = json_checks.repeats_a_key(text, fields)
+    except json_checks.InvalidJSON as exc:
+        raise MalformedPayload(f"body is not a JSON object or array: {exc}") from None
+    if repeated:
+        raise MalformedPayload("body is ambiguous: a key appears twice")
     return fields
 
 

@@ -159,3 +159,67 @@ async def test_rejection_reasons_name_the_field_the_client_sent(
         for column in ("event_name", "user_id", "idempotency_key", "sent_at"):
             assert column not in answer["error"]
     assert await stored(db) == []
+
+
+# --- duplicate keys, however they are spelled (#22 item 7) -----------------------------------
+
+
+def escaped(name: str) -> str:
+    """The name with its first letter written as a \\u escape: the same key, decoded."""
+    return f"\\u{ord(name[0]):04x}{name[1:]}"
+
+
+def envelope_cases(write_key: str) -> list[tuple[str, bytes]]:
+    a, b = json.dumps([ev("a")]), json.dumps([ev("b")])
+    seg = [json.dumps([track(messageId=m)]) for m in ("a", "b")]
+    ph = [json.dumps([ph_event(u)]) for u in ("a", "b")]
+    key = json.dumps(write_key)
+    one_ph = f'"event":"e","distinct_id":"d","uuid":"a","api_key":{key}'
+    cases = [
+        ("/events", f'{{"events":{a},"{escaped("events")}":{b}}}'),
+        ("/events", f'{{"{escaped("events")}":{a},"events":{b}}}'),
+        ("/events", f'{{"events":{a},"events":{b}}}'),
+        ("/v1/batch", f'{{"batch":{seg[0]},"{escaped("batch")}":{seg[1]}}}'),
+        ("/v1/batch", f'{{"batch":{seg[0]},"writeKey":{key},"{escaped("writeKey")}":"w"}}'),
+        ("/v1/batch", f'{{"batch":{seg[0]},"sentAt":"2026-01-01T00:00:00Z",'
+                      f'"{escaped("sentAt")}":"2026-01-02T00:00:00Z"}}'),
+        ("/v1/track", f'{{"type":"track","event":"a","userId":"u","messageId":"a",'
+                      f'"{escaped("event")}":"b"}}'),
+        ("/batch/", f'{{"api_key":{key},"batch":{ph[0]},"{escaped("batch")}":{ph[1]}}}'),
+        ("/batch/", f'{{"api_key":{key},"batch":{ph[0]},"{escaped("api_key")}":"x"}}'),
+        ("/batch/", f'{{"token":{key},"batch":{ph[0]},"{escaped("token")}":"x"}}'),
+        ("/batch/", f'{{"api_key":{key},"batch":{ph[0]},"sent_at":"2026-01-01T00:00:00Z",'
+                    f'"{escaped("sent_at")}":"2026-01-02T00:00:00Z"}}'),
+        ("/capture/", f'{{{one_ph},"{escaped("distinct_id")}":"other"}}'),
+        ("/capture/", f'{{{one_ph},"{escaped("uuid")}":"b"}}'),
+    ]  # fmt: skip
+    return [(path, body.encode()) for path, body in cases]
+
+
+async def test_a_key_written_twice_in_any_envelope_is_ambiguous(
+    client: AsyncTestClient[Any], db: asyncpg.Connection, keys: Keys
+) -> None:
+    for path, body in envelope_cases(keys.default.write):
+        response = await client.post(path, content=body)
+        assert response.status_code == 400, (path, body, response.text)
+        assert "ambiguous" in response.json()["detail"], (path, body)
+    assert await stored(db) == []
+
+
+@pytest.mark.parametrize("path", ["/v1/batch", "/batch/"])
+async def test_a_message_naming_a_field_twice_is_refused_on_its_own(
+    client: AsyncTestClient[Any], db: asyncpg.Connection, path: str
+) -> None:
+    if path == "/v1/batch":
+        bad = (
+            f'{{"type":"track","event":"a","{escaped("event")}":"b","userId":"u","messageId":"x"}}'
+        )
+        good = json.dumps(track(messageId="ok"))
+    else:
+        bad = f'{{"event":"a","{escaped("event")}":"b","distinct_id":"d","uuid":"x"}}'
+        good = json.dumps(ph_event("ok"))
+    response = await client.post(path, content=f'{{"batch":[{bad},{good}]}}'.encode())
+    assert response.status_code == 200, response.text
+    (rejected,) = response.json()["rejected"]
+    assert rejected["index"] == 0 and "twice" in rejected["error"]
+    assert [r["idempotency_key"] for r in await stored(db)] == ["ok"]
