@@ -228,19 +228,28 @@ def _in_client_words(error: str, fields: Mapping[str, Any], names: Mapping[str, 
 
 
 def compose(properties: msgspec.Raw | None, reserved: Mapping[str, bytes]) -> str | None:
-    """The stored properties: the user's own as sent, then the reserved keys that are not
-    theirs. Built from JSON texts, so numbers keep their digits; the message they come
-    from was checked whole, so the result needs no second check."""
+    """The stored properties: the user's own as sent, then the reserved keys. A reserved
+    name the user's properties already hold gets one more `$` in front until it is free
+    (`$segment` -> `$$segment`), so neither is lost. Built from JSON texts, so numbers
+    keep their digits; the message they come from was checked whole, so the result needs
+    no second check."""
     own = bytes(properties) if properties is not None else b"{}"  # a Raw is exactly the value
     if own == b"null":
         own = b"{}"
     elif own[:1] != b"{":
         raise InvalidEvent("properties must be a JSON object")
     tail = []
+    taken: set[str] | None = None  # the user's own names, read only when one may collide
     for name, text in reserved.items():
         key = _key(name)
-        if key in own and name in members(own):  # the user's own property of that name wins
-            continue
+        # Only a \u escape can spell a reserved name otherwise ("\u0024set" is "$set").
+        if taken is None and (key in own or b"\\u" in own):
+            taken = set(members(own))
+        if taken is not None:
+            while name in taken:
+                name = "$" + name
+            taken.add(name)
+            key = _key(name)
         tail.append(key + b":" + text)
     if not tail:
         return own.decode() if own != b"{}" else None

@@ -223,3 +223,47 @@ async def test_a_message_naming_a_field_twice_is_refused_on_its_own(
     (rejected,) = response.json()["rejected"]
     assert rejected["index"] == 0 and "twice" in rejected["error"]
     assert [r["idempotency_key"] for r in await stored(db)] == ["ok"]
+
+
+# --- the reserved names of the SDK mapping (#22 item 8) --------------------------------------
+
+
+async def test_a_reserved_name_in_the_users_properties_keeps_both(
+    client: AsyncTestClient[Any], db: asyncpg.Connection
+) -> None:
+    mine = {"mine": True}
+    segment_batch = [
+        track(messageId="s1", properties={"$segment": mine}, context={"ip": "1.2.3.4"}),
+        track(messageId="s2", properties={"$segment": mine, "$$segment": 2}, traits={"t": 1}),
+    ]
+    # Written with an escape, the user's name is the same "$segment" once decoded.
+    escaped_own = json.dumps(track(messageId="s3", anonymousId="a")).replace(
+        '"type"', f'"properties":{{"{escaped("$segment")}":1}},"type"'
+    )
+    body = json.dumps({"batch": segment_batch})[:-2] + "," + escaped_own + "]}"
+    assert (await client.post("/v1/batch", content=body.encode())).status_code == 200
+    posthog_batch = [
+        ph_event("p1", properties={"$set": mine}, **{"$set": {"email": "a@b.c"}}),
+        ph_event("p2", properties={"$set_once": mine}, **{"$set_once": {"first": 1}}),
+        ph_event("p3", properties={"$posthog": mine}, options={"o": 1}),
+        ph_event(
+            "p4",
+            properties={"$set": 1, "$$set": 2, "$set_once": 3, "$posthog": 4},
+            options={"o": 1},
+            **{"$set": {"s": 1}, "$set_once": {"so": 1}},
+        ),
+    ]
+    assert (await client.post("/batch/", json={"batch": posthog_batch})).status_code == 200
+    rows = {r["idempotency_key"]: json.loads(r["properties"]) for r in await stored(db)}
+    assert rows["s1"]["$segment"] == mine
+    assert rows["s1"]["$$segment"]["context"] == {"ip": "1.2.3.4"}
+    assert rows["s2"]["$segment"] == mine and rows["s2"]["$$segment"] == 2
+    assert rows["s2"]["$$$segment"]["traits"] == {"t": 1}
+    assert rows["s3"]["$segment"] == 1 and rows["s3"]["$$segment"]["anonymousId"] == "a"
+    assert rows["p1"] == {"$set": mine, "$$set": {"email": "a@b.c"}}
+    assert rows["p2"] == {"$set_once": mine, "$$set_once": {"first": 1}}
+    assert rows["p3"] == {"$posthog": mine, "$$posthog": {"options": {"o": 1}}}
+    assert rows["p4"] == {
+        "$set": 1, "$$set": 2, "$set_once": 3, "$posthog": 4,
+        "$$$set": {"s": 1}, "$$set_once": {"so": 1}, "$$posthog": {"options": {"o": 1}},
+    }  # fmt: skip
