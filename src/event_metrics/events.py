@@ -42,7 +42,7 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 # Why an event was refused, in a word: a metric label, so a fixed and small set.
-REJECTION_REASONS = ("invalid_field", "invalid_json", "too_large", "bad_timestamp")
+REJECTION_REASONS = ("invalid_field", "invalid_json", "too_large", "bad_timestamp", "bad_key")
 
 
 class InvalidEvent(Exception):

@@ -61,7 +61,9 @@ def parse(text: bytes, query: dict[str, str]) -> Request:
 
 
 def key_in_events(request: Request) -> str | None:
-    """posthog-js puts the token in each event's properties: the first one names it."""
+    """posthog-js puts the token in each event's properties: without a key of its own, a
+    request is authorized by its first event's (each event then goes to its own token's
+    project: ingest.py)."""
     for raw in request.events[:1]:
         try:
             value = msgspec.json.decode(raw)
@@ -84,6 +86,8 @@ class Properties(msgspec.Struct):
 class Fields(msgspec.Struct):
     """The fields of an event that map onto columns (the others stay raw)."""
 
+    api_key: Any = None
+    token: Any = None
     event: Any = None
     distinct_id: Any = None
     uuid: Any = None
@@ -123,7 +127,8 @@ def message(
     if rest:
         reserved["$posthog"] = sdk.object_text(rest)
     properties = members.get("properties")
-    if plain.token is not msgspec.UNSET and properties is not None:  # posthog-js sends it
+    own_key, key_field = _own_key(value, plain)
+    if isinstance(plain.token, str) and properties is not None:  # posthog-js sends it
         own = sdk.members(properties)
         shown = {k: v for k, v in own.items() if k not in HIDDEN_PROPERTIES}
         properties = msgspec.Raw(sdk.object_text(shown))
@@ -137,14 +142,34 @@ def message(
         channel=value.channel or plain.lib,
         properties=properties,
         reserved=reserved,
-        names=NAMES if user_id or not plain.distinct_id else NAMES_FROM_PROPERTIES,
+        names=_NAMES[bool(user_id or not plain.distinct_id), key_field],
+        project_key=own_key,
     )
 
 
-# Our columns by the names PostHog's clients give them (reasons for a refusal use these).
-NAMES = {"event_name": "event", "user_id": "distinct_id", "idempotency_key": "uuid",
-         "channel": "properties.$lib", "timestamp": "timestamp", "sent_at": "sent_at"}  # fmt: skip
-NAMES_FROM_PROPERTIES = {**NAMES, "user_id": "properties.distinct_id"}
+def _own_key(value: Fields, plain: Properties) -> tuple[str | None, str]:
+    """The event's own token and where it was: its `api_key` or `token` (PostHog's capture
+    reads those first), else `properties.token` (posthog-js puts it on every event)."""
+    for key, field in ((value.api_key, "api_key"), (value.token, "token"),
+                       (plain.token, "properties.token")):  # fmt: skip
+        if isinstance(key, str):
+            return key, field
+    return None, "api_key"
+
+
+# Our columns by the names PostHog's clients give them (reasons for a refusal use these),
+# by whether the user is `distinct_id` and where the event's own token was.
+_BASE = {"event_name": "event", "idempotency_key": "uuid", "channel": "properties.$lib",
+         "timestamp": "timestamp", "sent_at": "sent_at"}  # fmt: skip
+_NAMES = {
+    (top_level, key_field): {
+        **_BASE,
+        "user_id": "distinct_id" if top_level else "properties.distinct_id",
+        "project_key": key_field,
+    }
+    for top_level in (True, False)
+    for key_field in ("api_key", "token", "properties.token")
+}
 
 
 def _id(value: Any) -> Any:

@@ -184,6 +184,9 @@ class Message(msgspec.Struct):
     # The client's name of the field each column came from, for the reasons a message is
     # refused: the client knows `distinct_id`, not our `user_id`.
     names: Mapping[str, str] = {}
+    # The message's own write key, when it carries one (its project's, whatever the
+    # request's key is); names["project_key"] says where it was.
+    project_key: str | None = None
 
 
 def to_row_from(

@@ -79,6 +79,7 @@ class Fields(msgspec.Struct):
     sentAt: Any = None
     channel: Any = None
     context: Any = None
+    writeKey: Any = None
 
 
 _fields = msgspec.json.Decoder(Fields)
@@ -120,13 +121,14 @@ def message(
         properties=properties,
         reserved={"$segment": sdk.object_text(members)},
         names=_NAMES[user_id is not None, value.anonymousId is not None, time_field],
+        project_key=value.writeKey if isinstance(value.writeKey, str) else None,
     )
 
 
 # Our columns by the names Segment's clients give them (reasons for a refusal use these):
 # the user is `userId`, else `anonymousId`, and when neither is there, both are named.
 _BASE = {"event_name": "event", "idempotency_key": "messageId", "channel": "channel",
-         "sent_at": "sentAt"}  # fmt: skip
+         "sent_at": "sentAt", "project_key": "writeKey"}  # fmt: skip
 _NAMES = {
     (has_user, has_anonymous, time_field): {
         **_BASE,

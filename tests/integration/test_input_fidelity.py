@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -17,6 +18,9 @@ from test_ingest import ev
 from conftest import Keys
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+_NOW = datetime.now(UTC).replace(microsecond=0)
+WINDOW_FROM = (_NOW - timedelta(days=200)).isoformat()
+WINDOW_TO = (_NOW + timedelta(days=2)).isoformat()
 
 
 async def stored(db: asyncpg.Connection) -> list[asyncpg.Record]:
@@ -267,3 +271,77 @@ async def test_a_reserved_name_in_the_users_properties_keeps_both(
         "$set": 1, "$$set": 2, "$set_once": 3, "$posthog": 4,
         "$$$set": {"s": 1}, "$$set_once": {"so": 1}, "$$posthog": {"options": {"o": 1}},
     }  # fmt: skip
+
+
+# --- each message in its own key's project (#22 item 9) --------------------------------------
+
+
+async def project_totals(client: AsyncTestClient[Any], read_key: str) -> dict[str, int]:
+    response = await client.get(
+        "/metrics",
+        params={"from": WINDOW_FROM, "to": WINDOW_TO,
+                "group_by": "event_name"},
+        headers={"Authorization": f"Bearer {read_key}"},
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    return {row["event_name"]: row["events"] for row in response.json()["series"]}
+
+
+async def test_each_message_goes_to_the_project_of_its_own_key(
+    client: AsyncTestClient[Any], db: asyncpg.Connection, keys: Keys
+) -> None:
+    a, b = keys.default, keys.other
+
+    def token(key: str) -> dict[str, Any]:
+        return {"token": key, "$lib": "web"}
+
+    batch = [
+        ph_event("p1", event="a1", properties=token(a.write)),
+        ph_event("p2", event="b1", properties=token(b.write)),
+        ph_event("p3", event="a2"),  # no token of its own: the request's
+        ph_event("p4", event="b2", api_key=b.write),
+        ph_event("p5", event="x", properties=token("emw_" + "n" * 32)),  # unknown
+        ph_event("p6", event="x", properties=token(b.read)),  # not a write key
+        ph_event("p7", event="a3", properties={"token": 7}),  # not a key: the user's own
+    ]
+    response = await client.post("/batch/", json={"api_key": a.write, "batch": batch}, auth=None)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["accepted"] == 5
+    assert [(r["index"], r["error"].split(":")[0]) for r in answer["rejected"]] == [
+        (4, "properties.token is not an active write key"),
+        (5, "properties.token is not an active write key"),
+    ]
+    assert b.read not in response.text
+    # posthog-js without a key in the envelope: its first event's token authorizes the
+    # request, and every event still goes to its own token's project.
+    bare = [
+        ph_event("j1", event="b3", properties=token(b.write)),
+        ph_event("j2", event="a4", properties=token(a.write)),
+    ]
+    response = await client.post("/e/", json=bare, auth=None)
+    assert response.status_code == 200 and response.json()["accepted"] == 2
+    # Segment's browser SDKs put the writeKey on each message too.
+    segment_batch = [
+        track(messageId="s1", event="b4", writeKey=b.write),
+        track(messageId="s2", event="a5"),
+    ]
+    response = await client.post("/v1/batch", json={"batch": segment_batch, "writeKey": a.write})
+    assert response.status_code == 200 and response.json()["accepted"] == 2
+
+    rows = await stored(db)
+    by_project = {
+        project: sorted(r["idempotency_key"] for r in rows if r["project_id"] == project)
+        for project in (a.project_id, b.project_id)
+    }
+    assert by_project == {
+        a.project_id: ["j2", "p1", "p3", "p7", "s2"],
+        b.project_id: ["j1", "p2", "p4", "s1"],
+    }
+    kept = "".join(r["properties"] or "" for r in rows)
+    assert a.write not in kept and b.write not in kept
+    assert json.loads(next(r for r in rows if r["idempotency_key"] == "p7")["properties"]) == {
+        "token": 7
+    }  # fmt: skip
+    assert await project_totals(client, a.read) == {"a1": 1, "a2": 1, "a3": 1, "a4": 1, "a5": 1}
+    assert await project_totals(client, b.read) == {"b1": 1, "b2": 1, "b3": 1, "b4": 1}
