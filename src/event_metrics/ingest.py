@@ -223,9 +223,7 @@ class Ingestor:
         project = known.get(key)
         if project is None:
             try:
-                project = keys.authorize_checked(key, "write") or await keys.authorize(
-                    key, "write"
-                )
+                project = keys.authorize_checked(key, "write") or await keys.authorize(key, "write")
             except (InvalidCredentials, WrongScope) as exc:
                 field = message.names.get("project_key", "key")
                 project = InvalidEvent(f"{field} is not an active write key: {exc}", "bad_key")
