@@ -18,7 +18,23 @@ keys = st.sampled_from(["a", "b", "x:y", "é", "\x00", "k\\", 'q"', "{[", "]"])
 numbers = st.one_of(
     st.integers(-(10**30), 10**30).map(str),
     st.decimals(allow_nan=False, allow_infinity=False, places=3).map(str),
-    st.sampled_from(["1e5", "-2.5E-3", "1e200000", "1e-20000", "12345678901234567890.5", "0"]),
+    st.sampled_from(
+        [
+            "1e5",
+            "-2.5E-3",
+            "1e200000",
+            "1e-20000",
+            "12345678901234567890.5",
+            "0",
+            "1e399",
+            "1e400",
+            "-1E+131071",
+            "1.5e-398",
+            "1.5e-399",
+            "0e99999",
+            "1.0e2",
+        ]
+    ),
 )
 scalars = st.one_of(
     st.none().map(lambda _: "null"),
@@ -75,6 +91,9 @@ def oracle(text: bytes, max_depth: int) -> bool:
         assert isinstance(exponent, int)
         if value.adjusted() >= 131072 or -exponent > 16383:
             raise ValueError("range")
+        # Exponent forms are stored written out: at most MAX_NUMBER_DIGITS digits then.
+        if "e" in literal.lower() and sum(c.isdigit() for c in format(value, "f")) > 400:
+            raise ValueError("digits")
         return value
 
     def depth_and_strings(value: Any, depth: int = 1) -> None:

@@ -129,6 +129,7 @@ class Ingestor:
             max_event_bytes=settings.max_event_bytes,
             max_future=self._max_future,
             max_depth=settings.max_property_depth,
+            max_digits=settings.max_number_digits,
         )
         for index, outcome in enumerate(outcomes):
             if isinstance(outcome, InvalidEvent):
@@ -154,28 +155,30 @@ class Ingestor:
         and a retry would not make a bad message good."""
         settings = self.settings
         size, depth = settings.max_event_bytes, settings.max_property_depth
+        digits = settings.max_number_digits
         received_at = datetime.now(UTC)
         build: Callable[[msgspec.Raw], sdk.Message]
         if protocol == "segment":
             segment_request = segment.parse(text, path)
             segment_request.checked = sdk.body_is_clean(
-                text, max_depth=depth + 1 + segment_request.nesting
+                text, max_depth=depth + 1 + segment_request.nesting, max_digits=digits
             )
             items, body_key = segment_request.messages, segment_request.key
             build = functools.partial(
-                segment.message, request=segment_request, max_event_bytes=size, max_depth=depth
-            )
+                segment.message, request=segment_request, max_event_bytes=size, max_depth=depth,
+                max_digits=digits,
+            )  # fmt: skip
             answer = segment.answer
         else:
             posthog_request = posthog.parse(text, query)
             posthog_request.checked = sdk.body_is_clean(
-                text, max_depth=depth + 1 + posthog_request.nesting
+                text, max_depth=depth + 1 + posthog_request.nesting, max_digits=digits
             )
             items = posthog_request.events
             body_key = posthog_request.key or posthog.key_in_events(posthog_request)
             build = functools.partial(
                 posthog.message, request=posthog_request, received_at=received_at,
-                max_event_bytes=size, max_depth=depth,
+                max_event_bytes=size, max_depth=depth, max_digits=digits,
             )  # fmt: skip
             answer = posthog.answer
         secret = header_key or body_key

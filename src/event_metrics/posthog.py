@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from event_metrics import sdk
+from event_metrics import json_checks, sdk
 from event_metrics.events import InvalidEvent
 from event_metrics.payload import MalformedPayload
 
@@ -102,10 +102,13 @@ _fields = msgspec.json.Decoder(Fields)
 
 def message(
     raw: msgspec.Raw, request: Request, *, received_at: datetime, max_event_bytes: int,
-    max_depth: int,
+    max_depth: int, max_digits: int = json_checks.MAX_NUMBER_DIGITS,
 ) -> sdk.Message:  # fmt: skip
     """One PostHog event mapped onto our columns (docs/api.md has the table)."""
-    sdk.check(raw, max_event_bytes=max_event_bytes, max_depth=max_depth, deep=not request.checked)
+    sdk.check(
+        raw, max_event_bytes=max_event_bytes, max_depth=max_depth, max_digits=max_digits,
+        deep=not request.checked,
+    )  # fmt: skip
     members = sdk.members(raw)
     try:
         value = _fields.decode(raw)

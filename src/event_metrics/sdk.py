@@ -137,18 +137,29 @@ def instant(value: Any, field: str) -> datetime | None:
     return moment
 
 
-def body_is_clean(text: bytes, *, max_depth: int) -> bool:
+def body_is_clean(
+    text: bytes, *, max_depth: int, max_digits: int = json_checks.MAX_NUMBER_DIGITS
+) -> bool:
     """Whether a whole body passes the checks every message must pass: then its messages
     need no check of their own (one pass over the body costs far less than one per
     message). `max_depth` counts the levels above the messages too."""
     try:
-        json_checks.decode(text, max_depth=max_depth)
+        # The size bound is each message's: a body whose numbers grow at all when written
+        # out is checked message by message.
+        json_checks.decode(text, max_depth=max_depth, max_digits=max_digits, max_bytes=len(text))
     except json_checks.InvalidJSON:
         return False  # some message is bad: each is checked on its own, to say which
     return True
 
 
-def check(raw: msgspec.Raw, *, max_event_bytes: int, max_depth: int, deep: bool) -> None:
+def check(
+    raw: msgspec.Raw,
+    *,
+    max_event_bytes: int,
+    max_depth: int,
+    deep: bool,
+    max_digits: int = json_checks.MAX_NUMBER_DIGITS,
+) -> None:
     """The same checks as a native event's properties (`deep`: unless the whole body was
     checked already), one level deeper: the message itself is the outer level."""
     if len(raw) > max_event_bytes:
@@ -157,7 +168,11 @@ def check(raw: msgspec.Raw, *, max_event_bytes: int, max_depth: int, deep: bool)
         )
     if deep:
         try:
-            json_checks.decode(raw, max_depth=max_depth + 1)
+            json_checks.decode(
+                raw, max_depth=max_depth + 1, max_digits=max_digits, max_bytes=max_event_bytes
+            )
+        except json_checks.TooLargeWrittenOut as exc:
+            raise InvalidEvent(f"message is {exc}", "too_large") from None
         except json_checks.InvalidJSON as exc:
             raise InvalidEvent(str(exc), "invalid_json") from None
 

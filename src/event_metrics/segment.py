@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from event_metrics import sdk
+from event_metrics import json_checks, sdk
 from event_metrics.events import InvalidEvent
 from event_metrics.payload import MalformedPayload
 
@@ -86,10 +86,18 @@ _fields = msgspec.json.Decoder(Fields)
 
 
 def message(
-    raw: msgspec.Raw, request: Request, *, max_event_bytes: int, max_depth: int
+    raw: msgspec.Raw,
+    request: Request,
+    *,
+    max_event_bytes: int,
+    max_depth: int,
+    max_digits: int = json_checks.MAX_NUMBER_DIGITS,
 ) -> sdk.Message:
     """One Segment message mapped onto our columns (docs/api.md has the table)."""
-    sdk.check(raw, max_event_bytes=max_event_bytes, max_depth=max_depth, deep=not request.checked)
+    sdk.check(
+        raw, max_event_bytes=max_event_bytes, max_depth=max_depth, max_digits=max_digits,
+        deep=not request.checked,
+    )  # fmt: skip
     members = sdk.members(raw)
     value = _fields.decode(raw)
     kind = value.type or request.route_type

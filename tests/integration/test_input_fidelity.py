@@ -12,10 +12,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from clickhouse_driver import Client
 from litestar.testing import AsyncTestClient
 from test_ingest import ev
 
-from conftest import Keys
+from conftest import ClientFactory, Keys
+from event_metrics.replicator import Replicator
+from event_metrics.settings import Settings
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 _NOW = datetime.now(UTC).replace(microsecond=0)
@@ -345,3 +348,122 @@ async def test_each_message_goes_to_the_project_of_its_own_key(
     }  # fmt: skip
     assert await project_totals(client, a.read) == {"a1": 1, "a2": 1, "a3": 1, "a4": 1, "a5": 1}
     assert await project_totals(client, b.read) == {"b1": 1, "b2": 1, "b3": 1, "b4": 1}
+
+
+# --- numbers as stored (#22 item 6) ----------------------------------------------------------
+
+# Each number as sent, and the text PostgreSQL's jsonb stores (and ClickHouse copies):
+# digits and scale as sent, an exponent written out in full, the sign of a zero dropped.
+NUMBERS = [
+    ("12345678901234567890.5", "12345678901234567890.5"),
+    ("123456789012345678901234567890", "123456789012345678901234567890"),
+    ("1.50", "1.50"),
+    ("-7", "-7"),
+    ("1.0e2", "100"),
+    ("1E+2", "100"),
+    ("2.5E-3", "0.0025"),
+    ("100e-2", "1.00"),
+    ("-1.5e0", "-1.5"),
+    ("1e-7", "0.0000001"),
+    ("-0.0", "0.0"),
+    ("0e-3", "0.000"),
+    ("1.7976931348623157e308", "179769313486231570" + "0" * 291),
+    ("5e-324", "0." + "0" * 323 + "5"),
+    ("1e399", "1" + "0" * 399),  # 400 digits: the most MAX_NUMBER_DIGITS allows
+]
+
+
+async def test_numbers_are_stored_with_their_digits_and_exponents_written_out(
+    make_client: ClientFactory,
+    db: asyncpg.Connection,
+    settings: Settings,
+    clickhouse_url: str,
+) -> None:
+    properties = "{" + ",".join(f'"n{i}":{sent}' for i, (sent, _) in enumerate(NUMBERS)) + "}"
+    event = f'{{"event_name":"e","user_id":"u","idempotency_key":"k","properties":{properties}}}'
+    segment_message = json.dumps(track(messageId="s"))[:-1] + f',"properties":{properties}}}'
+    async with make_client() as client:
+        assert (await client.post("/events", content=event.encode())).status_code == 200
+        response = await client.post("/v1/batch", content=f'{{"batch":[{segment_message}]}}')
+        assert response.json()["accepted"] == 1, response.text
+    for key in ("k", "s"):
+        stored_numbers = await db.fetchrow(
+            "SELECT "
+            + ", ".join(f"properties->'n{i}' AS n{i}" for i in range(len(NUMBERS)))
+            + " FROM events WHERE idempotency_key = $1",
+            key,
+        )
+        assert [stored_numbers[f"n{i}"] for i in range(len(NUMBERS))] == [s for _, s in NUMBERS]
+    # The mirror holds the same text, byte for byte.
+    assert settings.database_url is not None
+    await Replicator(settings.database_url, clickhouse_url, settings.replication).run_once()
+    in_postgres = dict(await db.fetch("SELECT idempotency_key, properties::text FROM events"))
+    mirror = Client.from_url(clickhouse_url)
+    try:
+        in_clickhouse = dict(mirror.execute("SELECT idempotency_key, properties FROM events FINAL"))
+    finally:
+        mirror.disconnect()
+    assert in_clickhouse == in_postgres
+    assert '"n4": 100,' in in_clickhouse["k"] and '"n14": 1' + "0" * 399 in in_clickhouse["k"]
+
+
+@pytest.mark.parametrize(
+    ("number", "digits"),
+    [("1e400", 401), ("1e131071", 131072), ("-2.5E+1000", 1001), ("1e-400", 401)],
+)
+async def test_a_number_too_long_written_out_is_refused_with_the_reason(
+    client: AsyncTestClient[Any], db: asyncpg.Connection, number: str, digits: int
+) -> None:
+    bad = (
+        f'{{"event_name":"e","user_id":"u","idempotency_key":"bad","properties":{{"x":{number}}}}}'
+    )
+    body = f"[{bad},{json.dumps(ev('ok'))}]"
+    response = await client.post("/events", content=body.encode())
+    assert response.status_code == 400, response.text
+    error = response.json()["results"][0]["error"]
+    assert error == (
+        f"properties: number {number} has {digits} digits written out, as PostgreSQL stores "
+        "it; the limit is 400"
+    )
+    message = json.dumps(track(messageId="bad"))[:-1] + f',"properties":{{"x":{number}}}}}'
+    response = await client.post("/v1/batch", content=f'{{"batch":[{message}]}}'.encode())
+    assert response.json()["rejected"][0]["error"].startswith(f"number {number} has {digits}")
+    assert [r["idempotency_key"] for r in await stored(db)] == ["ok"]
+
+
+async def test_numbers_that_grow_an_event_past_its_limit_are_refused(
+    client: AsyncTestClient[Any], db: asyncpg.Connection
+) -> None:
+    # 250 numbers of 5 characters, written out 301 each: 1.3 KB sent, 75 KB stored.
+    numbers = ",".join(f'"k{i}":1e300' for i in range(250))
+    bad = f'{{"event_name":"e","user_id":"u","idempotency_key":"bad","properties":{{{numbers}}}}}'
+    fits = ",".join(f'"k{i}":1e300' for i in range(150))  # 45 KB written out: stored
+    good = f'{{"event_name":"e","user_id":"u","idempotency_key":"fits","properties":{{{fits}}}}}'
+    response = await client.post("/events", content=f"[{bad},{good}]".encode())
+    assert response.status_code == 400, response.text
+    error = response.json()["results"][0]["error"]
+    assert error.startswith("properties are ") and "the limit is 65536" in error, error
+    message = json.dumps(track(messageId="bad"))[:-1] + f',"properties":{{{numbers}}}}}'
+    response = await client.post("/v1/batch", content=f'{{"batch":[{message}]}}'.encode())
+    assert response.json()["rejected"][0]["error"].startswith("message is "), response.text
+    assert [r["idempotency_key"] for r in await stored(db)] == ["fits"]
+    assert len(await db.fetchval("SELECT properties::text FROM events")) > 45_000
+
+
+async def test_numbers_beyond_a_double_key_events_apart_without_a_500(
+    client: AsyncTestClient[Any], db: asyncpg.Connection
+) -> None:
+    # No idempotency key, a timestamp: the key is derived from the content, numbers too.
+    def event(number: str) -> str:
+        return (
+            '{"event_name":"e","user_id":"u","timestamp":"2026-01-01T00:00:00Z",'
+            f'"properties":{{"x":{number}}}}}'
+        )
+
+    body = f"[{event('1e309')},{event('1e310')},{event('1e309')}]"
+    response = await client.post("/events", content=body.encode())
+    assert response.status_code == 200, response.text
+    assert [r["status"] for r in response.json()["results"]] == [
+        "accepted", "accepted", "duplicate"
+    ]  # fmt: skip
+    assert len({r["idempotency_key"] for r in await stored(db)}) == 2
