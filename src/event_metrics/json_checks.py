@@ -60,6 +60,8 @@ _sizes = threading.local()  # the growth of the text being decoded, per thread
 @functools.lru_cache(maxsize=8)
 def _decoder(max_digits: int) -> msgspec.json.Decoder[Any]:
     def check(text: str) -> int:
+        if len(text) <= _MAX_FRACTION_DIGITS and "e" not in text and "E" not in text:
+            return 0  # a plain decimal this short is within numeric's range, stored as sent
         try:
             number = Decimal(text)
         except InvalidOperation:  # pragma: no cover - msgspec only passes valid literals

@@ -208,15 +208,22 @@ def to_row_from(
     message: Message, *, project_id: int, received_at: datetime, max_future: timedelta
 ) -> Row:
     """The row of a message, checked like a native event (lengths, NUL, times)."""
-    fields = {"event_name": message.event_name, "user_id": message.user_id}
-    if message.key is not None:
-        fields["idempotency_key"] = message.key
-    if isinstance(message.channel, str) and message.channel:
-        fields["channel"] = message.channel[:200]
-    try:
-        event = msgspec.convert(fields, EventIn)
-    except msgspec.ValidationError as exc:
-        raise InvalidEvent(_in_client_words(str(exc), fields, message.names)) from None
+    name, user, key, channel = message.event_name, message.user_id, message.key, message.channel
+    channel = channel[:200] if isinstance(channel, str) and channel else None
+    if _fits(name) and _fits(user) and (key is None or _fits(key)):
+        # What msgspec.convert into EventIn would check, without building a dict for it
+        # (a fifth of a message's cost); anything else goes to convert for its reason.
+        event = EventIn(name, user, idempotency_key=key, channel=channel)
+    else:
+        fields = {"event_name": name, "user_id": user}
+        if key is not None:
+            fields["idempotency_key"] = key
+        if channel is not None:
+            fields["channel"] = channel
+        try:
+            event = msgspec.convert(fields, EventIn)
+        except msgspec.ValidationError as exc:
+            raise InvalidEvent(_in_client_words(str(exc), fields, message.names)) from None
     event.timestamp = message.timestamp
     event.sent_at = message.sent_at
     try:
@@ -230,6 +237,11 @@ def to_row_from(
         if column in message.names:
             raise InvalidEvent(message.names[column] + space + rest, exc.reason) from None
         raise
+
+
+def _fits(value: Any) -> bool:
+    # events.Name and events.Key: a string of 1 to 200 characters.
+    return type(value) is str and 0 < len(value) <= 200
 
 
 def _in_client_words(error: str, fields: Mapping[str, Any], names: Mapping[str, str]) -> str:
