@@ -22,8 +22,6 @@ import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
-from base64 import b64encode
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +35,8 @@ import aiohttp
 import msgspec
 import numpy as np
 import numpy.typing as npt
+
+from bench import sdk_shapes
 
 CHANNELS = ("web", "ios", "android")
 ACK_HTTP = frozenset({200, 202})
@@ -91,31 +91,12 @@ class SdkSummary(msgspec.Struct):
         return IngestSummary(self.accepted, self.duplicates, len(self.rejected), results)
 
 
-class SegmentMessage(msgspec.Struct):
-    """A track call as analytics-python sends it (the fields the service maps)."""
-
-    event: str
-    userId: str
-    timestamp: datetime
-    messageId: str
-    channel: str
-    properties: dict[str, int]
-    type: str = "track"
-
-
-class PosthogMessage(msgspec.Struct):
-    """A capture call as posthog-python sends it: the channel rides in $lib."""
-
-    event: str
-    distinct_id: str
-    timestamp: datetime
-    uuid: str
-    properties: dict[str, int | str]
-
-
 # The path each -protocol posts to (native: -endpoint, "events" by default).
-PROTOCOLS = {"native": "events", "segment": "v1/batch", "posthog": "batch/"}
-LOAD_NAMESPACE = uuid.UUID("5f0c1d2e-8d4b-4c55-9a57-6a1b0e4a9e21")  # posthog uuids per key
+# SDK protocols send exactly what the SDK sends (bench/sdk_shapes.py, from the recorded
+# requests in tests/fixtures/sdk): "segment" is analytics-python, "posthog" posthog-python.
+PROTOCOLS = {"native": "events", "segment": "v1/batch", "posthog": "batch/",
+             "analytics-python": "v1/batch", "rudder-sdk-python": "v1/batch",
+             "posthog-python": "batch/", "posthog-js": "e/"}  # fmt: skip
 
 ENCODER = msgspec.json.Encoder()
 SUMMARY_DECODER = msgspec.json.Decoder(IngestSummary)
@@ -214,8 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
         "protocol",
         default="native",
         choices=sorted(PROTOCOLS),
-        help="wire format of the events: native POST /events, segment POST /v1/batch "
-        "(Basic auth, as analytics-python), posthog POST /batch/ (api_key in the body)",
+        help="wire format of the events: native POST /events, or batches exactly as an SDK "
+        "sends them (recorded in tests/fixtures/sdk): analytics-python (alias segment), "
+        "rudder-sdk-python, posthog-python (alias posthog), posthog-js",
     )
     return p
 
@@ -357,10 +339,7 @@ class Driver:
         self.key_list: list[int] = work.key_pos.tolist()  # plain ints: cheaper per event
         self.user_ids = [f"user-{u}" for u in range(plan.cfg.users)]
         self.post_headers = dict(JSON_HEADERS)
-        if plan.cfg.key and plan.cfg.protocol == "segment":  # as analytics-python does
-            basic = b64encode(f"{plan.cfg.key}:".encode()).decode()
-            self.post_headers["Authorization"] = f"Basic {basic}"
-        elif plan.cfg.key and plan.cfg.protocol == "native":
+        if plan.cfg.key and plan.cfg.protocol == "native":  # SDKs: sdk_shapes' own headers
             self.post_headers["Authorization"] = f"Bearer {plan.cfg.key}"
         self.next_req = 0
         self.t0 = 0.0
@@ -419,35 +398,18 @@ class Driver:
         if not self.plan.is_events:
             return None
         now = datetime.now(UTC)  # encoded after the wait so the timestamp is the send time
-        if self.plan.cfg.protocol == "segment":
-            batch = [self._segment(pos, now) for pos in range(lo, hi)]
-            return ENCODER.encode({"batch": batch, "sentAt": now})
-        if self.plan.cfg.protocol == "posthog":
-            captures = [self._posthog(pos, now) for pos in range(lo, hi)]
-            return ENCODER.encode({"api_key": self.plan.cfg.key, "batch": captures, "sent_at": now})
+        if self.plan.cfg.protocol != "native":
+            # Exactly as the SDK sends it: its recorded envelope, headers and messages.
+            request = sdk_shapes.sdk_batch(
+                self.plan.cfg.protocol, key=self.plan.cfg.key or "", run=self.plan.run_id,
+                seqs=[self.plan.first_seq + self.key_list[pos] for pos in range(lo, hi)],
+                event_name=self.plan.event_name,
+                users=[self.user_ids[self.work.users[pos]] for pos in range(lo, hi)],
+            )  # fmt: skip
+            self.post_headers = request.headers
+            return request.body
         events = [self._event(pos, now) for pos in range(lo, hi)]
         return ENCODER.encode(events[0] if self.plan.cfg.batch == 1 else events)
-
-    def _segment(self, pos: int, now: datetime) -> SegmentMessage:
-        event = self._event(pos, now)
-        return SegmentMessage(
-            event=event.event_name,
-            userId=event.user_id,
-            timestamp=now,
-            messageId=event.idempotency_key,
-            channel=event.channel,
-            properties=event.properties,
-        )
-
-    def _posthog(self, pos: int, now: datetime) -> PosthogMessage:
-        event = self._event(pos, now)
-        return PosthogMessage(
-            event=event.event_name,
-            distinct_id=event.user_id,
-            timestamp=now,
-            uuid=str(uuid.uuid5(LOAD_NAMESPACE, event.idempotency_key)),
-            properties={"$lib": event.channel, **event.properties},
-        )
 
     def _event(self, pos: int, now: datetime) -> Event:
         seq = self.plan.first_seq + self.key_list[pos]

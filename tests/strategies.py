@@ -18,7 +18,23 @@ keys = st.sampled_from(["a", "b", "x:y", "é", "\x00", "k\\", 'q"', "{[", "]"])
 numbers = st.one_of(
     st.integers(-(10**30), 10**30).map(str),
     st.decimals(allow_nan=False, allow_infinity=False, places=3).map(str),
-    st.sampled_from(["1e5", "-2.5E-3", "1e200000", "1e-20000", "12345678901234567890.5", "0"]),
+    st.sampled_from(
+        [
+            "1e5",
+            "-2.5E-3",
+            "1e200000",
+            "1e-20000",
+            "12345678901234567890.5",
+            "0",
+            "1e399",
+            "1e400",
+            "-1E+131071",
+            "1.5e-398",
+            "1.5e-399",
+            "0e99999",
+            "1.0e2",
+        ]
+    ),
 )
 scalars = st.one_of(
     st.none().map(lambda _: "null"),
@@ -75,6 +91,9 @@ def oracle(text: bytes, max_depth: int) -> bool:
         assert isinstance(exponent, int)
         if value.adjusted() >= 131072 or -exponent > 16383:
             raise ValueError("range")
+        # Exponent forms are stored written out: at most MAX_NUMBER_DIGITS digits then.
+        if "e" in literal.lower() and sum(c.isdigit() for c in format(value, "f")) > 400:
+            raise ValueError("digits")
         return value
 
     def depth_and_strings(value: Any, depth: int = 1) -> None:
@@ -143,3 +162,71 @@ def bodies() -> st.SearchStrategy[tuple[bytes, str]]:
     ndjson = events.map(lambda items: (b"\n".join(items), "application/x-ndjson"))
     noise = st.binary(max_size=60).map(lambda raw: (raw, "application/json"))
     return st.one_of(as_json, wrapped, one, ndjson, noise)
+
+
+# --- what #22 found: big exponents, keys written with escapes, forms of many fields ------
+
+
+def spelled(name: str) -> st.SearchStrategy[str]:
+    """A key as JSON text, each character either itself or a \\u escape of it: the same
+    key once decoded."""
+    return st.lists(st.booleans(), min_size=len(name), max_size=len(name)).map(
+        lambda escapes: (
+            '"'
+            + "".join(f"\\u{ord(c):04x}" if e else c for c, e in zip(name, escapes, strict=True))
+            + '"'
+        )
+    )
+
+
+def envelope(members: list[tuple[str, str]]) -> st.SearchStrategy[tuple[str, list[str]]]:
+    """An object of the given (name, value text) members in any order, each name spelled
+    any way and perhaps given twice (spelled any way again); with the names as decoded, in
+    order, to tell whether it is ambiguous."""
+    repeated = st.lists(st.sampled_from(range(len(members))), max_size=2)
+
+    def build(twice: list[int]) -> st.SearchStrategy[tuple[str, list[str]]]:
+        chosen = [*members, *(members[i] for i in twice)]
+        return st.tuples(*(spelled(name) for name, _ in chosen), st.randoms()).map(
+            lambda drawn: _shuffled(chosen, drawn[:-1], drawn[-1])
+        )
+
+    return repeated.flatmap(build)
+
+
+def _shuffled(
+    chosen: list[tuple[str, str]], names: tuple[str, ...], rng: Any
+) -> tuple[str, list[str]]:
+    order = list(range(len(chosen)))
+    rng.shuffle(order)
+    text = "{" + ",".join(f"{names[i]}:{chosen[i][1]}" for i in order) + "}"
+    return text, [chosen[i][0] for i in order]
+
+
+# Numbers in exponent form: small and huge exponents, the bound (400 digits) on both sides.
+exponent_numbers = st.builds(
+    lambda sign, mantissa, exponent, letter: f"{sign}{mantissa}{letter}{exponent}",
+    st.sampled_from(["", "-"]),
+    st.sampled_from(["1", "9", "1.5", "0", "0.00", "12345678901234567", "4.9406564584124654"]),
+    st.one_of(
+        st.integers(-30, 30),
+        st.integers(380, 420),
+        st.integers(-420, -380),
+        st.sampled_from([131071, -16383, 200000, 308, -324]),
+    ),
+    st.sampled_from(["e", "E", "e+"]),
+).map(lambda text: text.replace("e+-", "e-"))
+
+
+def written_out_digits(literal: str) -> int:
+    """Digits of a number as PostgreSQL stores it (independently of the service's formula:
+    Decimal's own fixed-point text)."""
+    return sum(c.isdigit() for c in format(Decimal(literal), "f"))
+
+
+many_field_forms = st.tuples(
+    st.integers(0, 40),  # other fields
+    st.integers(0, 40),  # where data goes
+    st.sampled_from(["data", "d%61ta", "%64ata"]),
+    st.booleans(),  # a second data field
+)

@@ -85,7 +85,10 @@ def _error_handler(
             headers = {"Retry-After": str(retry_after)}
         elif adds == CHALLENGE:
             headers = {"WWW-Authenticate": WWW_AUTHENTICATE}
-        body = ErrorBody(error=code, detail=str(exc), parameter=parameter)
+        if status == 500:
+            body = _logged_failure(code, exc)
+        else:
+            body = ErrorBody(error=code, detail=str(exc), parameter=parameter)
         if request.scope["path"].rstrip("/") in SDK_PATHS:
             # RudderStack's SDK retries an error whose JSON lacks `code` and `message`.
             body.code, body.message = code, body.detail
@@ -107,16 +110,23 @@ def _validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> 
     )
 
 
-def _unexpected_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
-    # A bug, not a client error: the log gets the traceback, the client only the id to
-    # quote (an exception's text may hold internals or echo the request).
+def _logged_failure(code: str, exc: Exception) -> ErrorBody:
+    """The body of a 500 (a bug, not a client error): the log gets the error under the
+    request's id, the client only the id to quote (an error's text may hold internals, such
+    as PostgreSQL's message and the values it names, or echo the request)."""
     request_id = request_ids.current.get()
-    log.error("unhandled error in request %s", request_id, exc_info=exc)
-    detail = f"an unexpected error occurred; it was logged under request id {request_id}"
-    return Response(
-        ErrorBody(error="internal_error", detail=detail, request_id=request_id),
-        status_code=500,
-    )
+    if code == "internal_error":
+        log.error("unhandled error in request %s", request_id, exc_info=exc)
+        what = "an unexpected error occurred"
+    else:
+        log.error("request %s failed (%s): %s", request_id, code, exc)
+        what = "the events were refused by the database and not stored"
+    detail = f"{what}; it was logged under request id {request_id}"
+    return ErrorBody(error=code, detail=detail, request_id=request_id)
+
+
+def _unexpected_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    return Response(_logged_failure("internal_error", exc), status_code=500)
 
 
 def _http_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:

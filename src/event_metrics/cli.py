@@ -213,7 +213,8 @@ def verify_mirror(settings: Settings, args: argparse.Namespace) -> None:
         for d in report.differences:
             print(f"  project {d.project_id} {d.day} {d.event_name!r}: "
                   f"postgres {d.postgres_rows} rows, clickhouse {d.clickhouse_rows}; "
-                  f"missing {len(d.missing)}, extra {len(d.extra)}")  # fmt: skip
+                  f"missing {len(d.missing)}, extra {len(d.extra)}, "
+                  f"changed {len(d.changed)}")  # fmt: skip
         if after is not None:
             print(f"repaired: copied {after.repaired} rows again; "
                   f"{len(after.differences)} cells still differ")  # fmt: skip

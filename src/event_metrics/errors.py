@@ -9,7 +9,7 @@ import msgspec
 
 class ErrorBody(msgspec.Struct, omit_defaults=True):
     """{"error": code, "detail": what is wrong, "parameter": which one (when one is),
-    "request_id": the id the server logged it under (internal_error only)}."""
+    "request_id": the id the server logged it under (500s only)}."""
 
     error: Annotated[str, msgspec.Meta(examples=["invalid_parameter"])]
     detail: Annotated[str, msgspec.Meta(examples=["to must be after from"])]

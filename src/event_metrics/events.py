@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -42,7 +43,7 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 # Why an event was refused, in a word: a metric label, so a fixed and small set.
-REJECTION_REASONS = ("invalid_field", "invalid_json", "too_large", "bad_timestamp")
+REJECTION_REASONS = ("invalid_field", "invalid_json", "too_large", "bad_timestamp", "bad_key")
 
 
 class InvalidEvent(Exception):
@@ -55,7 +56,16 @@ class InvalidEvent(Exception):
 
 
 _decoder = msgspec.json.Decoder(EventIn)
-_values = msgspec.json.Decoder()
+
+
+def _float_or_text(text: str) -> float | str:
+    # A float beyond a double's range (1e400) keeps its text: as a float it would fail to
+    # decode (a 500 once), and as infinity two different numbers would give one key.
+    number = float(text)
+    return number if math.isfinite(number) else text
+
+
+_values = msgspec.json.Decoder(float_hook=_float_or_text)
 _encoder = msgspec.json.Encoder(order="sorted")
 # A repeated field is ambiguous ({"event_name": "a", "event_name": "b"}); msgspec keeps
 # the last one silently, so a field name seen twice sends the event to the exact check.
@@ -70,11 +80,13 @@ def parse_event(
     max_event_bytes: int,
     max_future: timedelta,
     max_depth: int = 32,
+    max_digits: int = json_checks.MAX_NUMBER_DIGITS,
 ) -> Row:
     """Validate one JSON-encoded event and turn it into a Row, or raise InvalidEvent."""
     (outcome,) = parse_events(
         [raw], project_id=project_id, received_at=received_at,
         max_event_bytes=max_event_bytes, max_future=max_future, max_depth=max_depth,
+        max_digits=max_digits,
     )  # fmt: skip
     if isinstance(outcome, InvalidEvent):
         raise outcome
@@ -89,6 +101,7 @@ def parse_events(
     max_event_bytes: int,
     max_future: timedelta,
     max_depth: int = 32,
+    max_digits: int = json_checks.MAX_NUMBER_DIGITS,
 ) -> list[Row | InvalidEvent]:
     """Each JSON-encoded event as a Row, or the InvalidEvent saying why it is refused."""
     latest = received_at + max_future
@@ -102,7 +115,7 @@ def parse_events(
     # own only when that fails, to say which.
     texts = [_properties_text(event) for event in decoded]
     checked = len(decoded) > 1 and json_checks.all_objects(
-        [text for text in texts if text is not None], max_depth=max_depth
+        [text for text in texts if text is not None], max_depth=max_depth, max_digits=max_digits
     )
     each_field_once = len(decoded) > 1 and not escaped and _each_field_once(joined, decoded, texts)
     outcomes: list[Row | InvalidEvent] = []
@@ -117,7 +130,7 @@ def parse_events(
                 except json_checks.InvalidJSON as exc:
                     raise InvalidEvent(str(exc), "invalid_json") from None
             if text is not None and not checked:
-                _check_properties(text, max_depth)
+                _check_properties(text, max_depth, max_digits, max_event_bytes)
             properties = None if text is None else text.decode()
             outcomes.append(_to_row(event, properties, project_id, received_at, latest, escaped))
         except InvalidEvent as exc:
@@ -145,10 +158,15 @@ def _properties_text(event: EventIn | InvalidEvent) -> bytes | None:
     return None if not text or text == b"null" else text
 
 
-def _check_properties(text: bytes, max_depth: int) -> None:
+def _check_properties(text: bytes, max_depth: int, max_digits: int, max_bytes: int) -> None:
     try:
-        if not isinstance(json_checks.decode(text, max_depth=max_depth), dict):
+        value = json_checks.decode(
+            text, max_depth=max_depth, max_digits=max_digits, max_bytes=max_bytes
+        )
+        if not isinstance(value, dict):
             raise InvalidEvent("properties must be a JSON object")
+    except json_checks.TooLargeWrittenOut as exc:
+        raise InvalidEvent(f"properties are {exc}", "too_large") from None
     except json_checks.InvalidJSON as exc:
         raise InvalidEvent(f"properties: {exc}", "invalid_json") from None
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from event_metrics import posthog, sdk, segment, telemetry
-from event_metrics.auth import KeyStore
+from event_metrics.auth import InvalidCredentials, KeyStore, WrongScope
 from event_metrics.events import InvalidEvent, parse_events
 from event_metrics.payload import TooManyEvents
 from event_metrics.queue import IngestQueue
@@ -59,6 +59,9 @@ class Parsed:
     rows: list[Row] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     rejected: list[EventResult] = field(default_factory=list)
+    # Rows of other projects than project_id, by project (SDK messages with keys of their
+    # own), for the rate limit.
+    elsewhere: Counter[int] = field(default_factory=Counter)
 
     def add(self, index: int, row: Row) -> None:
         self.rows.append(row)
@@ -126,6 +129,7 @@ class Ingestor:
             max_event_bytes=settings.max_event_bytes,
             max_future=self._max_future,
             max_depth=settings.max_property_depth,
+            max_digits=settings.max_number_digits,
         )
         for index, outcome in enumerate(outcomes):
             if isinstance(outcome, InvalidEvent):
@@ -151,28 +155,30 @@ class Ingestor:
         and a retry would not make a bad message good."""
         settings = self.settings
         size, depth = settings.max_event_bytes, settings.max_property_depth
+        digits = settings.max_number_digits
         received_at = datetime.now(UTC)
         build: Callable[[msgspec.Raw], sdk.Message]
         if protocol == "segment":
             segment_request = segment.parse(text, path)
             segment_request.checked = sdk.body_is_clean(
-                text, max_depth=depth + 1 + segment_request.nesting
+                text, max_depth=depth + 1 + segment_request.nesting, max_digits=digits
             )
             items, body_key = segment_request.messages, segment_request.key
             build = functools.partial(
-                segment.message, request=segment_request, max_event_bytes=size, max_depth=depth
-            )
+                segment.message, request=segment_request, max_event_bytes=size, max_depth=depth,
+                max_digits=digits,
+            )  # fmt: skip
             answer = segment.answer
         else:
             posthog_request = posthog.parse(text, query)
             posthog_request.checked = sdk.body_is_clean(
-                text, max_depth=depth + 1 + posthog_request.nesting
+                text, max_depth=depth + 1 + posthog_request.nesting, max_digits=digits
             )
             items = posthog_request.events
             body_key = posthog_request.key or posthog.key_in_events(posthog_request)
             build = functools.partial(
                 posthog.message, request=posthog_request, received_at=received_at,
-                max_event_bytes=size, max_depth=depth,
+                max_event_bytes=size, max_depth=depth, max_digits=digits,
             )  # fmt: skip
             answer = posthog.answer
         secret = header_key or body_key
@@ -185,25 +191,58 @@ class Ingestor:
                 f"{settings.max_events_per_request}"
             )
         parsed = Parsed(project_id, count=len(items), protocol=protocol)
+        # Each message goes to the project of its own key when it carries one (posthog-js
+        # puts the token on every event; Segment's browser SDKs the writeKey): keys seen
+        # in this request, with their project or why they are refused.
+        known: dict[str, int | InvalidEvent] = {secret: project_id} if secret else {}
         for index, raw in enumerate(items):
             try:
+                message = build(raw)
+                project = project_id
+                if message.project_key is not None and message.project_key != secret:
+                    project = await self._project_of(message, keys, known)
                 row = sdk.to_row_from(
-                    build(raw), project_id=project_id, received_at=received_at,
+                    message, project_id=project, received_at=received_at,
                     max_future=self._max_future,
                 )  # fmt: skip
             except InvalidEvent as exc:
                 parsed.reject(index, exc)
             else:
                 parsed.add(index, row)
+                if project != project_id:
+                    parsed.elsewhere[project] += 1
         self.rejected[protocol] += len(parsed.rejected)
         body, _ = await self.submit(parsed, wait=True)
         rejected = [{"index": r.index, "error": r.error} for r in parsed.rejected]
         return answer(body.accepted, body.duplicates, rejected)
 
+    @staticmethod
+    async def _project_of(
+        message: sdk.Message, keys: KeyStore, known: dict[str, int | InvalidEvent]
+    ) -> int:
+        """The project of a message's own key, or InvalidEvent naming where the key was."""
+        key = message.project_key
+        assert key is not None
+        project = known.get(key)
+        if project is None:
+            try:
+                project = keys.authorize_checked(key, "write") or await keys.authorize(key, "write")
+            except (InvalidCredentials, WrongScope) as exc:
+                field = message.names.get("project_key", "key")
+                project = InvalidEvent(f"{field} is not an active write key: {exc}", "bad_key")
+            known[key] = project
+        if isinstance(project, InvalidEvent):
+            raise project
+        return project
+
     async def submit(self, parsed: Parsed, *, wait: bool) -> tuple[IngestResponse, int]:
         """Queue the valid rows as one ticket (all or nothing) and, unless wait is False,
         wait for their commit; return the answer and its status code."""
-        self.limiter.admit(parsed.project_id, parsed.count)  # RateLimited: nothing stored
+        # RateLimited: nothing stored. SDK messages may belong to other projects too.
+        elsewhere = parsed.elsewhere
+        self.limiter.admit(parsed.project_id, parsed.count - sum(elsewhere.values()))
+        for project, events in elsewhere.items():
+            self.limiter.admit(project, events)
         outcome: list[bool] | None = []
         if parsed.rows:
             # QueueFull / QueueClosed: nothing queued

@@ -1,17 +1,23 @@
-"""What JSON we accept and store as it was sent: valid UTF-8, no duplicate keys, bounded
-depth, no NUL, and numbers PostgreSQL's jsonb can hold.
+"""What JSON we accept and store with its values as sent: valid UTF-8, no duplicate keys,
+bounded depth, no NUL, and numbers PostgreSQL's jsonb can hold without growing much.
 
-Properties are stored as the client's own JSON text, so their digits survive (a float
+Properties are stored from the client's own JSON text, so their digits survive (a float
 round trip turns 12345678901234567890.5 into 12345678901234567000). jsonb keeps the last
 of two equal keys and refuses NUL, lone surrogates and numbers beyond numeric's range;
 an event holding any of those is refused here, on its own, instead of failing its batch.
+jsonb also writes a number in exponent form out in full (1e5 is stored as 100000, 1e400 as
+401 digits): such a number may have at most `max_digits` digits written out, and the text
+written out at most `max_bytes`, so that what is stored, and copied to ClickHouse, stays
+as bounded as what was sent.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -20,39 +26,92 @@ import msgspec
 # PostgreSQL numeric: at most 131072 digits before the decimal point, 16383 after.
 _MAX_WHOLE_DIGITS = 131_072
 _MAX_FRACTION_DIGITS = 16_383
+# The default of EVENT_METRICS_MAX_NUMBER_DIGITS: every IEEE double written out has fewer
+# (the longest, 4.9406564584124654e-324, has 341).
+MAX_NUMBER_DIGITS = 400
 
 
 class InvalidJSON(ValueError):
     """The JSON is not something we store; the message says why."""
 
 
-def _check_float(text: str) -> int:
-    try:
-        number = Decimal(text)
-    except InvalidOperation:  # pragma: no cover - msgspec only passes valid literals
-        raise InvalidJSON(f"number {text[:40]} is not valid") from None
-    exponent = number.as_tuple().exponent
-    if (
-        not isinstance(exponent, int)
-        or number.adjusted() >= _MAX_WHOLE_DIGITS
-        or -exponent > _MAX_FRACTION_DIGITS
-    ):
-        raise InvalidJSON(f"number {text[:40]} is out of range")
-    return 0  # the value itself is not needed: the text is what gets stored
+class TooLargeWrittenOut(InvalidJSON):
+    """The text, with its numbers written out as PostgreSQL stores them, is too large."""
 
 
-_any = msgspec.json.Decoder(float_hook=_check_float)
+def written_out(number: Decimal) -> tuple[int, int]:
+    """(digits, characters) of a finite number as PostgreSQL's numeric writes it: the
+    exponent written out, the scale kept (1.0e2 -> 100, 2.5E-3 -> 0.0025, 100e-2 -> 1.00,
+    -0.0 -> 0.0), without building the text (1e131071 has 131,072 digits)."""
+    sign, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)
+    nonzero = any(digits)
+    if exponent >= 0:
+        count = len(digits) + exponent if nonzero else 1
+        return count, count + (sign and nonzero)
+    whole = max(1, len(digits) + exponent) if nonzero else 1
+    count = whole - exponent
+    return count, count + 1 + (sign and nonzero)
+
+
+_sizes = threading.local()  # the growth of the text being decoded, per thread
+
+
+@functools.lru_cache(maxsize=8)
+def _decoder(max_digits: int) -> msgspec.json.Decoder[Any]:
+    def check(text: str) -> int:
+        if len(text) <= _MAX_FRACTION_DIGITS and "e" not in text and "E" not in text:
+            return 0  # a plain decimal this short is within numeric's range, stored as sent
+        try:
+            number = Decimal(text)
+        except InvalidOperation:  # pragma: no cover - msgspec only passes valid literals
+            raise InvalidJSON(f"number {text[:40]} is not valid") from None
+        exponent = number.as_tuple().exponent
+        if (
+            not isinstance(exponent, int)
+            or number.adjusted() >= _MAX_WHOLE_DIGITS
+            or -exponent > _MAX_FRACTION_DIGITS
+        ):
+            raise InvalidJSON(f"number {text[:40]} is out of range")
+        if "e" in text or "E" in text:  # the only form jsonb does not keep as sent
+            digits, length = written_out(number)
+            if digits > max_digits:
+                raise InvalidJSON(
+                    f"number {text[:40]} has {digits} digits written out, as PostgreSQL"
+                    f" stores it; the limit is {max_digits}"
+                )
+            _sizes.growth += length - len(text)
+        return 0  # the value itself is not needed: the text is what gets stored
+
+    hook: Callable[[str], int] = check
+    return msgspec.json.Decoder(float_hook=hook)
+
+
 _encode = msgspec.json.Encoder().encode
 
 
-def decode(raw: bytes | memoryview, *, max_depth: int) -> Any:
-    """Decode JSON that must follow the rules above; raise InvalidJSON saying why not.
+def _decode_sized(data: bytes, max_digits: int) -> tuple[Any, int]:
+    """The value, and how many bytes the text grows when its numbers are written out."""
+    _sizes.growth = 0
+    value = _decoder(max_digits).decode(data)
+    return value, _sizes.growth
+
+
+def decode(
+    raw: bytes | memoryview,
+    *,
+    max_depth: int,
+    max_digits: int = MAX_NUMBER_DIGITS,
+    max_bytes: int | None = None,
+) -> Any:
+    """Decode JSON that must follow the rules above; raise InvalidJSON saying why not
+    (TooLargeWrittenOut when, with its numbers written out, it is over max_bytes).
 
     Floats come back as 0: callers keep the raw text, the decoded value is for checking.
     """
     data = bytes(raw)
     try:
-        value = _any.decode(data)
+        value, growth = _decode_sized(data, max_digits)
     except UnicodeDecodeError:
         raise InvalidJSON("not valid UTF-8") from None
     except RecursionError:
@@ -69,19 +128,30 @@ def decode(raw: bytes | memoryview, *, max_depth: int) -> Any:
     else:
         _walk_escaped(value, max_depth)
         refuse_duplicate_keys(data)
+    if max_bytes is not None and growth > 0 and len(data) + growth > max_bytes:
+        raise TooLargeWrittenOut(
+            f"{len(data) + growth} bytes with the numbers written out, as PostgreSQL stores"
+            f" them (1e5 is 100000); the limit is {max_bytes}"
+        )
     return value
 
 
-def all_objects(texts: Sequence[bytes], *, max_depth: int) -> bool:
+def all_objects(
+    texts: Sequence[bytes], *, max_depth: int, max_digits: int = MAX_NUMBER_DIGITS
+) -> bool:
     """Whether decode() would accept every text and find an object in each, checked as
     one JSON array: one decode and one encode for a whole batch instead of one per event.
-    False says nothing about which text fails: ask decode() about each."""
+    False says nothing about which text fails: ask decode() about each. (A batch with a
+    number in exponent form that grows written out is sent to decode() too, which knows
+    each text's bound.)"""
     data = b"[" + b",".join(texts) + b"]"
     if b"\\" in data:
         return False
     try:
-        value = _any.decode(data)
+        value, growth = _decode_sized(data, max_digits)
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError):
+        return False
+    if growth > 0:
         return False
     # Each text holds one value, so the array holds one per text unless one is not JSON.
     if len(value) != len(texts) or any(type(item) is not dict for item in value):
@@ -180,3 +250,46 @@ def top_level_keys(data: bytes) -> list[str]:
     if not isinstance(pairs, list):
         raise InvalidJSON("not a JSON object")
     return [key for key, _ in pairs]
+
+
+_NAME = re.compile(rb'[ \t\n\r]*"((?:[^"\\]|\\.)*)"[ \t\n\r]*:[ \t\n\r]*')
+_AFTER_VALUE = re.compile(rb"[ \t\n\r]*([,}])")
+_decode_name = msgspec.json.Decoder(str)
+
+
+def repeats_a_key(text: bytes, members: Mapping[str, msgspec.Raw]) -> bool:
+    """Whether the JSON object `text` names a member twice once names are decoded
+    (`{"batch": [A], "\\u0062atch": [B]}`): `members` is what a decoder that keeps the last
+    of repeated names made of it.
+
+    The outer members are walked without parsing their values: each name is read and
+    decoded, and its value must be the text `members` holds for that name, or a later
+    member of the same name replaced it. So the cost is a comparison per member, however
+    large the values; anything unexpected falls back to the exact, slower check.
+    """
+    start = text.find(b"{") + 1
+    seen: set[str] = set()
+    position = start
+    while True:
+        name = _NAME.match(text, position)
+        if name is None:
+            break
+        raw = name.group(1)
+        try:
+            key = raw.decode() if b"\\" not in raw else _decode_name.decode(b'"' + raw + b'"')
+        except (UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError):
+            break
+        value = members.get(key)
+        if key in seen or value is None or not text.startswith(value, name.end()):
+            return True  # an earlier member of a name that comes again
+        seen.add(key)
+        after = _AFTER_VALUE.match(text, name.end() + len(value))
+        if after is None:
+            break
+        if after.group(1) == b"}":
+            return False
+        position = after.end()
+    if position == start and text[start:].strip(b" \t\n\r") == b"}":
+        return False  # {}
+    names = top_level_keys(text)
+    return len(names) != len(set(names))

@@ -174,8 +174,9 @@ def _split_json(body: bytes) -> list[bytes]:
             fields = _raw_object.decode(body)
             wrapped = fields.get("events")
             if wrapped is not None and len(fields) == 1:
-                if body.count(b'"events"') > 1:
-                    _refuse_second_envelope(body)
+                # {"events": [A], "\u0065vents": [B]} decodes as B alone: ambiguous.
+                if json_checks.repeats_a_key(body, fields):
+                    raise MalformedPayload('body is ambiguous: "events" appears twice')
                 # msgspec.Raw is a buffer, not bytes: it has no lstrip().
                 inner = bytes(wrapped)
                 if inner.lstrip()[:1] != b"[":
@@ -185,7 +186,7 @@ def _split_json(body: bytes) -> list[bytes]:
                 return [body]
         else:
             raise MalformedPayload('body must be an event, a list of events or {"events": [...]}')
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, json_checks.InvalidJSON) as exc:
         raise MalformedPayload(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         # An event nested deeper than msgspec recurses is rejected on its own, later;
@@ -236,17 +237,3 @@ def _split_deep_array(body: bytes) -> list[bytes]:
             items.append(data[start : match.start()].strip())
             start = match.end()
     raise MalformedPayload("body is not valid JSON: unbalanced brackets")
-
-
-def _refuse_second_envelope(body: bytes) -> None:
-    """{"events": [A], "events": [B]} decodes as B alone: refuse it, it is ambiguous.
-
-    Only reached when the text "events" occurs more than once, which an event may
-    legitimately contain; the keys of the outer object then decide.
-    """
-    try:
-        keys = json_checks.top_level_keys(body)
-    except json_checks.InvalidJSON as exc:
-        raise MalformedPayload(f"body is not valid JSON: {exc}") from None
-    if keys.count("events") > 1:
-        raise MalformedPayload('body is ambiguous: "events" appears twice')

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from event_metrics import sdk
+from event_metrics import json_checks, sdk
 from event_metrics.events import InvalidEvent
 from event_metrics.payload import MalformedPayload
 
@@ -56,12 +56,14 @@ def parse(text: bytes, query: dict[str, str]) -> Request:
         events = [msgspec.Raw(text)]
     key = sdk.text_of(outer.get("api_key")) or sdk.text_of(outer.get("token"))
     with contextlib.suppress(InvalidEvent):  # an unreadable clock only skips skew correction
-        sent_at = sdk.instant(sdk.text_of(outer.get("sent_at"))) or sent_at
+        sent_at = sdk.instant(sdk.text_of(outer.get("sent_at")), "sent_at") or sent_at
     return Request(events, key, sent_at, nesting)
 
 
 def key_in_events(request: Request) -> str | None:
-    """posthog-js puts the token in each event's properties: the first one names it."""
+    """posthog-js puts the token in each event's properties: without a key of its own, a
+    request is authorized by its first event's (each event then goes to its own token's
+    project: ingest.py)."""
     for raw in request.events[:1]:
         try:
             value = msgspec.json.decode(raw)
@@ -84,6 +86,8 @@ class Properties(msgspec.Struct):
 class Fields(msgspec.Struct):
     """The fields of an event that map onto columns (the others stay raw)."""
 
+    api_key: Any = None
+    token: Any = None
     event: Any = None
     distinct_id: Any = None
     uuid: Any = None
@@ -98,17 +102,20 @@ _fields = msgspec.json.Decoder(Fields)
 
 def message(
     raw: msgspec.Raw, request: Request, *, received_at: datetime, max_event_bytes: int,
-    max_depth: int,
+    max_depth: int, max_digits: int = json_checks.MAX_NUMBER_DIGITS,
 ) -> sdk.Message:  # fmt: skip
     """One PostHog event mapped onto our columns (docs/api.md has the table)."""
-    sdk.check(raw, max_event_bytes=max_event_bytes, max_depth=max_depth, deep=not request.checked)
+    sdk.check(
+        raw, max_event_bytes=max_event_bytes, max_depth=max_depth, max_digits=max_digits,
+        deep=not request.checked,
+    )  # fmt: skip
     members = sdk.members(raw)
     try:
         value = _fields.decode(raw)
     except msgspec.ValidationError:
         raise InvalidEvent("properties must be a JSON object") from None
     plain = value.properties or Properties()
-    timestamp = sdk.instant(value.timestamp)
+    timestamp = sdk.instant(value.timestamp, "timestamp")
     sent_at = request.sent_at if timestamp is not None else None
     offset = value.offset
     if timestamp is None and isinstance(offset, int | float) and not isinstance(offset, bool):
@@ -123,20 +130,49 @@ def message(
     if rest:
         reserved["$posthog"] = sdk.object_text(rest)
     properties = members.get("properties")
-    if plain.token is not msgspec.UNSET and properties is not None:  # posthog-js sends it
+    own_key, key_field = _own_key(value, plain)
+    if isinstance(plain.token, str) and properties is not None:  # posthog-js sends it
         own = sdk.members(properties)
         shown = {k: v for k, v in own.items() if k not in HIDDEN_PROPERTIES}
         properties = msgspec.Raw(sdk.object_text(shown))
+    user_id = _id(value.distinct_id)
     return sdk.Message(
         event_name=value.event,
-        user_id=_id(value.distinct_id) or _id(plain.distinct_id),
+        user_id=user_id or _id(plain.distinct_id),
         key=value.uuid,
         timestamp=timestamp,
         sent_at=sent_at,
         channel=value.channel or plain.lib,
         properties=properties,
         reserved=reserved,
+        names=_NAMES[bool(user_id or not plain.distinct_id), key_field],
+        project_key=own_key,
     )
+
+
+def _own_key(value: Fields, plain: Properties) -> tuple[str | None, str]:
+    """The event's own token and where it was: its `api_key` or `token` (PostHog's capture
+    reads those first), else `properties.token` (posthog-js puts it on every event)."""
+    for key, field in ((value.api_key, "api_key"), (value.token, "token"),
+                       (plain.token, "properties.token")):  # fmt: skip
+        if isinstance(key, str):
+            return key, field
+    return None, "api_key"
+
+
+# Our columns by the names PostHog's clients give them (reasons for a refusal use these),
+# by whether the user is `distinct_id` and where the event's own token was.
+_BASE = {"event_name": "event", "idempotency_key": "uuid", "channel": "properties.$lib",
+         "timestamp": "timestamp", "sent_at": "sent_at"}  # fmt: skip
+_NAMES = {
+    (top_level, key_field): {
+        **_BASE,
+        "user_id": "distinct_id" if top_level else "properties.distinct_id",
+        "project_key": key_field,
+    }
+    for top_level in (True, False)
+    for key_field in ("api_key", "token", "properties.token")
+}
 
 
 def _id(value: Any) -> Any:

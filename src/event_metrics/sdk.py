@@ -42,11 +42,24 @@ def json_body(body: bytes, *, content_type: str | None, max_bytes: int) -> bytes
     return body
 
 
+# posthog-js sends one field (`data`), older versions two or three (`compression`, `ver`);
+# the bound keeps a form of a million empty fields from holding the event loop.
+MAX_FORM_FIELDS = 20
+
+
 def _form_data(body: bytes) -> bytes:
-    fields = urllib.parse.parse_qs(body, max_num_fields=20, keep_blank_values=True)
+    count = body.count(b"&") + 1  # what parse_qs splits on, counted before the work
+    if count > MAX_FORM_FIELDS:
+        raise MalformedPayload(
+            f"a form body may have at most {MAX_FORM_FIELDS} fields (the events go in its"
+            f" 'data' field); this one has {count}"
+        )
+    fields = urllib.parse.parse_qs(body, keep_blank_values=True)
     values = fields.get(b"data")
     if not values:
         raise MalformedPayload("a form body must carry the events in its 'data' field")
+    if len(values) > 1:
+        raise MalformedPayload("body is ambiguous: the form's 'data' field appears twice")
     data = values[0].strip()
     if data[:1] in (b"{", b"["):
         return data
@@ -86,12 +99,14 @@ def envelope(text: bytes) -> dict[str, msgspec.Raw] | list[msgspec.Raw]:
         raise MalformedPayload("body is not valid UTF-8") from None
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         raise MalformedPayload(f"body is not a JSON object or array: {exc}") from None
-    # A repeated outer key ({"batch": [A], "batch": [B]}) is ambiguous; only when a key's
-    # text occurs twice anywhere is it worth parsing the outer object's keys exactly.
-    if any(text.count(msgspec.json.encode(key)) > 1 for key in fields):
-        names = json_checks.top_level_keys(text)
-        if len(names) != len(set(names)):
-            raise MalformedPayload("body is ambiguous: a key appears twice")
+    # A repeated outer key ({"batch": [A], "\u0062atch": [B]}) is ambiguous: the decoder
+    # kept B alone.
+    try:
+        repeated = json_checks.repeats_a_key(text, fields)
+    except json_checks.InvalidJSON as exc:
+        raise MalformedPayload(f"body is not a JSON object or array: {exc}") from None
+    if repeated:
+        raise MalformedPayload("body is ambiguous: a key appears twice")
     return fields
 
 
@@ -106,31 +121,45 @@ def text_of(raw: msgspec.Raw | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def instant(value: Any) -> datetime | None:
-    """An RFC 3339 / ISO 8601 time with an offset (naive times are refused)."""
+def instant(value: Any, field: str) -> datetime | None:
+    """An RFC 3339 / ISO 8601 time with an offset (naive times are refused); `field` is
+    the client's name for it, for the reason a bad one is refused."""
     if not isinstance(value, str):
         return None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidEvent(f"{value[:40]!r} is not an ISO 8601 time", "bad_timestamp") from None
+        raise InvalidEvent(
+            f"{field}: {value[:40]!r} is not an ISO 8601 time", "bad_timestamp"
+        ) from None
     if moment.tzinfo is None:
-        raise InvalidEvent(f"{value[:40]!r} has no UTC offset", "bad_timestamp")
+        raise InvalidEvent(f"{field}: {value[:40]!r} has no UTC offset", "bad_timestamp")
     return moment
 
 
-def body_is_clean(text: bytes, *, max_depth: int) -> bool:
+def body_is_clean(
+    text: bytes, *, max_depth: int, max_digits: int = json_checks.MAX_NUMBER_DIGITS
+) -> bool:
     """Whether a whole body passes the checks every message must pass: then its messages
     need no check of their own (one pass over the body costs far less than one per
     message). `max_depth` counts the levels above the messages too."""
     try:
-        json_checks.decode(text, max_depth=max_depth)
+        # The size bound is each message's: a body whose numbers grow at all when written
+        # out is checked message by message.
+        json_checks.decode(text, max_depth=max_depth, max_digits=max_digits, max_bytes=len(text))
     except json_checks.InvalidJSON:
         return False  # some message is bad: each is checked on its own, to say which
     return True
 
 
-def check(raw: msgspec.Raw, *, max_event_bytes: int, max_depth: int, deep: bool) -> None:
+def check(
+    raw: msgspec.Raw,
+    *,
+    max_event_bytes: int,
+    max_depth: int,
+    deep: bool,
+    max_digits: int = json_checks.MAX_NUMBER_DIGITS,
+) -> None:
     """The same checks as a native event's properties (`deep`: unless the whole body was
     checked already), one level deeper: the message itself is the outer level."""
     if len(raw) > max_event_bytes:
@@ -139,7 +168,11 @@ def check(raw: msgspec.Raw, *, max_event_bytes: int, max_depth: int, deep: bool)
         )
     if deep:
         try:
-            json_checks.decode(raw, max_depth=max_depth + 1)
+            json_checks.decode(
+                raw, max_depth=max_depth + 1, max_digits=max_digits, max_bytes=max_event_bytes
+            )
+        except json_checks.TooLargeWrittenOut as exc:
+            raise InvalidEvent(f"message is {exc}", "too_large") from None
         except json_checks.InvalidJSON as exc:
             raise InvalidEvent(str(exc), "invalid_json") from None
 
@@ -163,43 +196,90 @@ class Message(msgspec.Struct):
     channel: Any
     properties: msgspec.Raw | None  # the user's own, as sent
     reserved: dict[str, bytes] = {}  # JSON texts kept under $keys (msgspec copies it)
+    # The client's name of the field each column came from, for the reasons a message is
+    # refused: the client knows `distinct_id`, not our `user_id`.
+    names: Mapping[str, str] = {}
+    # The message's own write key, when it carries one (its project's, whatever the
+    # request's key is); names["project_key"] says where it was.
+    project_key: str | None = None
 
 
 def to_row_from(
     message: Message, *, project_id: int, received_at: datetime, max_future: timedelta
 ) -> Row:
     """The row of a message, checked like a native event (lengths, NUL, times)."""
-    fields = {"event_name": message.event_name, "user_id": message.user_id}
-    if message.key is not None:
-        fields["idempotency_key"] = message.key
-    if isinstance(message.channel, str) and message.channel:
-        fields["channel"] = message.channel[:200]
-    try:
-        event = msgspec.convert(fields, EventIn)
-    except msgspec.ValidationError as exc:
-        raise InvalidEvent(str(exc).replace(" - at `$.", ": ").rstrip("`")) from None
+    name, user, key, channel = message.event_name, message.user_id, message.key, message.channel
+    channel = channel[:200] if isinstance(channel, str) and channel else None
+    if _fits(name) and _fits(user) and (key is None or _fits(key)):
+        # What msgspec.convert into EventIn would check, without building a dict for it
+        # (a fifth of a message's cost); anything else goes to convert for its reason.
+        event = EventIn(name, user, idempotency_key=key, channel=channel)
+    else:
+        fields = {"event_name": name, "user_id": user}
+        if key is not None:
+            fields["idempotency_key"] = key
+        if channel is not None:
+            fields["channel"] = channel
+        try:
+            event = msgspec.convert(fields, EventIn)
+        except msgspec.ValidationError as exc:
+            raise InvalidEvent(_in_client_words(str(exc), fields, message.names)) from None
     event.timestamp = message.timestamp
     event.sent_at = message.sent_at
-    return to_row(
-        event, compose(message.properties, message.reserved), project_id=project_id,
-        received_at=received_at, max_future=max_future,
-    )  # fmt: skip
+    try:
+        return to_row(
+            event, compose(message.properties, message.reserved), project_id=project_id,
+            received_at=received_at, max_future=max_future,
+        )  # fmt: skip
+    except InvalidEvent as exc:
+        # "user_id must not contain NUL", "timestamp ... is ahead": the client's names.
+        column, space, rest = str(exc).partition(" ")
+        if column in message.names:
+            raise InvalidEvent(message.names[column] + space + rest, exc.reason) from None
+        raise
+
+
+def _fits(value: Any) -> bool:
+    # events.Name and events.Key: a string of 1 to 200 characters.
+    return type(value) is str and 0 < len(value) <= 200
+
+
+def _in_client_words(error: str, fields: Mapping[str, Any], names: Mapping[str, str]) -> str:
+    """msgspec's "Expected `str`, got `null` - at `$.user_id`" as the client would say it:
+    "distinct_id is missing"."""
+    reason, _, path = error.rpartition(" - at `$.")
+    column = path.rstrip("`")
+    if not reason or column not in fields:
+        return error
+    name = names.get(column, column)
+    if fields[column] is None:
+        return f"{name} {'are' if ' and ' in name else 'is'} missing"
+    return f"{name}: {reason}"
 
 
 def compose(properties: msgspec.Raw | None, reserved: Mapping[str, bytes]) -> str | None:
-    """The stored properties: the user's own as sent, then the reserved keys that are not
-    theirs. Built from JSON texts, so numbers keep their digits; the message they come
-    from was checked whole, so the result needs no second check."""
+    """The stored properties: the user's own as sent, then the reserved keys. A reserved
+    name the user's properties already hold gets one more `$` in front until it is free
+    (`$segment` -> `$$segment`), so neither is lost. Built from JSON texts, so numbers
+    keep their digits; the message they come from was checked whole, so the result needs
+    no second check."""
     own = bytes(properties) if properties is not None else b"{}"  # a Raw is exactly the value
     if own == b"null":
         own = b"{}"
     elif own[:1] != b"{":
         raise InvalidEvent("properties must be a JSON object")
     tail = []
+    taken: set[str] | None = None  # the user's own names, read only when one may collide
     for name, text in reserved.items():
         key = _key(name)
-        if key in own and name in members(own):  # the user's own property of that name wins
-            continue
+        # Only a \u escape can spell a reserved name otherwise ("\u0024set" is "$set").
+        if taken is None and (key in own or b"\\u" in own):
+            taken = set(members(own))
+        if taken is not None:
+            while name in taken:
+                name = "$" + name
+            taken.add(name)
+            key = _key(name)
         tail.append(key + b":" + text)
     if not tail:
         return own.decode() if own != b"{}" else None

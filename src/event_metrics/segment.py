@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from event_metrics import sdk
+from event_metrics import json_checks, sdk
 from event_metrics.events import InvalidEvent
 from event_metrics.payload import MalformedPayload
 
@@ -59,7 +59,7 @@ def parse(text: bytes, path: str) -> Request:
     else:
         messages = [msgspec.Raw(text)]
     try:
-        sent_at = sdk.instant(sdk.text_of(outer.get("sentAt")))
+        sent_at = sdk.instant(sdk.text_of(outer.get("sentAt")), "sentAt")
     except InvalidEvent:
         sent_at = None
     nesting = 2 if route_type is None else 0
@@ -79,16 +79,25 @@ class Fields(msgspec.Struct):
     sentAt: Any = None
     channel: Any = None
     context: Any = None
+    writeKey: Any = None
 
 
 _fields = msgspec.json.Decoder(Fields)
 
 
 def message(
-    raw: msgspec.Raw, request: Request, *, max_event_bytes: int, max_depth: int
+    raw: msgspec.Raw,
+    request: Request,
+    *,
+    max_event_bytes: int,
+    max_depth: int,
+    max_digits: int = json_checks.MAX_NUMBER_DIGITS,
 ) -> sdk.Message:
     """One Segment message mapped onto our columns (docs/api.md has the table)."""
-    sdk.check(raw, max_event_bytes=max_event_bytes, max_depth=max_depth, deep=not request.checked)
+    sdk.check(
+        raw, max_event_bytes=max_event_bytes, max_depth=max_depth, max_digits=max_digits,
+        deep=not request.checked,
+    )  # fmt: skip
     members = sdk.members(raw)
     value = _fields.decode(raw)
     kind = value.type or request.route_type
@@ -108,16 +117,37 @@ def message(
         del members[mapped]  # what is left is kept
     if "type" not in members:
         members["type"] = msgspec.Raw(msgspec.json.encode(kind))
+    user_id = _id(value.userId)
+    time_field = "timestamp" if value.timestamp else "originalTimestamp"
     return sdk.Message(
         event_name=name,
-        user_id=_id(value.userId) or _id(value.anonymousId),
+        user_id=user_id or _id(value.anonymousId),
         key=_id(value.messageId),
-        timestamp=sdk.instant(value.timestamp or value.originalTimestamp),
-        sent_at=sdk.instant(value.sentAt) or request.sent_at,
+        timestamp=sdk.instant(value.timestamp or value.originalTimestamp, time_field),
+        sent_at=sdk.instant(value.sentAt, "sentAt") or request.sent_at,
         channel=channel,
         properties=properties,
         reserved={"$segment": sdk.object_text(members)},
+        names=_NAMES[user_id is not None, value.anonymousId is not None, time_field],
+        project_key=value.writeKey if isinstance(value.writeKey, str) else None,
     )
+
+
+# Our columns by the names Segment's clients give them (reasons for a refusal use these):
+# the user is `userId`, else `anonymousId`, and when neither is there, both are named.
+_BASE = {"event_name": "event", "idempotency_key": "messageId", "channel": "channel",
+         "sent_at": "sentAt", "project_key": "writeKey"}  # fmt: skip
+_NAMES = {
+    (has_user, has_anonymous, time_field): {
+        **_BASE,
+        "timestamp": time_field,
+        "user_id": "userId" if has_user else
+                   "anonymousId" if has_anonymous else "userId and anonymousId",
+    }
+    for has_user in (True, False)
+    for has_anonymous in (True, False)
+    for time_field in ("timestamp", "originalTimestamp")
+}  # fmt: skip
 
 
 def _id(value: Any) -> Any:

@@ -71,6 +71,8 @@ class IngestSettings(msgspec.Struct, frozen=True, kw_only=True):
     ] = 10_000
     max_event_bytes: Annotated[PositiveInt, Env("MAX_EVENT_BYTES")] = 64 * 1024
     max_property_depth: Annotated[PositiveInt, Env("MAX_PROPERTY_DEPTH")] = 32
+    # A number in exponent form is stored written out (1e5 as 100000): its digits then.
+    max_number_digits: Annotated[PositiveInt, Env("MAX_NUMBER_DIGITS")] = 400
     max_future_s: Annotated[PositiveInt, Env("MAX_FUTURE_SECONDS")] = 24 * 3600
     results_full_max: Annotated[PositiveInt, Env("RESULTS_FULL_MAX")] = 100
     queue_max_events: Annotated[PositiveInt, Env("QUEUE_MAX_EVENTS")] = 200_000

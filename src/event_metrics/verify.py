@@ -1,13 +1,19 @@
 """`event-metrics verify`: is the ClickHouse mirror right? Compare it with PostgreSQL.
 
-Both engines summarise their events per project, UTC day and event name: a count and two sums of
-32-bit slices of md5(idempotency_key), a checksum of the set of keys that the same rows
-give on both. Only rows up to the replicator's checkpoint are expected in ClickHouse;
-rows after it may or may not be there yet (the copy is at-least-once), so a cell whose
-summaries differ is then compared key by key: a key the checkpoint has passed that
-ClickHouse lacks is missing, a key ClickHouse has and PostgreSQL does not is extra.
+Each row's content (every mirrored column) is written as one canonical text, the same in
+both engines: numbers in decimal, times as whole seconds since 1970 (what a ClickHouse
+DateTime holds), every string and the properties' JSON text preceded by its length in
+bytes, so no two different rows give the same text. Both engines summarise their events per
+project, UTC day and event name: a count and two sums of 32-bit slices of md5(content).
+Only rows up to the replicator's checkpoint are expected in ClickHouse; rows after it may
+or may not be there yet (the copy is at-least-once), so a cell whose summaries differ is
+then compared row by row, by key and md5(content): a key the checkpoint has passed that
+ClickHouse lacks is missing, a key ClickHouse has and PostgreSQL does not is extra, and a
+key whose content differs (a value changed, a column lost) is changed. ClickHouse is read
+with FINAL, as every query reads it: the row version a query would see is what is compared.
 
-`--repair` copies each differing cell again, deletes the extra keys, and verifies again.
+`--repair` deletes the extra and changed keys' row versions (and waits for the deletion),
+copies the missing and changed rows again, and verifies again.
 """
 
 from __future__ import annotations
@@ -22,38 +28,68 @@ import asyncpg
 
 from event_metrics.clickhouse import apply_schema, connect, insert_columns
 from event_metrics.replicator import MIRRORED, TARGET
+from event_metrics.schema import CLICKHOUSE_TYPES, COLUMN_TYPES, MIRRORED_COLUMNS
 from event_metrics.watermark import load_checkpoint
 
 Cell = tuple[int, date, str]  # (project_id, UTC day, event_name)
-Summary = tuple[int, int, int]  # (rows, sum of key hash slice 1, slice 2)
+Summary = tuple[int, int, int]  # (rows, sum of content hash slice 1, slice 2)
+
+
+def _postgres_part(name: str) -> str:
+    kind = COLUMN_TYPES[name].postgres if name in COLUMN_TYPES else "bigint"
+    if kind == "timestamptz":
+        return f"floor(extract(epoch FROM {name}))::bigint::text"
+    if kind == "jsonb":
+        text = f"coalesce({name}::text, '')"
+        return f"octet_length({text})::text || ':' || {text}"
+    if kind == "text":
+        return f"octet_length({name})::text || ':' || {name}"
+    return f"{name}::text"
+
+
+def _clickhouse_part(name: str) -> str:
+    kind = CLICKHOUSE_TYPES[name]
+    if kind.startswith("DateTime"):
+        return f"toString(toUInt32({name}))"
+    if kind == "String":
+        return f"toString(length({name})), ':', {name}"
+    return f"toString({name})"
+
+
+# The canonical text of a row, from schema.py's column list: a new column enters it.
+POSTGRES_CONTENT = " || ',' || ".join(f"({_postgres_part(n)})" for n in MIRRORED_COLUMNS)
+CLICKHOUSE_CONTENT = "concat(" + ", ',', ".join(_clickhouse_part(n) for n in MIRRORED_COLUMNS) + ")"
 
 UP_TO_CHECKPOINT = "(txid, id) <= ($1::text::xid8, $2::bigint)"
 POSTGRES_SUMMARY = f"""
 SELECT project_id, (ts AT TIME ZONE 'UTC')::date, event_name, count(*),
-       sum(('x' || substr(md5(idempotency_key), 1, 8))::bit(32)::bigint),
-       sum(('x' || substr(md5(idempotency_key), 9, 8))::bit(32)::bigint)
-FROM events WHERE {UP_TO_CHECKPOINT}
+       sum(('x' || substr(content, 1, 8))::bit(32)::bigint),
+       sum(('x' || substr(content, 9, 8))::bit(32)::bigint)
+FROM (SELECT project_id, ts, event_name, md5({POSTGRES_CONTENT}) AS content
+      FROM events WHERE {UP_TO_CHECKPOINT}) AS hashed
 GROUP BY 1, 2, 3
 """
-CLICKHOUSE_SUMMARY = """
-SELECT project_id, toDate(ts), event_name, count(),
-       sum(reinterpretAsUInt32(reverse(substring(MD5(idempotency_key), 1, 4)))),
-       sum(reinterpretAsUInt32(reverse(substring(MD5(idempotency_key), 5, 4))))
-FROM events FINAL
-GROUP BY project_id, toDate(ts), event_name
+CLICKHOUSE_SUMMARY = f"""
+SELECT project_id, toDate(ts) AS day, event_name, count(),
+       sum(reinterpretAsUInt32(reverse(substring(content, 1, 4)))),
+       sum(reinterpretAsUInt32(reverse(substring(content, 5, 4))))
+FROM (SELECT project_id, ts, event_name, MD5({CLICKHOUSE_CONTENT}) AS content FROM events FINAL)
+GROUP BY project_id, day, event_name
 """
 CELL = (
     "project_id = $3 AND ts >= $4::date::timestamp AT TIME ZONE 'UTC' "
     "AND ts < ($4::date + 1)::timestamp AT TIME ZONE 'UTC' AND event_name = $5"
 )
-POSTGRES_KEYS = f"SELECT idempotency_key, {UP_TO_CHECKPOINT} FROM events WHERE {CELL}"
-CLICKHOUSE_KEYS = """
-SELECT DISTINCT idempotency_key FROM events
+POSTGRES_KEYS = f"""
+SELECT idempotency_key, {UP_TO_CHECKPOINT}, md5({POSTGRES_CONTENT}) FROM events WHERE {CELL}
+"""
+CLICKHOUSE_KEYS = f"""
+SELECT idempotency_key, lower(hex(MD5({CLICKHOUSE_CONTENT}))) FROM events FINAL
 WHERE project_id = %(project_id)s AND toDate(ts) = %(day)s AND event_name = %(event_name)s
 """
 POSTGRES_ROWS = f"""
 SELECT {MIRRORED} FROM events
-WHERE {CELL} AND {UP_TO_CHECKPOINT}
+WHERE {CELL} AND {UP_TO_CHECKPOINT} AND idempotency_key = ANY($6::text[])
 """
 DELETE_KEYS = """
 ALTER TABLE events DELETE
@@ -71,6 +107,7 @@ class Difference:
     clickhouse_rows: int
     missing: list[str] = field(default_factory=list)  # in PostgreSQL up to the checkpoint
     extra: list[str] = field(default_factory=list)  # in ClickHouse only
+    changed: list[str] = field(default_factory=list)  # in both, with different content
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +118,7 @@ class Difference:
             "clickhouse_rows": self.clickhouse_rows,
             "missing": len(self.missing),
             "extra": len(self.extra),
+            "changed": len(self.changed),
         }
 
 
@@ -111,13 +149,13 @@ async def compare(connection: asyncpg.Connection, client: Any) -> Report:
         ours, theirs = postgres.get(cell, (0, 0, 0)), clickhouse.get(cell, (0, 0, 0))
         if ours == theirs:
             continue
-        difference = await _compare_keys(connection, client, cell, checkpoint, ours, theirs)
-        if difference.missing or difference.extra:
+        difference = await _compare_rows(connection, client, cell, checkpoint, ours, theirs)
+        if difference.missing or difference.extra or difference.changed:
             differences.append(difference)
     return Report(cells=len(postgres.keys() | clickhouse.keys()), differences=differences)
 
 
-async def _compare_keys(
+async def _compare_rows(
     connection: asyncpg.Connection,
     client: Any,
     cell: Cell,
@@ -127,43 +165,51 @@ async def _compare_keys(
 ) -> Difference:
     project_id, day, event_name = cell
     rows = await connection.fetch(POSTGRES_KEYS, *checkpoint, project_id, day, event_name)
-    copied = {key for key, passed in rows if passed}
-    anywhere = {key for key, _ in rows}
+    copied = {key: content for key, passed, content in rows if passed}
+    anywhere = {key for key, _, _ in rows}
     params = {"project_id": project_id, "day": day, "event_name": event_name}
-    mirrored = {r[0] for r in await asyncio.to_thread(client.execute, CLICKHOUSE_KEYS, params)}
+    mirrored = dict(await asyncio.to_thread(client.execute, CLICKHOUSE_KEYS, params))
     return Difference(
         project_id=project_id,
         day=day,
         event_name=event_name,
         postgres_rows=ours[0],
         clickhouse_rows=theirs[0],
-        missing=sorted(copied - mirrored),
-        extra=sorted(mirrored - anywhere),
+        missing=sorted(copied.keys() - mirrored.keys()),
+        extra=sorted(mirrored.keys() - anywhere),
+        changed=sorted(k for k, content in copied.items() if mirrored.get(k, content) != content),
     )
 
 
 async def repair(connection: asyncpg.Connection, client: Any, differences: list[Difference]) -> int:
-    """Copy every differing cell again and delete its extra keys; return rows copied."""
+    """Delete the extra and changed keys' row versions, then copy the missing and changed
+    rows again; return rows copied. The deletion goes by key, so it is waited for before
+    the copies go in: it must take the wrong versions only."""
+    for difference in differences:
+        wrong = difference.extra + difference.changed
+        if wrong:
+            params = {
+                "project_id": difference.project_id,
+                "day": difference.day,
+                "event_name": difference.event_name,
+                "keys": tuple(wrong),
+            }
+            await asyncio.to_thread(client.execute, DELETE_KEYS, params)
+    await asyncio.to_thread(_wait_for_mutations, client)
     checkpoint = await load_checkpoint(connection, TARGET)
     copied = 0
     for difference in differences:
+        again = difference.missing + difference.changed
+        if not again:
+            continue
         rows = await connection.fetch(
             POSTGRES_ROWS, *checkpoint, difference.project_id, difference.day,
-            difference.event_name,
+            difference.event_name, again,
         )  # fmt: skip
         if rows:  # one day: one monthly partition
             columns = [list(column) for column in zip(*rows, strict=True)]
             await asyncio.to_thread(insert_columns, client, columns)
         copied += len(rows)
-        if difference.extra:
-            params = {
-                "project_id": difference.project_id,
-                "day": difference.day,
-                "event_name": difference.event_name,
-                "keys": tuple(difference.extra),
-            }
-            await asyncio.to_thread(client.execute, DELETE_KEYS, params)
-    await asyncio.to_thread(_wait_for_mutations, client)
     return copied
 
 

@@ -808,21 +808,45 @@ def test_current_clickhouse_refuses_an_insert_over_100_partitions(chdb_engine: E
     assert chdb_engine("SELECT count() FROM events_months") == [(101,)]
 
 
-def test_verify_summary_matches_md5_of_the_keys(engine: Engine) -> None:
-    """event-metrics verify: ClickHouse's key checksum is the one PostgreSQL computes."""
+def canonical_content(row: dict[str, Any]) -> str:
+    """verify's canonical text of a row, by its definition (docs/architecture.md): numbers
+    and times (whole seconds since 1970) in decimal, strings after their length in bytes,
+    comma-separated in MIRRORED_COLUMNS order."""
+    parts = []
+    for name in MIRRORED_COLUMNS:
+        value = row[name]
+        parts.append(f"{len(value.encode())}:{value}" if isinstance(value, str) else str(value))
+    return ",".join(parts)
+
+
+CONTENT_ROWS = [
+    {"project_id": 1, "id": n + 1, "idempotency_key": key, "event_name": "e",
+     "user_id": user, "channel": channel, "ts": 1767268800 + n, "received_at": 1767268801,
+     "properties": properties}
+    for n, (key, user, channel, properties) in enumerate([
+        ("a", "u", "", ""),
+        ("b", "u,1:x", "web", '{"a": 1, "b": [1, 2]}'),
+        ("ключ", "пользователь", "ios", '{"s": "café", "n": 0.0025}'),
+        ("k" * 200, "", "", '{"deep": {"x": null}}'),
+    ])
+]  # fmt: skip
+
+
+def test_verify_content_checksum_is_the_md5_of_the_canonical_text(engine: Engine) -> None:
+    """event-metrics verify: ClickHouse's row checksum is md5 of the canonical text, the
+    one PostgreSQL computes (tests/integration/test_replication.py checks PostgreSQL's)."""
     import hashlib
 
     _fresh(engine, "events")
-    keys = ["a", "b", "sha:0123", "ключ", "k" * 200]
-    rows = [
-        mirrored(id=n, idempotency_key=key, event_name="e", user_id="u",
-                 ts=1767268800 + n, received_at=1767268800)
-        for n, key in enumerate(keys)
-    ]  # fmt: skip
-    engine.insert("events", EVENTS_COLUMNS, rows)
+    engine.insert("events", EVENTS_COLUMNS, [mirrored(**row) for row in CONTENT_ROWS])
+    digests = {
+        row["idempotency_key"]: hashlib.md5(canonical_content(row).encode()).digest()
+        for row in CONTENT_ROWS
+    }
+    per_row = engine(verify.CLICKHOUSE_KEYS, {"project_id": 1, "day": date(2026, 1, 1),
+                                              "event_name": "e"})  # fmt: skip
+    assert dict(per_row) == {key: digest.hex() for key, digest in digests.items()}
     [(project, day, name, count, first, second)] = engine(verify.CLICKHOUSE_SUMMARY)
-    assert project == 1
-    digests = [hashlib.md5(key.encode()).digest() for key in keys]
-    assert (str(day), name, count) == ("2026-01-01", "e", 5)
-    assert first == sum(int.from_bytes(d[:4], "big") for d in digests)
-    assert second == sum(int.from_bytes(d[4:8], "big") for d in digests)
+    assert (project, str(day), name, count) == (1, "2026-01-01", "e", len(CONTENT_ROWS))
+    assert first == sum(int.from_bytes(d[:4], "big") for d in digests.values())
+    assert second == sum(int.from_bytes(d[4:8], "big") for d in digests.values())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -19,7 +20,9 @@ from clickhouse_driver import Client
 from throwaway.clickhouse import ClickHouseServer
 
 from conftest import ClientFactory, clickhouse_database_url, wait_until
-from event_metrics.replicator import Replicator
+from event_metrics import verify
+from event_metrics.replicator import MIRRORED, Replicator
+from event_metrics.schema import MIRRORED_COLUMNS
 from event_metrics.settings import Settings
 
 INSERT_ONE = """
@@ -284,3 +287,80 @@ async def test_verify_finds_a_row_deleted_from_clickhouse_and_repairs_it(
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert "0 cells still differ" in fixed.stdout
     assert clickhouse_keys(clickhouse_url) == await postgres_keys(db)
+
+
+def clickhouse_rows(url: str) -> set[tuple[str, str, str]]:
+    client = Client.from_url(url)
+    try:
+        rows = client.execute("SELECT idempotency_key, user_id, properties FROM events FINAL")
+        return {(key, user, properties) for key, user, properties in rows}
+    finally:
+        client.disconnect()
+
+
+async def postgres_rows(db: asyncpg.Connection) -> set[tuple[str, str, str]]:
+    rows = await db.fetch(
+        "SELECT idempotency_key, user_id, coalesce(properties::text, '') FROM events"
+    )
+    return {tuple(row) for row in rows}  # type: ignore[misc]
+
+
+async def test_verify_compares_each_rows_content_and_repairs_it(
+    make_client: ClientFactory, db: asyncpg.Connection, clickhouse_url: str, database_url: str
+) -> None:
+    events = [
+        {"event_name": name, "user_id": f"u{n}", "idempotency_key": f"{name}-{n}",
+         "timestamp": f"2026-0{1 + n % 3}-1{n % 9}T10:00:00Z",
+         **({"properties": {"n": n, "s": "é"}} if n % 5 else {})}
+        for n in range(150) for name in ("view", "buy")
+    ]  # fmt: skip
+    async with make_client(clickhouse_url=clickhouse_url, replication_interval_ms=20) as client:
+        assert (await client.post("/events", json=events)).status_code == 200
+        expected = await postgres_keys(db)
+        await wait_until(lambda: clickhouse_keys(clickhouse_url) == expected, what="copy")
+    # PostgreSQL's row checksum is md5 of the canonical text (ClickHouse's is checked
+    # against the same definition in test_clickhouse_dialect.py).
+    row = await db.fetchrow(
+        f"SELECT {MIRRORED}, md5({verify.POSTGRES_CONTENT}) AS content FROM events "
+        "WHERE idempotency_key = 'view-7'"
+    )
+    assert row is not None
+    canonical = ",".join(
+        f"{len(row[n].encode())}:{row[n]}" if isinstance(row[n], str) else str(row[n])
+        for n in MIRRORED_COLUMNS
+    )
+    assert row["content"] == hashlib.md5(canonical.encode()).hexdigest()
+    clean = run_cli("verify", "--json", database_url=database_url, clickhouse_url=clickhouse_url)
+    assert json.loads(clean.stdout)["differences"] == [], clean.stdout + clean.stderr
+
+    ch = Client.from_url(clickhouse_url)
+    try:
+        # The properties column lost (verify's schema step adds it back, empty), and one
+        # value changed in place.
+        ch.execute("ALTER TABLE events DROP COLUMN properties")
+        ch.execute(
+            "ALTER TABLE events UPDATE user_id = 'someone else' WHERE idempotency_key = 'buy-5'"
+        )
+        await wait_until(
+            lambda: (
+                ch.execute("SELECT count() FROM events WHERE user_id = 'someone else'") == [(1,)]
+            ),
+            what="the update",
+        )
+    finally:
+        ch.disconnect()
+    broken = run_cli("verify", "--json", database_url=database_url, clickhouse_url=clickhouse_url)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    differences = json.loads(broken.stdout)["differences"]
+    with_properties = sum(1 for e in events if "properties" in e)
+    # buy-5 has no properties (n % 5 == 0): it differs by its user only.
+    assert sum(d["changed"] for d in differences) == with_properties + 1
+    assert sum(d["missing"] + d["extra"] for d in differences) == 0
+    assert clickhouse_rows(clickhouse_url) != await postgres_rows(db)
+
+    fixed = run_cli("verify", "--repair", database_url=database_url, clickhouse_url=clickhouse_url)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "0 cells still differ" in fixed.stdout
+    assert clickhouse_rows(clickhouse_url) == await postgres_rows(db)
+    again = run_cli("verify", "--json", database_url=database_url, clickhouse_url=clickhouse_url)
+    assert json.loads(again.stdout)["differences"] == []

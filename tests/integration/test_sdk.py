@@ -23,7 +23,8 @@ from conftest import Keys, LiveServer, live_server, wait_until
 
 FIXTURES = sorted((Path(__file__).parents[1] / "fixtures" / "sdk").glob("*.json"))
 RECORDED = {path.stem: json.loads(path.read_text()) for path in FIXTURES}
-RECORDED_KEYS = ("phc_browser_test_token", "wk_browser_test", "wk_classic_test")
+RECORDED_KEYS = ("phc_browser_test_token", "wk_browser_test", "wk_classic_test",
+                 "wk_server_test", "phc_server_test_token")  # fmt: skip
 NOW = datetime.now(UTC).replace(microsecond=0)
 WINDOW = {
     "from": (NOW - timedelta(days=300)).isoformat(),
