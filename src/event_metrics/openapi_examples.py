@@ -180,7 +180,22 @@ METRICS_RESPONSES = {
                     {"bucket_start": "2026-11-01T10:00:00+01:00", "channel": "ios",
                      "events": 1, "unique_users": 1},
                     {"bucket_start": "2026-11-01T10:00:00+01:00", "channel": "web",
-                     "events": 2, "unique_users": 2}]})),
+                     "events": 2, "unique_users": 2}],
+                "freshness": {"source": "rollup", "lag_rows": 0, "lag_rows_capped": False,
+                    "lag_seconds": 0.0, "state": "running",
+                    "as_of": "2026-11-01T09:20:41.516+00:00", "age_s": 0.0,
+                    "rollup_lag_rows": 3}}),
+        Verbatim(id="from_a_mirror_catching_up", summary="daily totals from ClickHouse while "
+            "the replicator catches up: the mirror lacked 1.17M events 0.6 s before", value={
+                "from": "2026-10-25T00:00:00+00:00", "to": "2026-11-01T00:00:00+00:00",
+                "event_name": None, "granularity": "day", "group_by": [], "timezone": "UTC",
+                "backend": "clickhouse", "total": {"events": 412031, "unique_users": 48211},
+                "series": [{"bucket_start": "2026-10-25T00:00:00+00:00", "events": 412031,
+                            "unique_users": 48211}],
+                "freshness": {"source": "clickhouse", "lag_rows": 1170000,
+                    "lag_rows_capped": True, "lag_seconds": 41.2, "state": "catching_up",
+                    "as_of": "2026-11-01T09:15:03.120+00:00", "age_s": 0.6,
+                    "rollup_lag_rows": None}})),
     400: _answer(ErrorBody, "a parameter is missing or wrong (named in the body), or the "
         "answer would be too large",
         _error("invalid_parameter", "to must be after from", parameter="to"),

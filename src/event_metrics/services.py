@@ -168,7 +168,13 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
                 rate_limit_events_per_s=settings.access.rate_limit_events_per_s,
             ),
             keys=keys,
-            metrics=MetricsService(settings, query_pool=query_pool, clickhouse=clickhouse),
+            metrics=MetricsService(
+                settings,
+                query_pool=query_pool,
+                clickhouse=clickhouse,
+                replication=replicator,
+                rollups=refresher,
+            ),
         )
         if settings.prometheus:
             gauges = asyncio.create_task(_refresh_gauges(services), name="prometheus-gauges")
