@@ -6,7 +6,6 @@ import asyncio
 import functools
 import importlib.resources
 import re
-import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar, get_args
@@ -15,6 +14,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from event_metrics.buckets import bucket_start
+from event_metrics.freshness import Freshness
 from event_metrics.schema import DIMENSIONS
 
 Granularity = Literal["hour", "day", "week", "month", "total"]
@@ -80,64 +80,6 @@ Rfc3339 = Annotated[str, msgspec.Meta(examples=["2026-11-01T01:00:00+01:00"])]
 # A series row: where its bucket starts, one key per group_by dimension, the counts.
 ROW_EXAMPLE = {"bucket_start": "2026-11-01T10:00:00+01:00", "channel": "web", "events": 2,
                "unique_users": 2}  # fmt: skip
-
-
-Source = Literal["raw", "rollup", "clickhouse"]
-
-
-class Freshness(msgspec.Struct, kw_only=True):
-    """How current the data an answer was read from is (docs/api.md, "Freshness").
-
-    PostgreSQL answers are complete: the raw table holds every committed event, and a
-    rollup answer reads the events the rollups have not folded yet from the raw table.
-    A ClickHouse answer lacks what the replicator had not copied: its last measurement,
-    taken at most about a second before (plus the status file's age), is reported with
-    its time rather than measured again for every answer."""
-
-    source: Annotated[Source, msgspec.Meta(examples=["clickhouse"])]
-    # Committed events the source lacked at as_of: 0 for PostgreSQL; null when unknown.
-    lag_rows: Annotated[int | None, msgspec.Meta(examples=[125000])]
-    lag_rows_capped: Annotated[bool, msgspec.Meta(examples=[True])]
-    lag_seconds: Annotated[float | None, msgspec.Meta(examples=[12.4])]
-    # The state of the follower that fills the source (replication, rollups); null: raw.
-    state: Annotated[str | None, msgspec.Meta(examples=["catching_up"])]
-    as_of: Annotated[str | None, msgspec.Meta(examples=["2026-11-01T09:15:03.120+00:00"])]
-    age_s: Annotated[float | None, msgspec.Meta(examples=[0.6])]
-    # Rollup answers: events not folded into the rollups yet, read from the raw table.
-    rollup_lag_rows: Annotated[int | None, msgspec.Meta(examples=[None])] = None
-
-
-def _moment(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
-
-
-def complete(source: Source, *, state: str | None = None) -> Freshness:
-    """An answer from PostgreSQL, which holds every committed event: no lag, as of now."""
-    return Freshness(
-        source=source,
-        lag_rows=0,
-        lag_rows_capped=False,
-        lag_seconds=0.0,
-        state=state,
-        as_of=_moment(time.time()),
-        age_s=0.0,
-    )
-
-
-def behind(source: Source, status: dict[str, Any] | None) -> Freshness:
-    """An answer from a copy, as far behind as its follower's last measurement says
-    (`status` as /health shows it; None: no follower here, so the lag is unknown)."""
-    status = status or {}
-    age_s = status.get("lag_age_s")
-    return Freshness(
-        source=source,
-        lag_rows=status.get("lag_rows"),
-        lag_rows_capped=bool(status.get("lag_rows_capped")),
-        lag_seconds=status.get("lag_seconds"),
-        state=status.get("state"),
-        as_of=None if age_s is None else _moment(time.time() - age_s),
-        age_s=age_s,
-    )
 
 
 class MetricsResponse(msgspec.Struct, kw_only=True):

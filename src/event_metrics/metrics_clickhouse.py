@@ -9,9 +9,9 @@ from clickhouse_driver import errors as ch_errors
 
 from event_metrics.buckets import CLICKHOUSE_SQL
 from event_metrics.clickhouse import UNREACHABLE_ERRORS, ClickHousePool
+from event_metrics.freshness import Freshness
 from event_metrics.metrics import (
     BackendUnavailable,
-    Freshness,
     MetricsQuery,
     MetricsResponse,
     build_response,

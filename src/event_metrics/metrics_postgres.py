@@ -10,9 +10,9 @@ from typing import Any
 import asyncpg
 
 from event_metrics.buckets import POSTGRES_SQL
+from event_metrics.freshness import Freshness
 from event_metrics.metrics import (
     BackendUnavailable,
-    Freshness,
     MetricsQuery,
     MetricsResponse,
     build_response,

@@ -20,8 +20,8 @@ import msgspec
 from pyroaring import BitMap
 
 from event_metrics.buckets import POSTGRES_SQL, bucket_bounds, bucket_start
+from event_metrics.freshness import Freshness
 from event_metrics.metrics import (
-    Freshness,
     MetricsQuery,
     MetricsResponse,
     SeriesRow,

@@ -20,13 +20,8 @@ import asyncpg
 from event_metrics import metrics_clickhouse, metrics_postgres, metrics_rollup, telemetry
 from event_metrics.backoff import StatusSource
 from event_metrics.clickhouse import ClickHousePool
-from event_metrics.metrics import (
-    InvalidParameter,
-    MetricsQuery,
-    MetricsResponse,
-    behind,
-    complete,
-)
+from event_metrics.freshness import behind, complete
+from event_metrics.metrics import InvalidParameter, MetricsQuery, MetricsResponse
 from event_metrics.settings import Settings
 
 Plan = Literal["auto", "raw", "rollup"]

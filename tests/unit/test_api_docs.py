@@ -29,7 +29,8 @@ from litestar.types import Message
 from event_metrics import cors, http_server, openapi_examples, posthog, segment
 from event_metrics.app import ERROR_STATUSES, create_app
 from event_metrics.auth import KeyStore
-from event_metrics.metrics import Freshness, MetricsResponse
+from event_metrics.freshness import Freshness
+from event_metrics.metrics import MetricsResponse
 from event_metrics.queue import IngestQueue
 from event_metrics.replicator import Replicator
 from event_metrics.rollups import RollupRefresher
