@@ -33,6 +33,8 @@ VALUES ($1, $2::text::xid8, $3, now())
 ON CONFLICT (target) DO UPDATE
 SET txid = excluded.txid, last_id = excluded.last_id, updated_at = excluded.updated_at
 """
+# A lag measurement takes milliseconds (docs/benchmarks.md); one this slow has hung.
+MEASURE_TIMEOUT_S = 10.0
 Checkpoint = tuple[str, int]  # (txid as text, id) of the last row handled
 START: Checkpoint = ("0", 0)
 
@@ -200,7 +202,10 @@ class LockedWorker(StatusSource):
         failed = False
         while not self._stopping.is_set():
             try:
-                connection = await asyncpg.connect(self.database_url, timeout=10)
+                # A hung statement must not freeze the figure: it fails, and is retried.
+                connection = await asyncpg.connect(
+                    self.database_url, timeout=10, command_timeout=MEASURE_TIMEOUT_S
+                )
                 try:
                     while not self._stopping.is_set():
                         self._measure_now.clear()
