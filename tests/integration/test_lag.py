@@ -201,8 +201,11 @@ async def test_a_catch_up_of_2m_rows_is_reported_truly_until_the_last_row(
                 if poll.folded < SEEDED:
                     assert rollups["lag_rows"] != 0, rollups
                     assert rollups["state"] != "running", rollups
-                # Catching up is not a failure: the service is ok meanwhile.
-                assert health["status"] == "ok", health
+                # Catching up is not a failure: only a failing follower makes the service
+                # degraded (on a loaded machine the child may take more than 10 s to
+                # report first, which /health rightly calls failing).
+                failing = "failing" in (replication["state"], rollups["state"])
+                assert health["status"] == ("degraded" if failing else "ok"), poll
                 if len(seen.polls) % 8 == 0:
                     scraped = await client.get("/internal/metrics")
                     scrapes.append(samples(scraped.text))
@@ -234,6 +237,10 @@ async def test_a_catch_up_of_2m_rows_is_reported_truly_until_the_last_row(
                 "/metrics", params={**WINDOW, "backend": "clickhouse"}, headers=read
             )
 
+    assert any(
+        p.health["status"] == "ok" and p.part("replication")["state"] == "catching_up"
+        for p in seen.polls
+    ), "never ok while catching up"
     for name in ("replication", "rollups"):
         # It said so while it worked through the backlog, with its rate and a time to go.
         assert "catching_up" in seen.states(name), (name, seen.states(name))
