@@ -355,8 +355,9 @@ class LiveServer:
 @contextlib.contextmanager
 def live_server(database_url: str, **variables: str) -> Iterator[LiveServer]:
     server = LiveServer(database_url, **variables)
-    server.start()
     try:
+        server.start()  # a start that times out must not leave serve running either
         yield server
     finally:
-        server.stop()
+        if server.process is not None:
+            server.stop()

@@ -46,6 +46,11 @@ class StatusSource:
         raise NotImplementedError
 
 
+# A follower moves between these as often as every cycle under heavy ingest: logged at
+# debug level, so that the log shows changes an operator acts on.
+CAUGHT_UP_OR_NOT = {"running", "catching_up"}
+
+
 class LoopState:
     """The state of one background loop: logged when it changes, shown in /health."""
 
@@ -64,6 +69,8 @@ class LoopState:
             if self.state == "failing":
                 self._log.info("%s recovered after %d failures: %s", self.name, self.failures,
                                state)  # fmt: skip
+            elif {self.state, state} == CAUGHT_UP_OR_NOT:
+                self._log.debug("%s is %s", self.name, state)
             else:
                 self._log.info("%s is %s", self.name, state)
             self.state, self.changed_at = state, time.monotonic()

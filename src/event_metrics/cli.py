@@ -162,7 +162,9 @@ def replicate(settings: Settings, args: argparse.Namespace) -> None:
         raise Failure("replicate needs EVENT_METRICS_CLICKHOUSE_URL")
     with database(settings) as settings:
         assert settings.database_url is not None
-        replicator = Replicator(settings.database_url, clickhouse_url, settings.replication)
+        replicator = Replicator(
+            settings.database_url, clickhouse_url, settings.replication, lag=settings.lag
+        )
 
         async def run() -> None:
             if args.once:
@@ -314,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         return sub
 
-    everything = (None, "http", "access", "ingest", "writer", "metrics", "rollups", "replication")
+    groups = ("http", "access", "ingest", "writer", "metrics", "rollups", "replication", "lag")
+    everything = (None, *groups)
     command(
         "serve",
         serve,
@@ -327,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         "replicate",
         replicate,
         "copy committed events into ClickHouse until stopped",
-        (None, "replication"),
+        (None, "replication", "lag"),
     )
     sub.add_argument("--once", action="store_true", help="copy what is committed now, then exit")
     sub.add_argument(

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from event_metrics.buckets import bucket_start
+from event_metrics.freshness import Freshness
 from event_metrics.schema import DIMENSIONS
 
 Granularity = Literal["hour", "day", "week", "month", "total"]
@@ -91,6 +92,7 @@ class MetricsResponse(msgspec.Struct, kw_only=True):
     backend: str
     total: Totals
     series: Annotated[list[dict[str, Any]], msgspec.Meta(examples=[[ROW_EXAMPLE]])]
+    freshness: Freshness
 
 
 # What an engine returns for a series row: (bucket, *dimension values, events, unique_users).
@@ -232,6 +234,7 @@ def build_response(
     backend: str,
     total: tuple[int, int],
     rows: Iterable[SeriesRow],
+    freshness: Freshness,
 ) -> MetricsResponse:
     """Normalise an engine's rows into the response: formatted buckets, sorted series."""
     width = len(query.group_by)
@@ -261,4 +264,5 @@ def build_response(
         backend=backend,
         total=Totals(events=int(total[0]), unique_users=int(total[1])),
         series=series,
+        freshness=freshness,
     )

@@ -9,6 +9,7 @@ from clickhouse_driver import errors as ch_errors
 
 from event_metrics.buckets import CLICKHOUSE_SQL
 from event_metrics.clickhouse import UNREACHABLE_ERRORS, ClickHousePool
+from event_metrics.freshness import Freshness
 from event_metrics.metrics import (
     BackendUnavailable,
     MetricsQuery,
@@ -64,9 +65,10 @@ def build_sql(query: MetricsQuery, max_rows: int | None = None) -> tuple[Stateme
 
 
 async def fetch_metrics(
-    pool: ClickHousePool, query: MetricsQuery, max_rows: int
+    pool: ClickHousePool, query: MetricsQuery, max_rows: int, freshness: Freshness
 ) -> MetricsResponse:
-    """Run the series and the total concurrently on two clients."""
+    """Run the series and the total concurrently on two clients; `freshness` is the
+    replicator's last measurement, taken before the queries run."""
     series_statement, total_statement = build_sql(query, max_rows)
     try:
         if query.granularity == "total" and not query.group_by:
@@ -87,5 +89,8 @@ async def fetch_metrics(
     total = (totals[0][-2], totals[0][-1]) if totals else (0, 0)
     rows = [row for row in series if row[-2]]
     return await off_the_loop(
-        lambda: build_response(query, backend="clickhouse", total=total, rows=rows), len(rows)
+        lambda: build_response(
+            query, backend="clickhouse", total=total, rows=rows, freshness=freshness
+        ),
+        len(rows),
     )

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from event_metrics.buckets import POSTGRES_SQL
+from event_metrics.freshness import Freshness
 from event_metrics.metrics import (
     BackendUnavailable,
     MetricsQuery,
@@ -62,7 +63,12 @@ def postgres_answering() -> Iterator[None]:
 
 
 async def fetch_metrics(
-    pool: asyncpg.Pool, query: MetricsQuery, *, timeout_s: float, max_rows: int
+    pool: asyncpg.Pool,
+    query: MetricsQuery,
+    *,
+    timeout_s: float,
+    max_rows: int,
+    freshness: Freshness,
 ) -> MetricsResponse:
     """Run the series and the total concurrently on two connections."""
     series_statement, total_statement = build_sql(query, max_rows)
@@ -82,5 +88,8 @@ async def fetch_metrics(
     total = (totals[0]["events"], totals[0]["unique_users"])
     rows = [tuple(row) for row in series if row["events"]]
     return await off_the_loop(
-        lambda: build_response(query, backend="postgres", total=total, rows=rows), len(rows)
+        lambda: build_response(
+            query, backend="postgres", total=total, rows=rows, freshness=freshness
+        ),
+        len(rows),
     )

@@ -16,9 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 from pyroaring import BitMap
 
 from event_metrics.buckets import POSTGRES_SQL, bucket_bounds, bucket_start
+from event_metrics.freshness import Freshness
 from event_metrics.metrics import (
     MetricsQuery,
     MetricsResponse,
@@ -122,15 +124,21 @@ async def fetch_metrics(
     max_pending: int | None,
     timeout_s: float,
     max_rows: int,
+    freshness: Freshness,
 ) -> MetricsResponse | None:
-    """Answer from rollups, or None when the refresher lags so far that raw is cheaper."""
+    """Answer from rollups, or None when the refresher lags so far that raw is cheaper;
+    `freshness` gets the count of events read raw for not being folded yet."""
     with postgres_answering():
         async with asyncio.timeout(timeout_s):
-            return await _fetch(pool, query, max_pending, max_rows)
+            return await _fetch(pool, query, max_pending, max_rows, freshness)
 
 
 async def _fetch(
-    pool: asyncpg.Pool, query: MetricsQuery, max_pending: int | None, max_rows: int
+    pool: asyncpg.Pool,
+    query: MetricsQuery,
+    max_pending: int | None,
+    max_rows: int,
+    freshness: Freshness,
 ) -> MetricsResponse | None:
     bounds = bucket_bounds(query.start, query.end, query.granularity, query.zone)
     filtered = {"event_name"} if query.event_name is not None else set()
@@ -153,6 +161,8 @@ async def _fetch(
         pending = await connection.fetchval(PENDING_COUNT, *cursor, cap)
         if pending >= cap:
             return None
+        # Counted in the answer's own snapshot: exact for this answer.
+        freshness = msgspec.structs.replace(freshness, rollup_lag_rows=pending)
         series: dict[CellKey, Cell] = defaultdict(Cell)
         total: dict[CellKey, Cell] = defaultdict(Cell)
         await _add_rollups(connection, query, total_plan, total)
@@ -194,6 +204,7 @@ async def _fetch(
             backend="postgres",
             total=(whole.events, whole.unique_users(uids)),
             rows=itertools.chain(direct, rows),
+            freshness=freshness,
         )
 
     return await off_the_loop(assemble, len(series) + len(direct))

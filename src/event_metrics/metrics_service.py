@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 
 from event_metrics import metrics_clickhouse, metrics_postgres, metrics_rollup, telemetry
+from event_metrics.backoff import StatusSource
 from event_metrics.clickhouse import ClickHousePool
+from event_metrics.freshness import behind, complete
 from event_metrics.metrics import InvalidParameter, MetricsQuery, MetricsResponse
 from event_metrics.settings import Settings
 
@@ -57,7 +59,9 @@ class MetricsGate:
 
 
 class MetricsService:
-    """Answers /metrics queries: admission through the gate, then the chosen engine."""
+    """Answers /metrics queries: admission through the gate, then the chosen engine; each
+    answer says how fresh its source is, from what the followers last measured (no query
+    of its own)."""
 
     def __init__(
         self,
@@ -65,10 +69,14 @@ class MetricsService:
         *,
         query_pool: asyncpg.Pool,
         clickhouse: ClickHousePool | None,
+        replication: StatusSource | None = None,
+        rollups: StatusSource | None = None,
     ) -> None:
         self.settings = settings
         self.query_pool = query_pool
         self.clickhouse = clickhouse
+        self.replication = replication
+        self.rollups = rollups
         limits = settings.metrics
         self.gate = MetricsGate(
             running=limits.max_running, waiting=limits.max_waiting, wait_s=limits.wait_s
@@ -96,17 +104,35 @@ class MetricsService:
                 raise InvalidParameter(
                     "backend", "ClickHouse is not configured (set EVENT_METRICS_CLICKHOUSE_URL)"
                 )
-            answer = await metrics_clickhouse.fetch_metrics(self.clickhouse, query, max_rows)
+            # Read before the query: ClickHouse holds at least what was copied by then.
+            replicated = behind("clickhouse", self._status(self.replication))
+            answer = await metrics_clickhouse.fetch_metrics(
+                self.clickhouse, query, max_rows, replicated
+            )
             return answer, "clickhouse"
         if settings.rollups.enabled and plan != "raw":
             # Exact either way; rollups are cheaper unless the refresher lags far behind.
             limit = settings.rollups.max_pending_rows if plan == "auto" else None
+            rollup_state = (self._status(self.rollups) or {}).get("state")
             from_rollups = await metrics_rollup.fetch_metrics(
-                self.query_pool, query, max_pending=limit, timeout_s=timeout_s, max_rows=max_rows
+                self.query_pool,
+                query,
+                max_pending=limit,
+                timeout_s=timeout_s,
+                max_rows=max_rows,
+                freshness=complete("rollup", state=rollup_state),
             )
             if from_rollups is not None:
                 return from_rollups, "rollup"
         raw = await metrics_postgres.fetch_metrics(
-            self.query_pool, query, timeout_s=timeout_s, max_rows=max_rows
+            self.query_pool,
+            query,
+            timeout_s=timeout_s,
+            max_rows=max_rows,
+            freshness=complete("raw"),
         )
         return raw, "raw"
+
+    @staticmethod
+    def _status(source: StatusSource | None) -> dict[str, Any] | None:
+        return None if source is None else source.status()

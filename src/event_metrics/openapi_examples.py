@@ -180,7 +180,22 @@ METRICS_RESPONSES = {
                     {"bucket_start": "2026-11-01T10:00:00+01:00", "channel": "ios",
                      "events": 1, "unique_users": 1},
                     {"bucket_start": "2026-11-01T10:00:00+01:00", "channel": "web",
-                     "events": 2, "unique_users": 2}]})),
+                     "events": 2, "unique_users": 2}],
+                "freshness": {"source": "rollup", "lag_rows": 0, "lag_rows_capped": False,
+                    "lag_seconds": 0.0, "state": "running",
+                    "as_of": "2026-11-01T09:20:41.516+00:00", "age_s": 0.0,
+                    "rollup_lag_rows": 3}}),
+        Verbatim(id="from_a_mirror_catching_up", summary="daily totals from ClickHouse while "
+            "the replicator catches up: the mirror lacked 1.17M events 0.6 s before", value={
+                "from": "2026-10-25T00:00:00+00:00", "to": "2026-11-01T00:00:00+00:00",
+                "event_name": None, "granularity": "day", "group_by": [], "timezone": "UTC",
+                "backend": "clickhouse", "total": {"events": 412031, "unique_users": 48211},
+                "series": [{"bucket_start": "2026-10-25T00:00:00+00:00", "events": 412031,
+                            "unique_users": 48211}],
+                "freshness": {"source": "clickhouse", "lag_rows": 1170000,
+                    "lag_rows_capped": True, "lag_seconds": 41.2, "state": "catching_up",
+                    "as_of": "2026-11-01T09:15:03.120+00:00", "age_s": 0.6,
+                    "rollup_lag_rows": None}})),
     400: _answer(ErrorBody, "a parameter is missing or wrong (named in the body), or the "
         "answer would be too large",
         _error("invalid_parameter", "to must be after from", parameter="to"),
@@ -199,7 +214,8 @@ METRICS_RESPONSES = {
 _REFUSED = "OSError: [Errno 111] Connect call failed ('127.0.0.1', 5432)"
 HEALTH_RESPONSES = {
     200: _answer(Health, "ok, or degraded: events are taken, but the replicator or the rollup "
-        "refresher is failing", Verbatim(id="ok", summary="everything works", value={
+        "refresher is failing (one that is catching up leaves it ok)",
+        Verbatim(id="ok", summary="everything works", value={
             "status": "ok", "postgres": "ok (0.6 ms)", "queue_depth": 0,
             "queue_capacity": 200000, "oldest_queued_age_s": 0.0, "rows_written": 2,
             "writers": {"state": "running", "batches_in_flight": 0, "oldest_in_flight_s": 0.0,
@@ -207,9 +223,25 @@ HEALTH_RESPONSES = {
             "keys": {"state": "running", "age_s": 0.4, "last_error": None},
             "rejected_events": {"native": 0, "segment": 1, "posthog": 0},
             "replication": {"state": "running", "lag_rows": 0, "lag_rows_capped": False,
-                            "lag_seconds": 0.0, "last_error": None, "rows_copied": 1},
+                            "lag_seconds": 0.0, "lag_age_s": 0.4, "rows_per_second": 3.0,
+                            "eta_seconds": None, "last_error": None, "rows_copied": 1},
             "rollups": {"state": "running", "lag_rows": 0, "lag_rows_capped": False,
-                        "lag_seconds": 0.0, "last_error": None, "rows_folded": 2}})),
+                        "lag_seconds": 0.0, "lag_age_s": 0.2, "rows_per_second": 0.0,
+                        "eta_seconds": None, "last_error": None, "rows_folded": 2}}),
+        Verbatim(id="catching_up", summary="ok while the mirror catches up after a restart",
+            value={"status": "ok", "postgres": "ok (0.7 ms)", "queue_depth": 0,
+            "queue_capacity": 200000, "oldest_queued_age_s": 0.0, "rows_written": 0,
+            "writers": {"state": "running", "batches_in_flight": 0, "oldest_in_flight_s": 0.0,
+                        "commits": 0, "last_error": None},
+            "keys": {"state": "running", "age_s": 0.2, "last_error": None},
+            "rejected_events": {"native": 0, "segment": 0, "posthog": 0},
+            "replication": {"state": "catching_up", "lag_rows": 1170000,
+                            "lag_rows_capped": True, "lag_seconds": 41.2, "lag_age_s": 0.7,
+                            "rows_per_second": 118000.0, "eta_seconds": 9.9,
+                            "last_error": None, "rows_copied": 830000},
+            "rollups": {"state": "running", "lag_rows": 0, "lag_rows_capped": False,
+                        "lag_seconds": 0.0, "lag_age_s": 0.3, "rows_per_second": 0.0,
+                        "eta_seconds": None, "last_error": None, "rows_folded": 2000000}})),
     503: _answer(Health, "unavailable: events cannot be acknowledged", Verbatim(
         id="unavailable", summary="PostgreSQL is down (and no ClickHouse is configured)", value={
             "status": "unavailable", "postgres": "unavailable: TimeoutError", "queue_depth": 40,
@@ -218,7 +250,8 @@ HEALTH_RESPONSES = {
                         "commits": 310, "last_error": _REFUSED},
             "keys": {"state": "failing", "age_s": 3.5, "last_error": _REFUSED},
             "rejected_events": {"native": 0, "segment": 0, "posthog": 0},
-            "rollups": {"state": "failing", "lag_rows": 0, "lag_rows_capped": False,
-                        "lag_seconds": 0.0, "last_error": _REFUSED, "rows_folded": 1200}})),
+            "rollups": {"state": "failing", "lag_rows": 40, "lag_rows_capped": False,
+                        "lag_seconds": 3.1, "lag_age_s": 3.2, "rows_per_second": 0.0,
+                        "eta_seconds": None, "last_error": _REFUSED, "rows_folded": 1200}})),
 }
 # fmt: on

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ import asyncpg
 from event_metrics.backoff import Backoff
 from event_metrics.clickhouse import apply_schema, connect, insert_columns
 from event_metrics.schema import CLICKHOUSE_TARGET, COLUMN_TYPES, MIRRORED_COLUMNS
-from event_metrics.settings import ReplicationSettings
+from event_metrics.settings import LagSettings, ReplicationSettings
 from event_metrics.watermark import (
     LockedWorker,
     horizon,
@@ -100,14 +101,25 @@ class Replicator(LockedWorker):
     target = TARGET
 
     def __init__(
-        self, database_url: str, clickhouse_url: str, settings: ReplicationSettings
+        self,
+        database_url: str,
+        clickhouse_url: str,
+        settings: ReplicationSettings,
+        *,
+        lag: LagSettings = LagSettings(),  # noqa: B008 - frozen
     ) -> None:
         super().__init__(
-            database_url, interval_s=settings.interval_s, retry_max_s=settings.retry_max_s
+            database_url,
+            interval_s=settings.interval_s,
+            retry_max_s=settings.retry_max_s,
+            batch_rows=settings.batch_rows,
+            lag_settings=lag,
         )
         self.clickhouse_url = clickhouse_url
-        self.batch_rows = settings.batch_rows
-        self.rows_copied = 0
+
+    @property
+    def rows_copied(self) -> int:
+        return self.rows_done
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "rows_copied": self.rows_copied}
@@ -121,6 +133,7 @@ class Replicator(LockedWorker):
             copied = 0
             while (n := await self._cycle(connection, client)) > 0:
                 copied += n
+                self.rows_done += n
             return copied
         finally:
             client.disconnect()
@@ -131,11 +144,11 @@ class Replicator(LockedWorker):
         try:
             await asyncio.to_thread(apply_schema, client)
             while not self.stopping:
+                started = time.time()
                 copied = await self._cycle(connection, client)
-                self.loop_state.set("running")
+                self.finish_cycle(copied, started)
                 backoff.reset()
                 if copied < self.batch_rows:
-                    await self.measure_lag(connection)
                     if not copied:
                         # Idle: still touch ClickHouse, so /health notices an outage.
                         await asyncio.to_thread(client.execute, "SELECT 1")
@@ -155,5 +168,4 @@ class Replicator(LockedWorker):
         await asyncio.to_thread(copy_rows, client, rows)
         # Only after ClickHouse has the block: a crash before this line re-sends it.
         await save_checkpoint(connection, TARGET, (rows[-1]["txid_text"], rows[-1]["id"]))
-        self.rows_copied += len(rows)
         return len(rows)

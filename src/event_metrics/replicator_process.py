@@ -6,8 +6,9 @@ GIL for milliseconds at a time, and the requests that arrive meanwhile wait: wrk
 was 20 ms with the replicator in the worker and 14 ms with it beside it
 (docs/benchmarks.md). So `serve` starts `event-metrics replicate --status-file F` as a
 child, restarts it with backoff if it exits, and stops it on the way out. The child
-writes its status (what /health shows) to F every second; each HTTP worker reads F for
-/health and the gauges.
+writes its status (what /health shows) to F after each lag measurement and at least every
+second; each HTTP worker reads F for /health, the gauges and the freshness of ClickHouse
+answers, adding the report's own age to the lag's.
 """
 
 from __future__ import annotations
@@ -118,14 +119,17 @@ def replicator_process(*, retry_max_s: float) -> Iterator[ReplicatorProcess]:
 
 
 async def report_status(replicator: Replicator, status_file: Path) -> None:
-    """In the child: write the replicator's status to the file every second, atomically."""
+    """In the child: write the replicator's status to the file, atomically, after each lag
+    measurement and at least every second."""
     temporary = status_file.with_name(status_file.name + f".{os.getpid()}")
     while True:
+        replicator.measured.clear()  # before the status is taken: no measurement is missed
         report = {**replicator.status(), "reported_at": time.time()}
         with contextlib.suppress(OSError):  # the folder goes when serve exits
             temporary.write_text(json.dumps(report))
             temporary.replace(status_file)
-        await asyncio.sleep(REPORT_EVERY_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(replicator.measured.wait(), REPORT_EVERY_S)
 
 
 class ReplicatorStatus(StatusSource):
@@ -143,18 +147,24 @@ class ReplicatorStatus(StatusSource):
         reported_at = report.pop("reported_at", self.started)
         status = {**_NOT_YET_REPORTED, **report}
         silent_s = time.time() - reported_at
+        if status["lag_age_s"] is not None:  # measured that long before the report
+            status["lag_age_s"] = round(status["lag_age_s"] + max(0.0, silent_s), 3)
         if silent_s > SILENT_AFTER_S:
             status["state"] = "failing"
             status["last_error"] = f"the replicator process has not reported for {silent_s:.0f} s"
         return status
 
 
-# What /health shows before the child's first report: Replicator.status()'s fields.
+# What /health shows before the child's first report: Replicator.status()'s fields, the
+# lag unknown (never 0: nothing says the mirror is current yet).
 _NOT_YET_REPORTED: dict[str, Any] = {
     "state": "starting",
-    "lag_rows": 0,
+    "lag_rows": None,
     "lag_rows_capped": False,
-    "lag_seconds": 0.0,
+    "lag_seconds": None,
+    "lag_age_s": None,
+    "rows_per_second": 0.0,
+    "eta_seconds": None,
     "last_error": None,
     "rows_copied": 0,
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from pyroaring import BitMap
 
 from event_metrics.backoff import Backoff
 from event_metrics.schema import DAY, DIMENSIONS, HOUR, LEVELS, ROLLUP_TARGET
-from event_metrics.settings import RollupSettings
+from event_metrics.settings import LagSettings, RollupSettings
 from event_metrics.watermark import (
     LockedWorker,
     horizon,
@@ -201,23 +202,33 @@ class RollupRefresher(LockedWorker):
     name = "rollup refresher"
     target = TARGET
 
-    def __init__(self, database_url: str, settings: RollupSettings) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        settings: RollupSettings,
+        *,
+        lag: LagSettings = LagSettings(),  # noqa: B008 - frozen
+    ) -> None:
         super().__init__(
-            database_url, interval_s=settings.interval_s, retry_max_s=settings.retry_max_s
+            database_url,
+            interval_s=settings.interval_s,
+            retry_max_s=settings.retry_max_s,
+            batch_rows=settings.block_rows,
+            lag_settings=lag,
         )
-        self.block_rows = settings.block_rows
-        self.rows_folded = 0
+
+    @property
+    def rows_folded(self) -> int:
+        return self.rows_done
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "rows_folded": self.rows_folded}
 
     async def work(self, connection: asyncpg.Connection, backoff: Backoff) -> None:
         while not self.stopping:
-            folded = await refresh_block(connection, max_rows=self.block_rows)
-            self.rows_folded += folded
-            self.loop_state.set("running")
+            started = time.time()
+            folded = await refresh_block(connection, max_rows=self.batch_rows)
+            self.finish_cycle(folded, started)
             backoff.reset()
-            if folded < self.block_rows:
-                await self.measure_lag(connection)
-                if await self.sleep(self.interval_s):
-                    return
+            if folded < self.batch_rows and await self.sleep(self.interval_s):
+                return

@@ -68,7 +68,9 @@ class Services:
 
     async def health(self) -> Health:
         """Unavailable when events cannot be acknowledged; degraded when only a follower
-        of the events table (replicator, rollup refresher) is failing."""
+        of the events table (replicator, rollup refresher) is failing. A follower that is
+        catching up is ok: everything works, and its own state and lag say how far behind
+        it is (docs/operations.md)."""
         started = time.monotonic()
         try:
             async with asyncio.timeout(2), self.query_pool.acquire() as connection:
@@ -128,13 +130,16 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
                 replicator = ReplicatorStatus(Path(status_file))  # serve runs it beside us
             elif settings.replication.enabled:
                 replicator = Replicator(
-                    settings.database_url, settings.clickhouse_url, settings.replication
+                    settings.database_url,
+                    settings.clickhouse_url,
+                    settings.replication,
+                    lag=settings.lag,
                 )
                 _start_background(stack, replicator, "replicator")
 
         refresher = None
         if settings.rollups.enabled:
-            refresher = RollupRefresher(settings.database_url, settings.rollups)
+            refresher = RollupRefresher(settings.database_url, settings.rollups, lag=settings.lag)
             _start_background(stack, refresher, "rollup-refresher")
 
         keys = KeyStore(
@@ -163,7 +168,13 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
                 rate_limit_events_per_s=settings.access.rate_limit_events_per_s,
             ),
             keys=keys,
-            metrics=MetricsService(settings, query_pool=query_pool, clickhouse=clickhouse),
+            metrics=MetricsService(
+                settings,
+                query_pool=query_pool,
+                clickhouse=clickhouse,
+                replication=replicator,
+                rollups=refresher,
+            ),
         )
         if settings.prometheus:
             gauges = asyncio.create_task(_refresh_gauges(services), name="prometheus-gauges")

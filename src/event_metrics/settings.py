@@ -128,6 +128,15 @@ class ReplicationSettings(msgspec.Struct, frozen=True, kw_only=True):
     process: Annotated[bool, Env("REPLICATOR_PROCESS")] = True
 
 
+class LagSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """How the replicator and the rollup refresher measure how far behind they are."""
+
+    interval_s: Annotated[float, Env("LAG_INTERVAL_MS", "ms"), Positive] = 1.0
+    # Counted exactly up to this many rows, estimated from the id range beyond: an exact
+    # count costs per row, the estimate one index probe (docs/architecture.md).
+    exact_rows: Annotated[PositiveInt, Env("LAG_EXACT_ROWS")] = 10_000
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Every threshold the service uses, with defaults that work on a laptop."""
 
@@ -147,6 +156,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     metrics: MetricsSettings = MetricsSettings()
     rollups: RollupSettings = RollupSettings()
     replication: ReplicationSettings = ReplicationSettings()
+    lag: LagSettings = LagSettings()
 
     def __post_init__(self) -> None:
         if self.writer.max_events_per_commit > self.ingest.queue_max_events:

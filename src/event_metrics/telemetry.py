@@ -111,13 +111,19 @@ LAG_SECONDS = Gauge(
     ["loop"],
     multiprocess_mode="livemax",
 )
+FOLLOWER_RATE = Gauge(
+    "event_metrics_follower_rows_per_second",
+    "Rows a follower (replication, rollups) copied or folded per second, over the last 10 s",
+    ["loop"],
+    multiprocess_mode="livemax",
+)
 STATE = Gauge(
     "event_metrics_loop_state",
     "1 for the state each background loop is in (in any process), 0 for the others",
     ["loop", "state"],
     multiprocess_mode="livemax",
 )
-LOOP_STATES = ("starting", "running", "standby", "failing", "stalled", "stopped")
+LOOP_STATES = ("starting", "running", "catching_up", "standby", "failing", "stalled", "stopped")
 
 
 class _Tally:
@@ -219,9 +225,11 @@ def refresh(services: Services) -> None:
     for name, status in loops.items():
         for state in LOOP_STATES:
             STATE.labels(name, state).set(1 if status["state"] == state else 0)
-        if "lag_rows" in status:
+        if status.get("lag_rows") is not None:  # None: not measured yet
             LAG_ROWS.labels(name).set(status["lag_rows"])
             LAG_SECONDS.labels(name).set(status["lag_seconds"])
+        if "rows_per_second" in status:
+            FOLLOWER_RATE.labels(name).set(status["rows_per_second"])
 
 
 # prometheus-client picks files or memory for a process's values when it is imported.

@@ -116,6 +116,7 @@ async def test_backends_answer_identically(
                 assert response.status_code == 200, (params, response.text)
                 body = response.json()
                 assert body.pop("backend") == backend
+                assert body.pop("freshness")["source"] in {"rollup", "raw", backend}
                 answers.append(body)
             assert answers[0] == answers[1], (params, series_difference(*answers))
             assert answers[0]["total"]["events"] > 0
@@ -141,6 +142,8 @@ async def test_unaligned_window_and_default_backend(
         postgres = (await client.get("/metrics", params={**params, "backend": "postgres"})).json()
         assert clickhouse.pop("backend") == "clickhouse"
         assert postgres.pop("backend") == "postgres"
+        assert clickhouse.pop("freshness")["source"] == "clickhouse"
+        assert postgres.pop("freshness")["source"] == "rollup"
         assert clickhouse == postgres
 
         async def counted() -> bool:

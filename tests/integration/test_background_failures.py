@@ -65,10 +65,11 @@ async def test_a_clickhouse_table_the_replicator_cannot_write_is_retried_and_sho
             assert (await client.post("/events", json=event("b"))).status_code == 200
 
             async def failing() -> bool:
-                body = await health(client)
-                return bool(body["replication"]["state"] == "failing")
+                part = (await health(client))["replication"]
+                # The lag is measured beside the loop, at once when it fails.
+                return bool(part["state"] == "failing" and part["lag_rows"] == 1)
 
-            await wait_until(failing, what="replicator reported failing")
+            await wait_until(failing, what="replicator reported failing, one row behind")
             body = await health(client)
             assert body["status"] == "degraded"
             assert body["replication"]["last_error"]
@@ -193,9 +194,10 @@ async def test_rollup_refresher_failure_is_retried_and_shown(
             assert (await client.post("/events", json=event("a"))).status_code == 200
 
             async def failing() -> bool:
-                return bool((await health(client))["rollups"]["state"] == "failing")
+                part = (await health(client))["rollups"]
+                return bool(part["state"] == "failing" and part["lag_rows"] == 1)
 
-            await wait_until(failing, what="refresher reported failing")
+            await wait_until(failing, what="refresher reported failing, one row behind")
             body = await health(client)
             assert body["status"] == "degraded"
             assert "rollups" in body["rollups"]["last_error"]

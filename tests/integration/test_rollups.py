@@ -97,7 +97,11 @@ async def answers(client: AsyncTestClient[Any], params: dict[str, str]) -> list[
         response = await client.get("/metrics", params={**params, "plan": plan})
         assert response.status_code == 200, response.text
         assert response.headers["x-metrics-plan"] == plan
-        out.append(response.json())
+        body = response.json()
+        # PostgreSQL answers are complete whatever the refresher's progress.
+        freshness = body.pop("freshness")
+        assert (freshness["source"], freshness["lag_rows"]) == (plan, 0)
+        out.append(body)
     return out
 
 
@@ -230,6 +234,36 @@ async def test_acknowledged_event_is_visible_at_once(
             "AND ts >= '2026-10-30Z' AND ts < '2026-10-31Z'"
         )
         assert rollup["total"]["unique_users"] == users
+
+
+async def test_a_rollup_answer_says_how_many_events_it_read_raw(
+    make_client: ClientFactory, db: asyncpg.Connection, parked: asyncpg.Connection
+) -> None:
+    params = {"from": "2026-10-24T00:00:00Z", "to": "2026-11-09T00:00:00Z", "plan": "rollup"}
+
+    async def unfolded() -> tuple[int, dict[str, Any]]:
+        response = await client.get("/metrics", params=params)
+        assert response.status_code == 200, response.text
+        freshness: dict[str, Any] = response.json()["freshness"]
+        pending = await db.fetchval(
+            "SELECT count(*) FROM events e LEFT JOIN replication_state s "
+            "ON s.target = 'rollups' WHERE s.target IS NULL "
+            "OR (e.txid, e.id) > (s.txid, s.last_id)"
+        )
+        return pending, freshness
+
+    async with make_client() as client:
+        await post_all(client, random_events(seed=12, count=300))
+        pending, freshness = await unfolded()
+        # Nothing folded: every event is read raw, the answer complete all the same.
+        assert (pending, freshness["rollup_lag_rows"], freshness["lag_rows"]) == (300, 300, 0)
+        assert freshness["source"] == "rollup" and freshness["lag_seconds"] == 0.0
+        assert freshness["state"] == "standby"  # the test holds the refresher's lock
+        assert await fold(db, max_rows=120) == 120
+        pending, freshness = await unfolded()
+        assert pending == freshness["rollup_lag_rows"] == 180
+        await fold_all(db)
+        assert (await unfolded())[1]["rollup_lag_rows"] == 0
 
 
 async def test_background_refresher_folds_everything(

@@ -29,6 +29,8 @@ from litestar.types import Message
 from event_metrics import cors, http_server, openapi_examples, posthog, segment
 from event_metrics.app import ERROR_STATUSES, create_app
 from event_metrics.auth import KeyStore
+from event_metrics.freshness import Freshness
+from event_metrics.metrics import MetricsResponse
 from event_metrics.queue import IngestQueue
 from event_metrics.replicator import Replicator
 from event_metrics.rollups import RollupRefresher
@@ -173,6 +175,19 @@ def test_the_metrics_parameters_are_those_of_the_schema(schema: dict[str, Any]) 
     documented = {(names(row["parameter"])[0], row["default"] == "required") for row in rows}
     parameters = schema["paths"]["/metrics"]["get"]["parameters"]
     assert documented == {(p["name"], p.get("required", False)) for p in parameters}
+
+
+def test_the_metrics_answers_shown_have_every_field_and_freshness_is_documented() -> None:
+    section = sections()["GET /metrics"]
+    fields = {field.encode_name for field in msgspec.structs.fields(MetricsResponse)}
+    inner = {field.encode_name for field in msgspec.structs.fields(Freshness)}
+    shown = [json.loads(block) for block in re.findall(r"```json\n(\{.*?)```", section, re.DOTALL)]
+    assert len(shown) >= 2
+    for answer in shown:
+        assert set(answer) == fields
+        assert set(answer["freshness"]) == inner
+    documented = {name for row in table_with(section, "field") for name in names(row["field"])}
+    assert documented == inner, "docs/api.md's freshness table differs from Freshness"
 
 
 # --- GET /health fields ------------------------------------------------------------------

@@ -19,10 +19,22 @@ def write(path: Path, age_s: float, **fields: object) -> None:
 
 def test_a_fresh_report_is_shown_as_the_child_wrote_it(tmp_path: Path) -> None:
     path = tmp_path / "status.json"
-    report = {"state": "running", "lag_rows": 7, "lag_rows_capped": False,
-              "lag_seconds": 0.4, "last_error": None, "rows_copied": 99}  # fmt: skip
+    report = {"state": "catching_up", "lag_rows": 7, "lag_rows_capped": False,
+              "lag_seconds": 0.4, "lag_age_s": 0.5, "rows_per_second": 12.5,
+              "eta_seconds": 0.6, "last_error": None, "rows_copied": 99}  # fmt: skip
     write(path, 1, **report)
-    assert ReplicatorStatus(path).status() == report
+    status = ReplicatorStatus(path).status()
+    # The lag was measured 0.5 s before a report written 1 s ago.
+    assert status.pop("lag_age_s") == pytest.approx(1.5, abs=0.2)
+    assert status == {k: v for k, v in report.items() if k != "lag_age_s"}
+
+
+def test_before_the_first_report_it_is_starting_with_the_lag_unknown(tmp_path: Path) -> None:
+    status = ReplicatorStatus(tmp_path / "status.json").status()
+    assert status["state"] == "starting"
+    # Nothing was measured: the lag is unknown, never 0 (the mirror may be far behind).
+    assert status["lag_rows"] is None and status["lag_seconds"] is None
+    assert status["lag_age_s"] is None
 
 
 def test_before_the_first_report_it_is_starting_then_failing(tmp_path: Path) -> None:
@@ -37,10 +49,12 @@ def test_before_the_first_report_it_is_starting_then_failing(tmp_path: Path) -> 
 def test_a_stale_report_is_failing_and_keeps_the_last_lag(tmp_path: Path) -> None:
     path = tmp_path / "status.json"
     write(path, replicator_process.SILENT_AFTER_S + 5, state="running", lag_rows=12,
-          lag_rows_capped=False, lag_seconds=3.0, last_error=None, rows_copied=5)  # fmt: skip
+          lag_rows_capped=False, lag_seconds=3.0, lag_age_s=0.2, rows_per_second=0.0,
+          eta_seconds=None, last_error=None, rows_copied=5)  # fmt: skip
     status = ReplicatorStatus(path).status()
     assert status["state"] == "failing"
     assert status["lag_rows"] == 12 and status["rows_copied"] == 5
+    assert status["lag_age_s"] >= replicator_process.SILENT_AFTER_S + 5  # and says how old
     assert "has not reported for 15 s" in status["last_error"]
 
 
