@@ -140,7 +140,8 @@ async def ingest(scope: HTTPScope, receive: Receive, send: Send) -> None:
     kind = media_type(headers.content_type)
     body = await read_request_body(receive, headers, max_bytes=settings.max_body_bytes)
     items = split_events(body, kind=kind, max_events=settings.max_events_per_request)
-    answer, status = await ingestor.submit(ingestor.parse_native(items, project_id), wait=wait)
+    parsed = await ingestor.parse_native(items, project_id)
+    answer, status = await ingestor.submit(parsed, wait=wait)
     await _send_json(send, status, _encode(answer))
 
 
