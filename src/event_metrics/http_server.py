@@ -144,7 +144,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         limits = self._limits = _limits()
         self._phase: Phase | None = "head"  # None: idle between requests (keep-alive)
         self._since = self.loop.time()
-        self._head_bytes = 0
+        self._head_bytes = 0  # of the head being received, as far as it has come
+        self._tail = b""  # its last bytes, where a blank line may begin
         self._discarding = False
         if self.loop not in _sweeping:
             _sweeping.add(self.loop)
@@ -187,13 +188,31 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._discarding:
             return
         if self._phase is None:  # the first bytes of the next request on this connection
-            self._phase, self._since, self._head_bytes = "head", self.loop.time(), 0
+            self._phase, self._since = "head", self.loop.time()
+            self._head_bytes, self._tail = 0, b""
+        if self._phase == "head" and self._head_too_large(data):
+            self._refuse(HEAD_TOO_LARGE)
+            return
         super().data_received(data)
-        if self._phase == "head":
-            # Still no complete head after this chunk: bound what the parser holds.
-            self._head_bytes += len(data)
-            if self._head_bytes > self._limits.max_head_bytes:
-                self._refuse(HEAD_TOO_LARGE)
+
+    def _head_too_large(self, data: bytes) -> bool:
+        """Whether the head being received, up to and with its blank line, is over the
+        limit. Measured before the parser sees the bytes: a whole head that arrives in
+        one read is bounded like one that arrives in many (the parser would take it whole
+        and start the request)."""
+        end = None  # where the head ends in this read
+        if self._tail:  # the blank line may have begun in the previous read
+            seam = (self._tail + data[:3]).find(b"\r\n\r\n")
+            if seam >= 0:
+                end = seam + 4 - len(self._tail)
+        if end is None:
+            found = data.find(b"\r\n\r\n")
+            end = found + 4 if found >= 0 else None
+        if end is None:  # the head goes on
+            end = len(data)
+            self._tail = (self._tail + data)[-3:]
+        self._head_bytes += end
+        return self._head_bytes > self._limits.max_head_bytes
 
     def on_headers_complete(self) -> None:
         self._phase, self._since = "body", self.loop.time()
