@@ -104,10 +104,13 @@ async def _probe(
         else:
             event = {"event_name": "probe", "user_id": "p", "idempotency_key": uuid.uuid4().hex}
             request = session.post(url + path, json=event, headers=headers)
-        async with request as response:
-            await response.read()
-            if response.status != 200:
-                failures[f"{path} {response.status}"] += 1
+        try:
+            async with request as response:
+                await response.read()
+                if response.status != 200:
+                    failures[f"{path} {response.status}"] += 1
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            failures[f"{path} {type(exc).__name__}"] += 1  # counted at the time it took
         latencies[path].append((time.perf_counter() - started) * 1000)
 
     begin = time.perf_counter()
@@ -147,7 +150,7 @@ async def scenario_run(variant: Variant, scenario: str, args: argparse.Namespace
     await _quiet(variant.url)
     stop = asyncio.Event()
     seen: list[tuple[int, float]] = []
-    timeout = aiohttp.ClientTimeout(total=120)
+    timeout = aiohttp.ClientTimeout(total=60)
     async with (
         aiohttp.ClientSession(timeout=timeout) as attackers,
         aiohttp.ClientSession(timeout=timeout) as prober,
