@@ -220,7 +220,7 @@ def create_app(settings: Settings) -> Litestar:
     # Outermost, so that 404s, preflights and the exception handlers' answers carry the
     # request id and CORS headers too.
     routes = (*INGEST_PATHS, *READ_PATHS, "/health", telemetry.PATH)
-    app.asgi_handler = edge.middleware(app.asgi_handler, policy, routes)
+    app.asgi_handler = edge.middleware(app.asgi_handler, policy, routes, access=settings.access_log)
     return app
 
 
@@ -228,5 +228,9 @@ def app_from_env() -> Litestar:
     """Factory for `uvicorn --factory`: settings from the environment (worker processes
     configure their logging here too)."""
     settings = Settings.from_env()
-    logs.configure(json_lines=settings.log_format == "json", level=settings.log_level)
+    logs.configure(
+        json_lines=settings.log_format == "json",
+        level=settings.log_level,
+        access_log=settings.access_log,
+    )
     return create_app(settings)

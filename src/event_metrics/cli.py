@@ -412,7 +412,11 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_env()
     except ConfigError as exc:
         sys.exit(f"event-metrics: invalid configuration: {exc}")
-    logs.configure(json_lines=settings.log_format == "json", level=settings.log_level)
+    logs.configure(
+        json_lines=settings.log_format == "json",
+        level=settings.log_level,
+        access_log=settings.access_log,
+    )
     for name, close in unknown_variables(os.environ):
         hint = f"; did you mean {close}?" if close else ""
         log.warning("%s is not a setting and is ignored%s", name, hint)

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from event_metrics import posthog, sdk, segment, telemetry
+from event_metrics import access_log, posthog, sdk, segment, telemetry
 from event_metrics.auth import InvalidCredentials, KeyStore, WrongScope
 from event_metrics.events import InvalidEvent, parse_events
 from event_metrics.payload import TooManyEvents
@@ -194,6 +194,7 @@ class Ingestor:
         project_id = keys.authorize_checked(secret, "write") or await keys.authorize(
             secret, "write"
         )
+        access_log.note_project(project_id)
         if len(items) > settings.max_events_per_request:
             raise TooManyEvents(
                 f"{len(items)} events in one request; the limit is "
@@ -269,6 +270,7 @@ class Ingestor:
                         "idempotency keys is safe"
                     ) from None
         body = self._answer(parsed, outcome)
+        access_log.note_events(body.accepted, body.duplicates, body.rejected, body.queued)
         if parsed.rejected:
             return body, 400
         return body, 202 if outcome is None else 200

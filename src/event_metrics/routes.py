@@ -14,7 +14,7 @@ from litestar.openapi.spec import Example
 from litestar.params import Parameter, QueryParameter
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, HTTPScope, Receive, Send
 
-from event_metrics import posthog, sdk, segment, telemetry
+from event_metrics import access_log, posthog, sdk, segment, telemetry
 from event_metrics.auth import secret_from_headers
 from event_metrics.ingest import IngestResponse, Protocol
 from event_metrics.metrics import InvalidParameter, MetricsResponse, parse_query
@@ -134,6 +134,7 @@ async def ingest(scope: HTTPScope, receive: Receive, send: Send) -> None:
     secret = secret_from_headers(scope["headers"])
     keys = services.keys
     project_id = keys.authorize_checked(secret, "write") or await keys.authorize(secret, "write")
+    access_log.note_project(project_id)
     ingestor = services.ingestor
     settings = ingestor.settings
     headers = body_headers(scope["headers"])
@@ -283,6 +284,7 @@ async def metrics(
     secret = secret_from_headers(request.scope["headers"])
     keys = services.keys
     project_id = keys.authorize_checked(secret, "read") or await keys.authorize(secret, "read")
+    access_log.note_project(project_id)
     metrics_service = services.metrics
     query = parse_query(
         project_id=project_id,

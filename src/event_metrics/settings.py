@@ -147,6 +147,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     clickhouse_url: Annotated[str | None, Env("CLICKHOUSE_URL")] = None
     log_format: Annotated[Literal["text", "json"], Env("LOG_FORMAT")] = "text"
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Env("LOG_LEVEL")] = "info"
+    access_log: Annotated[bool, Env("ACCESS_LOG")] = False  # one line per request
     prometheus: Annotated[bool, Env("PROMETHEUS")] = True  # GET /internal/metrics
 
     http: HttpSettings = HttpSettings()
