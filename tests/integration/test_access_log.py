@@ -98,7 +98,7 @@ async def test_text_lines_and_off_by_default(
     async with make_client() as client:
         assert (await client.post("/events", json=EVENT)).status_code == 200
     assert not [r for r in caplog.records if r.name == "event_metrics.access"]
-    async with make_client(access_log="true") as client:
+    async with make_client(access_log=True) as client:
         response = await client.post("/events", json=EVENT)
     lines = [r for r in caplog.records if r.name == "event_metrics.access"]
     assert len(lines) == 1
