@@ -152,7 +152,7 @@ async def time_queries(
             medians = {name: round(statistics.median(ms), 1) for name, ms in timings.items()}
             first, second = (medians[m.name] for m in mirrors)
             cells.append(
-                {"query": query_id, "days": days, **medians, "ratio": round(first / second, 2)}
+                {"query": query_id, "days": days, **medians, "speedup": round(first / second, 2)}
             )
             log(f"{query_id} {days:>3} d: " + "  ".join(f"{k} {v}" for k, v in cells[-1].items()))
     finally:

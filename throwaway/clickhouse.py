@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 from xml.sax.saxutils import escape
 
 # Names a server binary instead of the one on PATH (`clickhouse-server`, or the
@@ -70,7 +71,12 @@ def free_port() -> int:
         return port
 
 
-Shard = tuple[str, int]  # (host, native port), one replica per shard
+class Shard(NamedTuple):
+    """A shard of one replica: its server's host and native port, and its weight."""
+
+    host: str
+    port: int
+    weight: int = 1
 
 
 def remote_servers(clusters: Mapping[str, Sequence[Shard]]) -> str:
@@ -80,8 +86,9 @@ def remote_servers(clusters: Mapping[str, Sequence[Shard]]) -> str:
     sections = []
     for name, shards in clusters.items():
         body = "".join(
-            f"<shard><replica><host>{escape(host)}</host><port>{port}</port></replica></shard>"
-            for host, port in shards
+            f"<shard><weight>{weight}</weight><replica><host>{escape(host)}</host>"
+            f"<port>{port}</port></replica></shard>"
+            for host, port, weight in shards
         )
         sections.append(f"        <{name}>{body}</{name}>\n")
     return f"    <remote_servers>\n{''.join(sections)}    </remote_servers>\n"
@@ -195,11 +202,18 @@ class ClickHouseServer:
         return "\n".join(parts)
 
 
-def start_cluster(directory: Path, name: str, *, shards: int = 2) -> list[ClickHouseServer]:
-    """`shards` servers, each a shard of the cluster `name` that all of them define."""
-    servers = [ClickHouseServer(Path(directory) / f"shard-{n}") for n in range(1, shards + 1)]
+def start_cluster(directory: Path, clusters: Mapping[str, Sequence[int]]) -> list[ClickHouseServer]:
+    """Servers that all define `clusters`: each named cluster has every server as a shard,
+    in order, with the given weights (one per server)."""
+    count = len(next(iter(clusters.values())))
+    assert all(len(weights) == count for weights in clusters.values())
+    servers = [ClickHouseServer(Path(directory) / f"shard-{n}") for n in range(1, count + 1)]
     for server in servers:
-        server.clusters[name] = [(HOST, each.port) for each in servers]
+        for name, weights in clusters.items():
+            server.clusters[name] = [
+                Shard(HOST, each.port, weight)
+                for each, weight in zip(servers, weights, strict=True)
+            ]
     try:
         for server in servers:
             server.start()
