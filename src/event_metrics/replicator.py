@@ -38,11 +38,12 @@ log = logging.getLogger(__name__)
 TARGET = CLICKHOUSE_TARGET
 # Held by the one active replicator across all service processes.
 REPLICATOR_LOCK_ID = 0x45564D52  # "EVMR"
-# While idle, still touch ClickHouse so that /health notices an outage: through the
-# events table, which on a cluster asks every shard (a shard down is an error). A key
-# condition no row meets (projects start at 1) rather than a constant false one, which an
-# engine may answer without asking the shards; either costs one index probe.
-PROBE = "SELECT count() FROM events WHERE project_id = 0"
+# While idle, still touch ClickHouse so that /health notices an outage. On a cluster,
+# through the Distributed table, which asks every shard (a shard down is an error): by a
+# key condition no row meets (projects start at 1), which no engine can answer without
+# asking, at the cost of one index probe per shard.
+PROBE = "SELECT 1"
+CLUSTER_PROBE = "SELECT count() FROM events WHERE project_id = 0"
 
 # The txid goes out as text (asyncpg has no xid8 codec) under another name: ORDER BY
 # prefers an output column to a table column of the same name, and sorting by the text
@@ -158,7 +159,8 @@ class Replicator(LockedWorker):
                 backoff.reset()
                 if copied < self.batch_rows:
                     if not copied:
-                        await asyncio.to_thread(client.execute, PROBE)
+                        probe = CLUSTER_PROBE if self.cluster else PROBE
+                        await asyncio.to_thread(client.execute, probe)
                     if await self.sleep(self.interval_s):
                         return
         finally:
