@@ -20,6 +20,7 @@ import asyncpg
 import msgspec
 
 from event_metrics import __version__, http_server, logs, projects, rollups, telemetry, verify
+from event_metrics.clickhouse_cluster import ClusterError
 from event_metrics.migrations import upgrade_head
 from event_metrics.postgres import EmbeddedUnavailable, start_embedded
 from event_metrics.replicator import Replicator
@@ -163,8 +164,9 @@ def replicate(settings: Settings, args: argparse.Namespace) -> None:
     with database(settings) as settings:
         assert settings.database_url is not None
         replicator = Replicator(
-            settings.database_url, clickhouse_url, settings.replication, lag=settings.lag
-        )
+            settings.database_url, clickhouse_url, settings.replication, lag=settings.lag,
+            cluster=settings.clickhouse_cluster,
+        )  # fmt: skip
 
         async def run() -> None:
             if args.once:
@@ -199,9 +201,17 @@ def verify_mirror(settings: Settings, args: argparse.Namespace) -> None:
         raise Failure("verify needs EVENT_METRICS_CLICKHOUSE_URL")
     with database(settings) as settings:
         assert settings.database_url is not None
-        report, after = asyncio.run(
-            verify.run(settings.database_url, clickhouse_url, fix=args.repair)
-        )
+        try:
+            report, after = asyncio.run(
+                verify.run(
+                    settings.database_url,
+                    clickhouse_url,
+                    fix=args.repair,
+                    cluster=settings.clickhouse_cluster,
+                )
+            )
+        except ClusterError as exc:
+            raise Failure(str(exc)) from None
     if args.json:
         print(json.dumps({
             "cells": report.cells,

@@ -134,6 +134,7 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
                     settings.clickhouse_url,
                     settings.replication,
                     lag=settings.lag,
+                    cluster=settings.clickhouse_cluster,
                 )
                 _start_background(stack, replicator, "replicator")
 

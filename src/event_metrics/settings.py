@@ -41,6 +41,8 @@ class Env:
 
 Positive = msgspec.Meta(gt=0)
 PositiveInt = Annotated[int, Positive]
+# A remote_servers entry's name: an XML element name, also quoted into DDL.
+ClusterName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")]
 
 
 class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -145,6 +147,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: Annotated[str, Env("DATA_DIR")] = ".data"
     backend: Annotated[Backend, Env("BACKEND")] = "postgres"
     clickhouse_url: Annotated[str | None, Env("CLICKHOUSE_URL")] = None
+    # The mirror is sharded over this remote_servers cluster; CLICKHOUSE_URL is the node
+    # the service talks to (docs/operations.md).
+    clickhouse_cluster: Annotated[ClusterName | None, Env("CLICKHOUSE_CLUSTER")] = None
     log_format: Annotated[Literal["text", "json"], Env("LOG_FORMAT")] = "text"
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Env("LOG_LEVEL")] = "info"
     access_log: Annotated[bool, Env("ACCESS_LOG")] = False  # one line per request
@@ -170,6 +175,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.backend == "clickhouse" and not self.clickhouse_url:
             raise ConfigError(f"{PREFIX}BACKEND=clickhouse needs {PREFIX}CLICKHOUSE_URL")
+        if self.clickhouse_cluster and not self.clickhouse_url:
+            raise ConfigError(
+                f"{PREFIX}CLICKHOUSE_CLUSTER needs {PREFIX}CLICKHOUSE_URL (a node of the cluster)"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
