@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
+import hypothesis
 import pytest
 from clickhouse_driver import Client
 from litestar.testing import AsyncTestClient
@@ -35,6 +36,14 @@ ADMIN_URL = os.environ.get(
     "EVENT_METRICS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REQUIRE_SERVICES = os.environ.get("EVENT_METRICS_REQUIRE_SERVICES") == "1"
+
+# Property tests run under a profile: `quick` (the default, and `make test-unit`'s) tries
+# each property on 50 examples, a few seconds in all; `deep` (`make test`'s) on 400, the
+# depth that found the parser bugs. HYPOTHESIS_PROFILE=deep selects it for any pytest run
+# (as does pytest's --hypothesis-profile). A test that sets max_examples itself keeps it.
+hypothesis.settings.register_profile("quick", max_examples=50, deadline=None)
+hypothesis.settings.register_profile("deep", max_examples=400, deadline=None)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 
 
 def unavailable(what: str) -> None:
