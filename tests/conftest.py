@@ -337,12 +337,12 @@ class LiveServer:
         }
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, timeout_s: float = 30) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "event_metrics.cli", "serve"],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited: {self.process.stderr.read().decode()}")  # type: ignore[union-attr]
@@ -350,7 +350,7 @@ class LiveServer:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return
             time.sleep(0.05)
-        raise RuntimeError("serve did not answer /health within 30 s")
+        raise RuntimeError(f"serve did not answer /health within {timeout_s:g} s")
 
     def stop(self) -> str:
         """Stop with SIGTERM; return what the process wrote to stderr."""

@@ -20,8 +20,8 @@ import asyncpg
 import msgspec
 
 from event_metrics import __version__, http_server, logs, projects, rollups, telemetry, verify
+from event_metrics.embedded import EmbeddedUnavailable, start_embedded
 from event_metrics.migrations import upgrade_head
-from event_metrics.postgres import EmbeddedUnavailable, start_embedded
 from event_metrics.replicator import Replicator
 from event_metrics.replicator_process import die_with_parent, replicator_process, report_status
 from event_metrics.settings import ConfigError, Settings, unknown_variables, variables
@@ -53,7 +53,9 @@ def database(settings: Settings) -> Iterator[Settings]:
     server = None
     if not settings.database_url:
         try:
-            url, server = start_embedded(settings.data_dir)
+            url, server = start_embedded(
+                settings.data_dir, relocate_to=settings.embedded_postgres_dir
+            )
         except EmbeddedUnavailable as exc:
             raise Failure(str(exc)) from None
         settings = msgspec.structs.replace(settings, database_url=url)
