@@ -21,8 +21,8 @@ import msgspec
 
 from event_metrics import __version__, http_server, logs, projects, rollups, telemetry, verify
 from event_metrics.clickhouse_cluster import ClusterError
+from event_metrics.embedded import EmbeddedUnavailable, start_embedded
 from event_metrics.migrations import upgrade_head
-from event_metrics.postgres import EmbeddedUnavailable, start_embedded
 from event_metrics.replicator import Replicator
 from event_metrics.replicator_process import die_with_parent, replicator_process, report_status
 from event_metrics.settings import ConfigError, Settings, unknown_variables, variables
@@ -54,7 +54,9 @@ def database(settings: Settings) -> Iterator[Settings]:
     server = None
     if not settings.database_url:
         try:
-            url, server = start_embedded(settings.data_dir)
+            url, server = start_embedded(
+                settings.data_dir, relocate_to=settings.embedded_postgres_dir
+            )
         except EmbeddedUnavailable as exc:
             raise Failure(str(exc)) from None
         settings = msgspec.structs.replace(settings, database_url=url)
@@ -83,6 +85,12 @@ def with_connection(settings: Settings, work: Callable[[asyncpg.Connection], Awa
 
 def serve(settings: Settings, _: argparse.Namespace) -> None:
     check_port_free(settings.http.host, settings.http.port)
+    # From the start, so that a stop while PostgreSQL starts or migrations run stops
+    # PostgreSQL too. uvicorn re-raises SIGTERM after its graceful shutdown: exit cleanly
+    # then, so the embedded PostgreSQL is stopped and `make serve` reports no error. A
+    # hang-up (the terminal closing) stops everything the same way.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    http_server.stop_on_hang_up()
     embedded = not settings.database_url
     with database(settings) as settings:
         assert settings.database_url is not None
@@ -91,9 +99,6 @@ def serve(settings: Settings, _: argparse.Namespace) -> None:
         # uvicorn's worker processes read settings from the environment again.
         os.environ["EVENT_METRICS_DATABASE_URL"] = settings.database_url
         log.info("serving on http://%s:%d", settings.http.host, settings.http.port)
-        # uvicorn re-raises SIGTERM after its graceful shutdown: exit cleanly then, so the
-        # embedded PostgreSQL is stopped and `make serve` does not report an error.
-        signal.signal(signal.SIGTERM, _exit_cleanly)
         alongside = None
         replication = settings.replication
         if settings.clickhouse_url and replication.enabled and replication.process:
@@ -177,6 +182,11 @@ def replicate(settings: Settings, args: argparse.Namespace) -> None:
                 loop.add_signal_handler(signum, replicator.stop)
             if args.parent_pid:  # a child of serve
                 die_with_parent(args.parent_pid)
+                # The hang-up of serve's terminal reaches this process too: serve stops
+                # it (SIGTERM) once the HTTP workers have stopped.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            else:
+                loop.add_signal_handler(signal.SIGHUP, replicator.stop)
             reporting = None
             if args.status_file:
                 reporting = asyncio.create_task(report_status(replicator, args.status_file))

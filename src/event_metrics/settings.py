@@ -145,6 +145,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Storage. With no database_url, `serve` starts an embedded PostgreSQL under data_dir.
     database_url: Annotated[str | None, Env("DATABASE_URL")] = None
     data_dir: Annotated[str, Env("DATA_DIR")] = ".data"
+    # As root: where the embedded PostgreSQL's data and programs go when its unprivileged
+    # user cannot reach them where they are (embedded_as_root.py).
+    embedded_postgres_dir: Annotated[str, Env("EMBEDDED_POSTGRES_DIR")] = "/var/lib/event-metrics"
     backend: Annotated[Backend, Env("BACKEND")] = "postgres"
     clickhouse_url: Annotated[str | None, Env("CLICKHOUSE_URL")] = None
     # The mirror is sharded over this remote_servers cluster; CLICKHOUSE_URL is the node
