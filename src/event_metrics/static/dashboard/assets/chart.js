@@ -49,13 +49,14 @@ const FINEST = { hour: 3600, day: DAY_S, week: 7 * DAY_S, month: 30 * DAY_S };
 // Counts are whole: no ticks at 2.5 events.
 const COUNT_STEPS = Array.from({ length: 30 }, (_, n) => [1, 2, 5][n % 3] * 10 ** Math.floor(n / 3));
 
-function options(width, zone, granularity, groups, pointsShown) {
+function options(width, zone, granularity, groups, pointsShown, dense) {
   const steps = STEPS.filter((step) => step >= (FINEST[granularity] || 3600));
   return {
     width, height: width < 500 ? 200 : 260,
     tzDate: (seconds) => window.uPlot.tzDate(new Date(seconds * 1000), zone),
     cursor: { drag: { x: true, y: false } },
     legend: { live: true },
+    hooks: { draw: [() => performance.mark("em-chart-drawn")] },
     scales: { y: { range: (_u, _min, max) => [0, Math.max(1, max) * 1.05] } },
     axes: [{ incrs: steps, space: 50 }, { size: 56, incrs: COUNT_STEPS, values: (_u, ticks) => ticks.map((v) => compact.format(v)) }],
     series: [
@@ -64,7 +65,9 @@ function options(width, zone, granularity, groups, pointsShown) {
         label: group.label,
         stroke: PALETTE[n % PALETTE.length],
         dash: DASHES[Math.floor(n / PALETTE.length) % DASHES.length],
-        width: 2,
+        // Dense lines at 1 px: software rasterising (no GPU) of 2 px ones over 30,000
+        // points took 1.5 s instead of 0.3 (docs/benchmarks.md, "Dashboard").
+        width: dense ? 1 : 2,
         points: { show: pointsShown },
       })),
     ],
@@ -90,7 +93,8 @@ export class Charts {
     const sets = [["Events", (g) => g.events], ["Unique users", (g) => g.users]];
     sets.forEach(([title, pick], n) => {
       const box = this.boxes[n];
-      const opts = options(width, zone, granularity, data.groups, few);
+      const dense = data.xs.length > 400;
+      const opts = options(width, zone, granularity, data.groups, few, dense);
       this.plots.push(new window.uPlot(opts, [data.xs, ...data.groups.map(pick)], box));
       const lines = data.groups.length;
       box.setAttribute("aria-label", `${title} per bucket, ${lines} line${lines === 1 ? "" : "s"}` +
