@@ -116,11 +116,17 @@ def url_query(page: Page) -> dict[str, str]:
     return dict(parse_qsl(urlsplit(page.url).query))
 
 
-def metrics(origin: str, key: str, query: dict[str, str]) -> dict[str, Any]:
+async def call(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """One request to the service under test, from the test's side."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        return await client.request(method, url, **kwargs)
+
+
+async def metrics(origin: str, key: str, query: dict[str, str]) -> dict[str, Any]:
     """The API's own answer to the page's query."""
     params = {name: value for name, value in query.items() if name in QUERY}
-    response = httpx.get(
-        f"{origin}/metrics", params=params, headers={"Authorization": f"Bearer {key}"}
+    response = await call(
+        "GET", f"{origin}/metrics", params=params, headers={"Authorization": f"Bearer {key}"}
     )
     assert response.status_code == 200, response.text
     answer: dict[str, Any] = response.json()
@@ -172,7 +178,7 @@ async def check_matches_api(page: Page, origin: str, key: str) -> dict[str, Any]
     await wait_ready(page)
     query = url_query(page)
     assert set(query) <= {*QUERY, "live"}, query
-    answer = metrics(origin, key, query)
+    answer = await metrics(origin, key, query)
     seen = await shown(page)
     expected = answer["series"]
     if answer["granularity"] == "total":  # one bucket, the window: the table leaves it out

@@ -18,16 +18,12 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import asyncpg
-import httpx
 import pytest
 from clickhouse_driver import Client
-from playwright.async_api import Browser, Page, expect
-from throwaway.clickhouse import ClickHouseServer
-
-from conftest import Keys, LiveServer, clickhouse_database_url, live_server, wait_until
 from dashboard_page import (
     BROWSER_ZONE,
     TIMEOUT_MS,
+    call,
     check_matches_api,
     chromium,
     recorded_context,
@@ -36,6 +32,10 @@ from dashboard_page import (
     url_query,
     wait_ready,
 )
+from playwright.async_api import Browser, Page, expect
+from throwaway.clickhouse import ClickHouseServer
+
+from conftest import Keys, LiveServer, clickhouse_database_url, live_server, wait_until
 
 CHANNELS = ["web", "ios", "android", None]
 NAMES = ["page_view", "product_view", "signup", "purchase"]
@@ -105,7 +105,8 @@ async def server(
     with live_server(
         database_url, clickhouse_url=clickhouse_database, replication_interval_ms="100"
     ) as running:
-        response = httpx.post(
+        response = await call(
+            "POST",
             f"{running.url}/events",
             json=seed_events(datetime.now(UTC)),
             headers=keys.default.auth("write"),
@@ -155,7 +156,9 @@ async def test_every_control_shows_what_metrics_answers(
         # Defaults: the last 7 days by day, in the browser's zone, from the default engine.
         query = url_query(page)
         assert (query["granularity"], query["timezone"], query["backend"]) == (
-            "day", BROWSER_ZONE, "postgres"
+            "day",
+            BROWSER_ZONE,
+            "postgres",
         )
         assert datetime.fromisoformat(query["to"]) - datetime.fromisoformat(query["from"]) == (
             timedelta(days=7)
@@ -179,11 +182,13 @@ async def test_every_control_shows_what_metrics_answers(
 
         # The event picker lists /events/names for the window, counts and all.
         query = url_query(page)
-        names = httpx.get(
+        listed = await call(
+            "GET",
             f"{server.url}/events/names",
             params={"from": query["from"], "to": query["to"], "backend": "postgres"},
             headers=keys.default.auth("read"),
-        ).json()["names"]
+        )
+        names = listed.json()["names"]
         options = await page.locator("#event_name option").all_inner_texts()
         assert options == ["All events"] + [f"{n['event_name']} ({n['events']:,})" for n in names]
         await choose(page, "Event", "product_view")
@@ -269,7 +274,8 @@ async def test_a_shared_url_shows_exactly_its_query_after_sign_in(
 async def test_a_write_key_gets_the_apis_403_in_words_and_is_not_kept(
     server: LiveServer, browser: Browser, keys: Keys
 ) -> None:
-    refusal = httpx.get(
+    refusal = await call(
+        "GET",
         f"{server.url}/events/names",
         params={"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z"},
         headers=keys.default.auth("write"),
@@ -303,7 +309,8 @@ async def test_the_key_is_kept_sent_only_as_authorization_and_forgotten(
         keyed = [r for r in traffic.requests if r.headers.get("authorization")]
         assert keyed and all(r.headers["authorization"] == f"Bearer {read}" for r in keyed)
         assert {r.url.split("?")[0].removeprefix(server.url) for r in keyed} == {
-            "/metrics", "/events/names"
+            "/metrics",
+            "/events/names",
         }
         # A reload needs no key; the prefix shown is the one `keys list` shows.
         await page.reload()
@@ -337,7 +344,8 @@ async def test_live_mode_shows_a_new_event_arriving(
         assert url_query(page).get("live") == "1"
         before = (await shown(page))["total"]["events"]
 
-        sent = httpx.post(
+        sent = await call(
+            "POST",
             f"{server.url}/events",
             json={"event_name": "signup", "user_id": "live-user", "channel": "web"},
             headers=keys.default.auth("write"),
@@ -381,7 +389,7 @@ async def test_the_table_sorts_and_downloads_the_answer_as_csv(
         async with page.expect_download() as download_info:
             await page.get_by_role("button", name="Download CSV").click()
         download = await download_info.value
-        text = Path(await download.path()).read_text(encoding="utf-8")
+        text = await asyncio.to_thread(Path(await download.path()).read_text, encoding="utf-8")
         rows = list(csv.DictReader(io.StringIO(text)))
         expected = [
             {
@@ -432,7 +440,9 @@ async def test_loading_empty_and_an_error_in_the_apis_words(
         assert (await shown(page))["total"] == {"events": 0, "unique_users": 0}
 
         bad = {**empty, "timezone": "Mars/Olympus"}
-        refusal = httpx.get(f"{server.url}/metrics", params=bad, headers=keys.default.auth("read"))
+        refusal = await call(
+            "GET", f"{server.url}/metrics", params=bad, headers=keys.default.auth("read")
+        )
         assert refusal.status_code == 400
         await page.goto(f"{server.url}/dashboard?{urlencode(bad)}")
         await expect(page.locator("#message")).to_have_text(
@@ -459,7 +469,11 @@ async def test_keyboard_reaches_and_works_every_control(
         reached = []
         for _ in range(40):
             await page.keyboard.press("Tab")
-            reached.append(await page.evaluate("document.activeElement.id || document.activeElement.textContent"))
+            reached.append(
+                await page.evaluate(
+                    "document.activeElement.id || document.activeElement.textContent"
+                )
+            )
         for control in ("forget", "range", "from", "to", "event_name", "granularity", "group_by",
                         "timezone", "backend", "live", "csv"):  # fmt: skip
             assert control in reached, f"Tab never reaches #{control}: {reached}"

@@ -8,9 +8,9 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from test_backends import caught_up, generate_events, post_all
 
 from conftest import ClientFactory, Keys, wait_until
-from test_backends import caught_up, generate_events, post_all
 
 WINDOW = {"from": "2026-10-25T00:00:00Z", "to": "2026-11-08T00:00:00Z"}
 PART = {"from": "2026-10-28T06:00:00Z", "to": "2026-11-02T18:30:00Z"}
