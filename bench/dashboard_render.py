@@ -9,6 +9,10 @@ code; `em-drawn`: until the next animation frame), and from the last byte of the
 response to the next frame (`response-to-drawn`: JSON parsing included).
 
     .venv/bin/python -m bench.dashboard_render [--rounds 9] [--days 180] [--channels 7]
+
+With --compare-wide-lines, rounds alternate between the page as it is and the page with
+2 px lines however dense the chart (its chart.js patched as served): the A/B that made
+dense charts draw 1 px lines.
 """
 
 from __future__ import annotations
@@ -71,17 +75,31 @@ def q1_answer(days: int, channels: int) -> tuple[dict[str, Any], str, str]:
     return answer, start.strftime(fmt), end.strftime(fmt)
 
 
+DENSE_WIDTH = b"width: dense ? 1 : 2,"
+
+
 class _Handler(http.server.SimpleHTTPRequestHandler):
     page = b""
+    wide_lines = False
+
+    def _send(self, body: bytes, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_GET(self) -> None:
-        if self.path.split("?")[0] == dashboard.PAGE_PATH:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.end_headers()
-            self.wfile.write(self.page)
+        path = self.path.split("?")[0]
+        if path == dashboard.PAGE_PATH:
+            self._send(self.page, "text/html; charset=utf-8")
             return
         self.path = self.path.removeprefix(dashboard.ASSETS_PATH)
+        if self.wide_lines and self.path == "/chart.js":
+            script = (dashboard.STATIC / "assets" / "chart.js").read_bytes()
+            assert DENSE_WIDTH in script, "chart.js no longer picks its line width this way"
+            self._send(script.replace(DENSE_WIDTH, b"width: 2,"), "text/javascript")
+            return
         super().do_GET()
 
     def log_message(self, *args: Any) -> None:
@@ -89,9 +107,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def page_server() -> Iterator[str]:
-    _Handler.page = dashboard.render_page(Settings.build())
-    handler = functools.partial(_Handler, directory=str(dashboard.STATIC / "assets"))
+def page_server(*, wide_lines: bool = False) -> Iterator[str]:
+    handler_class = type("Handler", (_Handler,), {
+        "page": dashboard.render_page(Settings.build()), "wide_lines": wide_lines,
+    })  # fmt: skip
+    handler = functools.partial(handler_class, directory=str(dashboard.STATIC / "assets"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -111,7 +131,9 @@ TIMINGS = """() => {
 }"""
 
 
-async def measure(rounds: int, days: int, channels: int) -> dict[str, Any]:
+async def measure(
+    rounds: int, days: int, channels: int, *, compare: bool = False
+) -> dict[str, Any]:
     answer, start, end = q1_answer(days, channels)
     body = json.dumps(answer).encode()
     names = json.dumps({"from": answer["from"], "to": answer["to"], "backend": "postgres",
@@ -127,8 +149,12 @@ async def measure(rounds: int, days: int, channels: int) -> dict[str, Any]:
         else:
             await route.continue_()
 
-    results: list[dict[str, float]] = []
-    with page_server() as origin:
+    variants = ["as_is", "wide_lines"] if compare else ["as_is"]
+    results: dict[str, list[dict[str, float]]] = {variant: [] for variant in variants}
+    query = f"from={start}&to={end}&event_name=product_view&granularity=hour"
+    query += f"&group_by=channel&timezone={ZONE}"
+    with page_server() as as_is, page_server(wide_lines=True) as wide:
+        origins = {"as_is": as_is, "wide_lines": wide}
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=CHROMIUM)
             try:
@@ -140,29 +166,32 @@ async def measure(rounds: int, days: int, channels: int) -> dict[str, Any]:
                 )
                 await context.route("**/*", api)
                 page = await context.new_page()
-                query = f"from={start}&to={end}&event_name=product_view&granularity=hour"
-                query += f"&group_by=channel&timezone={ZONE}"
                 for _ in range(rounds):
-                    await page.goto(f"{origin}/dashboard?{query}")
-                    await page.wait_for_function(
-                        "performance.getEntriesByName('em-drawn').length > 0", timeout=60_000
-                    )
-                    results.append(await page.evaluate(TIMINGS))
-                points = await page.evaluate(
-                    "document.querySelectorAll('#events-chart .u-series').length"
+                    for variant in variants:  # interleaved: load changes hit both alike
+                        await page.goto(f"{origins[variant]}/dashboard?{query}")
+                        await page.wait_for_function(
+                            "performance.getEntriesByName('em-drawn').length > 0",
+                            timeout=60_000,
+                        )
+                        results[variant].append(await page.evaluate(TIMINGS))
+                lines = await page.evaluate(
+                    "document.querySelectorAll('#events-chart .u-series').length - 1"
                 )
             finally:
                 await browser.close()
     summary: dict[str, Any] = {
         "rows": len(answer["series"]),
         "points_per_chart": len(answer["series"]),
-        "legend_entries": points,
+        "lines_per_chart": lines,
         "rounds": rounds,
     }
-    for name in ("render", "drawn", "response_to_drawn"):
-        values = sorted(r[name] for r in results)
-        summary[f"{name}_ms"] = {"median": round(statistics.median(values), 1),
-                                 "max": round(values[-1], 1)}  # fmt: skip
+    for variant, measured in results.items():
+        timings: dict[str, Any] = {}
+        for name in ("render", "drawn", "response_to_drawn"):
+            values = sorted(r[name] for r in measured)
+            timings[f"{name}_ms"] = {"median": round(statistics.median(values), 1),
+                                     "max": round(values[-1], 1)}  # fmt: skip
+        summary[variant] = timings
     return summary
 
 
@@ -171,9 +200,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--days", type=int, default=180)
     parser.add_argument("--channels", type=int, default=7)
+    parser.add_argument("--compare-wide-lines", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
-    summary = asyncio.run(measure(args.rounds, args.days, args.channels))
+    summary = asyncio.run(
+        measure(args.rounds, args.days, args.channels, compare=args.compare_wide_lines)
+    )
     text = json.dumps(summary, indent=2)
     print(text)
     if args.out:
