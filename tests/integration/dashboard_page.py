@@ -21,6 +21,8 @@ CHROMIUM = "/usr/bin/chromium"
 TIMEOUT_MS = 15_000
 QUERY = ("from", "to", "event_name", "granularity", "group_by", "timezone", "backend")
 BROWSER_ZONE = "Europe/Berlin"  # the context's zone: the page's default
+# The browser logs every 4xx and 5xx answer it gets; the tests provoke some on purpose.
+EXPECTED_CONSOLE_ERRORS = ("Failed to load resource: the server responded with a status of",)
 
 
 @contextlib.asynccontextmanager
@@ -87,7 +89,17 @@ async def recorded_context(
 
     await context.route("**/*", only_own_origin)
     context.on("request", lambda request: traffic.requests.append(request))
-    context.on("page", lambda page: page.on("pageerror", lambda e: traffic.errors.append(str(e))))
+
+    def watch(page: Page) -> None:
+        page.on("pageerror", lambda error: traffic.errors.append(str(error)))
+        # A request the CSP refused, or any other error the page logs.
+        page.on("console", lambda message: note_console(message.type, message.text))
+
+    def note_console(kind: str, text: str) -> None:
+        if kind == "error" and not text.startswith(EXPECTED_CONSOLE_ERRORS):
+            traffic.errors.append(text)
+
+    context.on("page", watch)
     try:
         yield context, traffic
     finally:

@@ -223,12 +223,22 @@ function bindControls() {
     }
     change({ ...presetWindow(name), granularity: PRESETS[name].granularity });
   });
+  // Chrome reports a change for each part of a date typed: one query (and one history
+  // entry) once typing pauses, or at once when the field is left.
+  let typing = null;
+  const commitTimes = () => {
+    window.clearTimeout(typing);
+    const from = fromLocalInput($("from").value, safeZone());
+    const to = fromLocalInput($("to").value, safeZone());
+    if (Number.isNaN(from) || Number.isNaN(to)) return;
+    if (from !== state.from || to !== state.to) change({ from, to });
+  };
   for (const id of ["from", "to"]) {
     $(id).addEventListener("change", () => {
-      const ms = fromLocalInput($(id).value, safeZone());
-      if (Number.isNaN(ms)) return;
-      change({ [id]: ms });
+      window.clearTimeout(typing);
+      typing = window.setTimeout(commitTimes, 600);
     });
+    $(id).addEventListener("blur", commitTimes);
   }
   for (const id of ["event_name", "granularity", "group_by", "timezone", "backend"]) {
     $(id).addEventListener("change", () => change({ [id]: $(id).value }));
@@ -311,7 +321,9 @@ function setBusy(busy, quiet) {
 }
 
 function explain(error) {
-  if (error instanceof Unreachable) return { text: `${error.message}. Retrying in live mode.` };
+  if (error instanceof Unreachable) {
+    return { text: `${error.message}.${live ? " Trying again every 5 s." : ""}` };
+  }
   if (!(error instanceof ApiError)) return { text: `Something went wrong: ${error.message}` };
   const words = `${error.message} (${error.status} ${error.code || "error"})`;
   if (error.code === "backend_unavailable" && state.backend === "clickhouse") {
