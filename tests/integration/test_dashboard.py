@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import itertools
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -36,6 +37,7 @@ from playwright.async_api import Browser, Page, expect
 from throwaway.clickhouse import ClickHouseServer
 
 from conftest import Keys, LiveServer, clickhouse_database_url, live_server, wait_until
+from event_metrics.buckets import bucket_bounds
 
 CHANNELS = ["web", "ios", "android", None]
 NAMES = ["page_view", "product_view", "signup", "purchase"]
@@ -503,3 +505,38 @@ async def test_readable_at_both_widths(
             assert size and 0.5 * width < size["width"] <= width
         await page.screenshot(path=artefacts / f"dashboard-{width}.png", full_page=True)
         assert (artefacts / f"dashboard-{width}.png").stat().st_size > 10_000
+
+
+# --- where the charts put buckets ------------------------------------------------------------
+
+ZONES = ["America/New_York", "Australia/Lord_Howe", "Asia/Kolkata", "Europe/Berlin", "UTC"]
+WINDOWS = [  # across the 2026 DST changes of the zones above
+    ("2026-03-05T07:30:00Z", "2026-04-12T00:00:00Z"),
+    ("2026-09-20T00:00:00Z", "2026-11-15T13:00:00Z"),
+]
+
+
+async def test_the_charts_cut_buckets_where_the_service_does(
+    server: LiveServer, browser: Browser
+) -> None:
+    # The charts fill the buckets the API leaves out (no events) with zeros; that needs
+    # the page to know where every bucket starts, in any zone, as buckets.py does.
+    async with recorded_context(browser, server.url) as (context, _):
+        page = await context.new_page()
+        await page.goto(f"{server.url}/dashboard")
+        for zone, (start, end), granularity in itertools.product(
+            ZONES, WINDOWS, ["hour", "day", "week", "month", "total"]
+        ):
+            lo, hi = datetime.fromisoformat(start), datetime.fromisoformat(end)
+            bounds = bucket_bounds(lo, hi, granularity, ZoneInfo(zone))
+            inside = [b * 1000 for b in bounds if lo.timestamp() < b < hi.timestamp()]
+            expected = [int(lo.timestamp() * 1000), *inside]
+            got = await page.evaluate(
+                """async ([start, end, granularity, zone]) => {
+                    const zones = await import('/dashboard/static/zones.js');
+                    return zones.bucketStarts(Date.parse(start), Date.parse(end), granularity,
+                                              zone);
+                }""",
+                [start, end, granularity, zone],
+            )
+            assert got == expected, (zone, start, granularity)
