@@ -15,7 +15,18 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components
 
-from event_metrics import __version__, cors, docs_ui, edge, logs, openapi, request_ids, telemetry
+from event_metrics import (
+    __version__,
+    cors,
+    dashboard,
+    docs_ui,
+    edge,
+    event_names,
+    logs,
+    openapi,
+    request_ids,
+    telemetry,
+)
 from event_metrics.auth import InvalidCredentials, MissingCredentials, WrongScope
 from event_metrics.errors import ErrorBody
 from event_metrics.ingest import RateLimited
@@ -191,6 +202,8 @@ def create_app(settings: Settings) -> Litestar:
             health,
             *([prometheus] if settings.prometheus else []),
             *docs_ui.asset_routes(),
+            event_names.event_names,
+            *dashboard.routes(settings),
         ],
         # Handlers receive the running services (which the lifespan put in app.state) as
         # their one dependency: Litestar resolves two or more in an anyio task group per
@@ -214,12 +227,12 @@ def create_app(settings: Settings) -> Litestar:
     policy = cors.CorsPolicy(
         ingest_paths=INGEST_PATHS,
         ingest_origins=settings.access.cors_ingest_origins,
-        read_paths=READ_PATHS,
+        read_paths=(*READ_PATHS, event_names.PATH),
         read_origins=settings.access.cors_read_origins,
     )
     # Outermost, so that 404s, preflights and the exception handlers' answers carry the
     # request id and CORS headers too.
-    routes = (*INGEST_PATHS, *READ_PATHS, "/health", telemetry.PATH)
+    routes = (*INGEST_PATHS, *READ_PATHS, event_names.PATH, "/health", telemetry.PATH)
     app.asgi_handler = edge.middleware(app.asgi_handler, policy, routes, access=settings.access_log)
     return app
 

@@ -45,6 +45,7 @@ SETTINGS = Settings.build()
 ROUTES = {
     "POST /events": [("/events", "post")],
     "GET /metrics": [("/metrics", "get")],
+    "GET /events/names": [("/events/names", "get")],
     "GET /health": [("/health", "get")],
     "Segment, RudderStack and PostHog SDKs": [(path, "post") for path in SDK_PATHS],
 }
