@@ -18,6 +18,8 @@ from litestar.openapi.spec import Components
 from event_metrics import __version__, cors, docs_ui, edge, logs, openapi, request_ids, telemetry
 from event_metrics.auth import InvalidCredentials, MissingCredentials, WrongScope
 from event_metrics.errors import ErrorBody
+from event_metrics.export import ExportBusy
+from event_metrics.export_route import export_events
 from event_metrics.ingest import RateLimited
 from event_metrics.metrics import AnswerTooLarge, BackendUnavailable, InvalidParameter
 from event_metrics.metrics_service import MetricsBusy
@@ -70,6 +72,7 @@ ERROR_STATUSES: dict[type[Exception], tuple[int, str, str | None]] = {
     StorageUnavailable: (503, "storage_unavailable", RETRY),
     BackendUnavailable: (503, "backend_unavailable", RETRY),
     MetricsBusy: (503, "metrics_busy", RETRY),
+    ExportBusy: (503, "export_busy", RETRY),
 }
 WWW_AUTHENTICATE = 'Bearer realm="event-metrics", Basic realm="event-metrics"'
 
@@ -188,6 +191,7 @@ def create_app(settings: Settings) -> Litestar:
             segment_ingest,
             posthog_ingest,
             metrics,
+            export_events,
             health,
             *([prometheus] if settings.prometheus else []),
             *docs_ui.asset_routes(),
