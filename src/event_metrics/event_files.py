@@ -135,12 +135,12 @@ def _parquet_batches(path: Path, batch_rows: int) -> Iterator[Batch]:
 
 
 class NdjsonWriter:
-    """Exported pages as NDJSON lines, gzipped when the name ends in .gz."""
+    """Exported pages as NDJSON lines, gzipped if asked."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, gzipped: bool) -> None:
         self._raw = path.open("wb")
         self._out: io.BufferedIOBase = self._raw
-        if path.suffix == ".gz":
+        if gzipped:
             self._out = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6)
 
     def write(self, records: Sequence[Any]) -> None:

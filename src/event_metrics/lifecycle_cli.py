@@ -125,7 +125,7 @@ def _written(target: Path, kind: str) -> Iterator[Any]:
     partial = target.with_name(target.name + ".partial")
     out: Any = event_files.ParquetWriter(partial) if kind == "parquet" else None
     if out is None:
-        out = event_files.NdjsonWriter(partial)
+        out = event_files.NdjsonWriter(partial, gzipped=target.suffix == ".gz")
     try:
         yield out
         out.close()
