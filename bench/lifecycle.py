@@ -11,7 +11,8 @@ refresher folds what was imported. Reported: the import's events/s (its own fina
 line), the probe's p50/p99/max in each phase, and how long folding took. Then GET /export
 streams the whole project, once read as fast as possible and once by a client reading
 2 MB/s, while the service's RSS is sampled every 100 ms: the peak above the RSS before
-the export is what an export costs in memory, whatever its size.
+the export is what an export costs in memory, whatever its size. The slow reader goes
+away after `--slow-read-s` (60 s): the export then stops with it.
 """
 
 from __future__ import annotations
@@ -159,9 +160,15 @@ async def sample_rss(process: psutil.Process, samples: list[int], stop: asyncio.
 
 
 async def stream_export(
-    url: str, key: str, process: psutil.Process, *, bytes_per_s: float | None
+    url: str,
+    key: str,
+    process: psutil.Process,
+    *,
+    bytes_per_s: float | None,
+    for_s: float | None = None,
 ) -> dict[str, Any]:
-    """GET /export read whole (or at a bounded rate), with the service's RSS meanwhile."""
+    """GET /export read whole (or at a bounded rate, for at most `for_s` seconds, then
+    the client goes away), with the service's RSS meanwhile."""
     samples: list[int] = []
     stop = asyncio.Event()
     before = process.memory_info().rss
@@ -178,6 +185,8 @@ async def stream_export(
             lines += chunk.count(b"\n")
             if bytes_per_s and received / bytes_per_s > time.monotonic() - started:
                 await asyncio.sleep(received / bytes_per_s - (time.monotonic() - started))
+            if for_s and time.monotonic() - started > for_s:
+                break
     seconds = time.monotonic() - started
     stop.set()
     await sampler
@@ -239,7 +248,9 @@ async def bench(args: argparse.Namespace, runner: Runner) -> dict[str, Any]:
         process = psutil.Process(server.pid)
         print("exporting ...", file=sys.stderr, flush=True)
         fast = await stream_export(url, made["read_key"], process, bytes_per_s=None)
-        slow = await stream_export(url, made["read_key"], process, bytes_per_s=2e6)
+        slow = await stream_export(
+            url, made["read_key"], process, bytes_per_s=2e6, for_s=args.slow_read_s
+        )
         runner.stop(server)
         return {
             "events": args.events,
@@ -267,12 +278,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=2)
     parser.add_argument("--probe-rate", type=float, default=100.0)
     parser.add_argument("--baseline-s", type=float, default=15.0)
+    parser.add_argument(
+        "--slow-read-s",
+        type=float,
+        default=60.0,
+        help="how long the 2 MB/s reader reads before it goes away",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the database")
     parser.add_argument("--out", type=Path, help="write <out>.json")
     args = parser.parse_args(argv)
+    # The machine is shared: the load when the run began says what the numbers met.
+    started_load = [round(x, 2) for x in os.getloadavg()]
     workdir = Path(f"/tmp/em-lifecycle-{uuid.uuid4().hex[:6]}")
     workdir.mkdir()
     result = asyncio.run(bench(args, Runner(workdir)))
+    result["load_average_at_start"] = started_load
     result["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=2))
