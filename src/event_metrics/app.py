@@ -29,6 +29,8 @@ from event_metrics import (
 )
 from event_metrics.auth import InvalidCredentials, MissingCredentials, WrongScope
 from event_metrics.errors import ErrorBody
+from event_metrics.export import ExportBusy
+from event_metrics.export_route import export_events
 from event_metrics.ingest import RateLimited
 from event_metrics.metrics import AnswerTooLarge, BackendUnavailable, InvalidParameter
 from event_metrics.metrics_service import MetricsBusy
@@ -81,6 +83,7 @@ ERROR_STATUSES: dict[type[Exception], tuple[int, str, str | None]] = {
     StorageUnavailable: (503, "storage_unavailable", RETRY),
     BackendUnavailable: (503, "backend_unavailable", RETRY),
     MetricsBusy: (503, "metrics_busy", RETRY),
+    ExportBusy: (503, "export_busy", RETRY),
 }
 WWW_AUTHENTICATE = 'Bearer realm="event-metrics", Basic realm="event-metrics"'
 
@@ -199,6 +202,7 @@ def create_app(settings: Settings) -> Litestar:
             segment_ingest,
             posthog_ingest,
             metrics,
+            export_events,
             health,
             *([prometheus] if settings.prometheus else []),
             *docs_ui.asset_routes(),

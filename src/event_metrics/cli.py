@@ -19,7 +19,16 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 
-from event_metrics import __version__, http_server, logs, projects, rollups, telemetry, verify
+from event_metrics import (
+    __version__,
+    http_server,
+    lifecycle_cli,
+    logs,
+    projects,
+    rollups,
+    telemetry,
+    verify,
+)
 from event_metrics.clickhouse_cluster import ClusterError
 from event_metrics.embedded import EmbeddedUnavailable, start_embedded
 from event_metrics.migrations import upgrade_head
@@ -375,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy the differing days again and delete extra rows, then re-check",
     )
     sub.add_argument("--json", action="store_true", help="print a JSON report")
+    lifecycle_cli.add_commands(commands, command, database)
 
     project_parser = commands.add_parser(
         "projects", help="create and list projects", description="Projects keep their events apart."
@@ -444,6 +454,9 @@ def main(argv: list[str] | None = None) -> None:
         args.run(settings, args)
     except Failure as exc:
         sys.exit(f"event-metrics: {exc}")
+    except lifecycle_cli.CommandError as exc:  # export, import: 2 for a refused request
+        print(f"event-metrics: {exc}", file=sys.stderr)
+        sys.exit(exc.status)
 
 
 if __name__ == "__main__":

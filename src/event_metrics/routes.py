@@ -38,7 +38,7 @@ from event_metrics.services import Health, Services
 # Routes that take events (CORS: any origin by default) and that read metrics.
 SDK_PATHS = (*segment.PATHS, *posthog.PATHS)
 INGEST_PATHS = ("/events", *SDK_PATHS)
-READ_PATHS = ("/metrics",)
+READ_PATHS = ("/metrics", "/export")
 
 
 async def _sdk_ingest(

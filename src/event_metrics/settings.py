@@ -139,6 +139,16 @@ class LagSettings(msgspec.Struct, frozen=True, kw_only=True):
     exact_rows: Annotated[PositiveInt, Env("LAG_EXACT_ROWS")] = 10_000
 
 
+class LifecycleSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Moving a project's events out and in: GET /export, `export`, `import`."""
+
+    export_page_rows: Annotated[PositiveInt, Env("EXPORT_PAGE_ROWS")] = 5_000
+    export_max_running: Annotated[PositiveInt, Env("EXPORT_MAX_RUNNING")] = 2
+    # Rows per import transaction: large enough that a commit's fixed cost vanishes,
+    # small enough that the followers (replicator, rollups) see progress often.
+    import_batch_rows: Annotated[PositiveInt, Env("IMPORT_BATCH_ROWS")] = 20_000
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Every threshold the service uses, with defaults that work on a laptop."""
 
@@ -166,6 +176,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rollups: RollupSettings = RollupSettings()
     replication: ReplicationSettings = ReplicationSettings()
     lag: LagSettings = LagSettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
 
     def __post_init__(self) -> None:
         if self.writer.max_events_per_commit > self.ingest.queue_max_events:
