@@ -24,7 +24,9 @@ import os
 import statistics
 import subprocess
 import tempfile
+import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,19 @@ def wrk_run(url: str, bodies: Path, *, connections: int, duration_s: int) -> dic
     line = next(x for x in done.stdout.splitlines() if x.startswith("JSON "))
     result: dict[str, Any] = json.loads(line.removeprefix("JSON "))
     return result
+
+
+def wait_until_up(url: str, timeout_s: float = 60) -> None:
+    """Until GET /health answers (a server just started may still be migrating)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def serving(url: str) -> list[psutil.Process]:
@@ -108,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         f"batches of {args.batch}, {args.rounds} interleaved rounds",
         "sdks": {},
     }
+    for url in targets.values():
+        wait_until_up(url)
     with tempfile.TemporaryDirectory() as folder:
         for sdk in args.sdk or sorted(SHAPES):
             runs: dict[tuple[str, str], list[dict[str, Any]]] = {

@@ -7,18 +7,17 @@ PostHog) produce the same `Parsed` rows and go through `submit` too.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from event_metrics import posthog, sdk, segment, telemetry
+from event_metrics import posthog, posthog_batch, sdk, segment, segment_batch, telemetry
 from event_metrics.auth import InvalidCredentials, KeyStore, WrongScope
 from event_metrics.events import InvalidEvent, parse_events
 from event_metrics.payload import TooManyEvents
@@ -157,17 +156,16 @@ class Ingestor:
         size, depth = settings.max_event_bytes, settings.max_property_depth
         digits = settings.max_number_digits
         received_at = datetime.now(UTC)
-        build: Callable[[msgspec.Raw], sdk.Message]
+        mapped: Iterator[sdk.Message | InvalidEvent]
         if protocol == "segment":
             segment_request = segment.parse(text, path)
             segment_request.checked = sdk.body_is_clean(
                 text, max_depth=depth + 1 + segment_request.nesting, max_digits=digits
             )
             items, body_key = segment_request.messages, segment_request.key
-            build = functools.partial(
-                segment.message, request=segment_request, max_event_bytes=size, max_depth=depth,
-                max_digits=digits,
-            )  # fmt: skip
+            mapped = segment_batch.messages(
+                segment_request, max_event_bytes=size, max_depth=depth, max_digits=digits
+            )
             answer = segment.answer
         else:
             posthog_request = posthog.parse(text, query)
@@ -176,9 +174,9 @@ class Ingestor:
             )
             items = posthog_request.events
             body_key = posthog_request.key or posthog.key_in_events(posthog_request)
-            build = functools.partial(
-                posthog.message, request=posthog_request, received_at=received_at,
-                max_event_bytes=size, max_depth=depth, max_digits=digits,
+            mapped = posthog_batch.messages(
+                posthog_request, received_at=received_at, max_event_bytes=size,
+                max_depth=depth, max_digits=digits,
             )  # fmt: skip
             answer = posthog.answer
         secret = header_key or body_key
@@ -195,9 +193,10 @@ class Ingestor:
         # puts the token on every event; Segment's browser SDKs the writeKey): keys seen
         # in this request, with their project or why they are refused.
         known: dict[str, int | InvalidEvent] = {secret: project_id} if secret else {}
-        for index, raw in enumerate(items):
+        for index, message in enumerate(mapped):
             try:
-                message = build(raw)
+                if isinstance(message, InvalidEvent):
+                    raise message
                 project = project_id
                 if message.project_key is not None and message.project_key != secret:
                     project = await self._project_of(message, keys, known)

@@ -202,6 +202,8 @@ class Message(msgspec.Struct):
     # The message's own write key, when it carries one (its project's, whatever the
     # request's key is); names["project_key"] says where it was.
     project_key: str | None = None
+    # compose(properties, reserved), when the mapping knew it could not fail and made it.
+    stored: str | msgspec.UnsetType | None = msgspec.UNSET
 
 
 def to_row_from(
@@ -209,8 +211,12 @@ def to_row_from(
 ) -> Row:
     """The row of a message, checked like a native event (lengths, NUL, times)."""
     name, user, key, channel = message.event_name, message.user_id, message.key, message.channel
-    channel = channel[:200] if isinstance(channel, str) and channel else None
-    if _fits(name) and _fits(user) and (key is None or _fits(key)):
+    channel = channel[:200] if type(channel) is str and channel else None
+    # events.Name and events.Key: a string of 1 to 200 characters.
+    if (
+        type(name) is str and 0 < len(name) <= 200 and type(user) is str and 0 < len(user) <= 200
+        and (key is None or (type(key) is str and 0 < len(key) <= 200))
+    ):  # fmt: skip
         # What msgspec.convert into EventIn would check, without building a dict for it
         # (a fifth of a message's cost); anything else goes to convert for its reason.
         event = EventIn(name, user, idempotency_key=key, channel=channel)
@@ -226,22 +232,19 @@ def to_row_from(
             raise InvalidEvent(_in_client_words(str(exc), fields, message.names)) from None
     event.timestamp = message.timestamp
     event.sent_at = message.sent_at
+    stored = message.stored
+    if stored is msgspec.UNSET:
+        stored = compose(message.properties, message.reserved)
     try:
         return to_row(
-            event, compose(message.properties, message.reserved), project_id=project_id,
-            received_at=received_at, max_future=max_future,
-        )  # fmt: skip
+            event, stored, project_id=project_id, received_at=received_at, max_future=max_future
+        )
     except InvalidEvent as exc:
         # "user_id must not contain NUL", "timestamp ... is ahead": the client's names.
         column, space, rest = str(exc).partition(" ")
         if column in message.names:
             raise InvalidEvent(message.names[column] + space + rest, exc.reason) from None
         raise
-
-
-def _fits(value: Any) -> bool:
-    # events.Name and events.Key: a string of 1 to 200 characters.
-    return type(value) is str and 0 < len(value) <= 200
 
 
 def _in_client_words(error: str, fields: Mapping[str, Any], names: Mapping[str, str]) -> str:
@@ -287,6 +290,18 @@ def compose(properties: msgspec.Raw | None, reserved: Mapping[str, bytes]) -> st
     if head != b"{":
         head += b","
     return (head + b",".join(tail)).decode() + "}"
+
+
+def with_block(own: bytes, name: str, text: bytes) -> str:
+    """compose(own, {name: text}) for `own` the text of a JSON object (the common case of
+    one reserved block, without compose's general steps)."""
+    key = _key(name)
+    if key in own or b"\\u" in own:  # a name that may be taken: the general way
+        result = compose(msgspec.Raw(own), {name: text})
+        assert result is not None
+        return result
+    head = own[:-1].rstrip()
+    return b"".join((head, b"," if head != b"{" else b"", key, b":", text, b"}")).decode()
 
 
 def object_text(members: Mapping[str, msgspec.Raw]) -> bytes:

@@ -1,0 +1,192 @@
+"""A Segment request's messages mapped in one pass: a body that passed the checks whole is
+decoded in one call into Typed structs, one per message, and each is mapped from its
+fields without decoding the rest (what `$segment` keeps is the struct written back, each
+field as the text the client sent). `segment.message`, one message at a time, maps the
+others: a message with a field no SDK sends, or one this pass finds unusual, so that a
+refusal always has the same reason. tests/unit/test_sdk_batches.py holds the two to
+the same result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from event_metrics import json_checks, sdk, segment
+from event_metrics.events import InvalidEvent
+
+
+def messages(
+    request: segment.Request,
+    *,
+    max_event_bytes: int,
+    max_depth: int,
+    max_digits: int = json_checks.MAX_NUMBER_DIGITS,
+) -> Iterator[sdk.Message | InvalidEvent]:
+    """Each message of a request mapped onto our columns, or why it cannot be, in order
+    (one at a time: the caller may let other requests run between them)."""
+    limits = {"max_event_bytes": max_event_bytes, "max_depth": max_depth,
+              "max_digits": max_digits}  # fmt: skip
+    typed = _typed(request) if request.checked else None
+    if typed is None:
+        typed = [None] * len(request.messages)
+    # A message fits when the whole list does; else each is measured.
+    sizes = len(request.text) > max_event_bytes
+    reading = _Reading(request)
+    for raw, value in zip(request.messages, typed, strict=True):
+        try:
+            if value is not None and sizes and len(raw) > max_event_bytes:
+                raise InvalidEvent(
+                    f"message is {len(raw)} bytes; the limit is {max_event_bytes}", "too_large"
+                )
+            outcome = None if value is None else _one(value, reading)
+            yield outcome or segment.message(raw, request, **limits)
+        except InvalidEvent as exc:
+            yield exc
+
+
+EMPTY = msgspec.Raw(b"")  # a field the message does not have
+
+
+class Typed(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A message holding only fields Segment's SDKs send: the mapped ones by value, the
+    others as their JSON text. A whole batch of them decodes in one call, and what is kept
+    in `$segment` is this struct encoded without the mapped fields (each Raw as it was sent).
+    A message with any other field (or not an object) is mapped by `message` instead."""
+
+    # mapped onto columns, or never stored
+    event: Any = None
+    userId: Any = None
+    messageId: Any = None
+    timestamp: Any = None
+    sentAt: Any = None
+    writeKey: Any = None
+    properties: msgspec.Raw = EMPTY
+    # kept in $segment; the first four are read too
+    type: msgspec.Raw = EMPTY
+    anonymousId: msgspec.Raw = EMPTY
+    originalTimestamp: msgspec.Raw = EMPTY
+    channel: msgspec.Raw = EMPTY
+    context: msgspec.Raw = EMPTY
+    integrations: msgspec.Raw = EMPTY
+    traits: msgspec.Raw = EMPTY
+    name: msgspec.Raw = EMPTY
+    category: msgspec.Raw = EMPTY
+    groupId: msgspec.Raw = EMPTY
+    previousId: msgspec.Raw = EMPTY
+    metadata: msgspec.Raw = msgspec.field(default=EMPTY, name="_metadata")  # analytics.js
+    receivedAt: msgspec.Raw = EMPTY
+    version: msgspec.Raw = EMPTY
+
+
+_TYPE_TEXTS = {name: msgspec.Raw(msgspec.json.encode(name)) for name in segment.TYPES}
+_typed_list = msgspec.json.Decoder(list[Typed])
+_typed_one = msgspec.json.Decoder(Typed)
+_value = msgspec.json.Decoder()
+
+
+def _typed(request: segment.Request) -> list[Typed | None] | None:
+    """The request's messages as Typed (None for one that is not), or None if none is."""
+    try:
+        if request.nesting == 0:
+            return [_typed_one.decode(request.text)]
+        return list(_typed_list.decode(request.text))
+    except msgspec.ValidationError:
+        pass
+    typed: list[Typed | None] = []
+    for raw in request.messages:
+        try:
+            typed.append(_typed_one.decode(raw))
+        except msgspec.ValidationError:
+            typed.append(None)
+    return typed if any(t is not None for t in typed) else None
+
+
+class _Reading:
+    """What the messages of one request share: the values of texts already read (SDKs
+    repeat the same type, context and anonymousId in every message)."""
+
+    def __init__(self, request: segment.Request) -> None:
+        self.request = request
+        self.values: dict[bytes, Any] = {}
+        self.channels: dict[bytes, Any] = {}
+        # Without "$segment" or an escape anywhere, no message's own properties can hold
+        # the reserved name: $segment is added without looking.
+        self.plain = b'"$segment"' not in request.text and b"\\u" not in request.text
+
+    def value(self, raw: msgspec.Raw) -> Any:
+        """The value of a field kept as text (None when absent)."""
+        if not raw:
+            return None
+        text = bytes(raw)
+        try:
+            return self.values[text]
+        except KeyError:
+            value = self.values[text] = _value.decode(text)
+            return value
+
+    def channel(self, raw: msgspec.Raw) -> Any:
+        """context.channel, else context.library.name."""
+        text = bytes(raw)
+        try:
+            return self.channels[text]
+        except KeyError:
+            context = _value.decode(text)
+            channel = None
+            if isinstance(context, dict):
+                library = context.get("library")
+                channel = context.get("channel") or (
+                    library.get("name") if isinstance(library, dict) else None
+                )
+            self.channels[text] = channel
+            return channel
+
+
+def _one(value: Typed, reading: _Reading) -> sdk.Message | None:
+    """What `message` makes of a Typed message, or None where it would refuse it."""
+    request = reading.request
+    kind = reading.value(value.type) or request.route_type
+    if kind not in segment.TYPES:
+        return None
+    name = value.event if kind == "track" else kind
+    own = bytes(value.properties) if value.properties else b"{}"
+    if type(name) is not str or (own[:1] != b"{" and own != b"null"):
+        return None
+    channel = reading.value(value.channel)
+    if not channel and value.context:
+        channel = reading.channel(value.context)
+    kept = _encode(msgspec.structs.replace(
+        value, event=None, userId=None, messageId=None, timestamp=None, sentAt=None,
+        writeKey=None, properties=EMPTY, type=value.type or _TYPE_TEXTS[kind],
+    ))  # fmt: skip
+    if own == b"null":
+        own = b"{}"
+    if reading.plain:
+        stored = (own[:-1] + (b',"$segment":' if own != b"{}" else b'"$segment":') + kept
+                  + b"}").decode()  # fmt: skip
+    else:
+        stored = sdk.with_block(own, "$segment", kept)
+    user_id = segment.id_of(value.userId)
+    anonymous = reading.value(value.anonymousId)
+    timestamp = value.timestamp
+    time_field = "timestamp"
+    if not timestamp:
+        timestamp, time_field = reading.value(value.originalTimestamp), "originalTimestamp"
+    return sdk.Message(
+        event_name=name,
+        user_id=user_id or segment.id_of(anonymous),
+        key=segment.id_of(value.messageId),
+        timestamp=sdk.instant(timestamp, time_field),
+        sent_at=sdk.instant(value.sentAt, "sentAt") or request.sent_at,
+        channel=channel,
+        properties=value.properties or None,
+        reserved={"$segment": kept},
+        names=segment.NAMES[user_id is not None, anonymous is not None, time_field],
+        project_key=value.writeKey if type(value.writeKey) is str else None,
+        stored=stored,
+    )
+
+
+_encode = msgspec.json.Encoder().encode
