@@ -159,9 +159,10 @@ class Ingestor:
         mapped: Iterator[sdk.Message | InvalidEvent]
         if protocol == "segment":
             segment_request = segment.parse(text, path)
-            segment_request.checked = sdk.body_is_clean(
+            segment_request.decoded = sdk.checked_body(
                 text, max_depth=depth + 1 + segment_request.nesting, max_digits=digits
             )
+            segment_request.checked = segment_request.decoded is not None
             items, body_key = segment_request.messages, segment_request.key
             mapped = segment_batch.messages(
                 segment_request, max_event_bytes=size, max_depth=depth, max_digits=digits
@@ -169,9 +170,10 @@ class Ingestor:
             answer = segment.answer
         else:
             posthog_request = posthog.parse(text, query)
-            posthog_request.checked = sdk.body_is_clean(
+            posthog_request.decoded = sdk.checked_body(
                 text, max_depth=depth + 1 + posthog_request.nesting, max_digits=digits
             )
+            posthog_request.checked = posthog_request.decoded is not None
             items = posthog_request.events
             body_key = posthog_request.key or posthog.key_in_events(posthog_request)
             mapped = posthog_batch.messages(

@@ -34,6 +34,8 @@ class Request(msgspec.Struct):
     sent_at: datetime | None
     nesting: int  # levels above the events: {"batch": [...]} 2, [...] 1, an event 0
     checked: bool = False  # the whole body passed the event checks
+    # The body as those checks decoded it (sdk.checked_body), when it passed them.
+    decoded: Any = None
     text: bytes = b""  # the events' JSON text: the array, or the event itself
 
 

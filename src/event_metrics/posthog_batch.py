@@ -24,18 +24,21 @@ def messages(
 ) -> Iterator[sdk.Message | InvalidEvent]:  # fmt: skip
     """Each event of a request mapped onto our columns, or why it cannot be, in order (one
     at a time: the caller may let other requests run between them)."""
-    typed = _typed(request) if request.checked else None
+    typed = _typed(request) if request.decoded is not None else None
+    decoded: list[Any] = [None] * len(request.events)
     if typed is None:
-        typed = [None] * len(request.events)
+        typed = decoded
+    else:  # the same events as the checks decoded them, to read values from
+        decoded = sdk.decoded_items(request.decoded, request.nesting)
     # An event fits when the whole list does; else each is measured.
     sizes = len(request.text) > max_event_bytes
-    for raw, value in zip(request.events, typed, strict=True):
+    for raw, value, fields in zip(request.events, typed, decoded, strict=True):
         try:
             if value is not None and sizes and len(raw) > max_event_bytes:
                 raise InvalidEvent(
                     f"event is {len(raw)} bytes; the limit is {max_event_bytes}", "too_large"
                 )
-            outcome = None if value is None else _one(*value, request)
+            outcome = None if value is None else _one(value, fields, request)
             yield outcome or posthog.message(
                 raw, request, received_at=received_at, max_event_bytes=max_event_bytes,
                 max_depth=max_depth, max_digits=max_digits,
@@ -72,54 +75,52 @@ class Typed(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     library_version: msgspec.Raw = EMPTY
 
 
-class Peek(msgspec.Struct):
-    """The properties an event's columns come from, read beside Typed."""
-
-    properties: posthog.Properties | None = None
-
-
 _typed_list = msgspec.json.Decoder(list[Typed])
 _typed_one = msgspec.json.Decoder(Typed)
-_peek_list = msgspec.json.Decoder(list[Peek])
-_peek_one = msgspec.json.Decoder(Peek)
 
 
-def _typed(request: posthog.Request) -> list[tuple[Typed, posthog.Properties] | None] | None:
-    """The request's events as Typed with their properties (None for one that is not),
-    or None if none is."""
+def _typed(request: posthog.Request) -> list[Typed | None] | None:
+    """The request's events as Typed (None for one that is not), or None if none is."""
     try:
         if request.nesting == 0:
-            typed, peeks = [_typed_one.decode(request.text)], [_peek_one.decode(request.text)]
-        else:
-            typed, peeks = _typed_list.decode(request.text), _peek_list.decode(request.text)
-        return [(t, p.properties or _NONE) for t, p in zip(typed, peeks, strict=True)]
+            return [_typed_one.decode(request.text)]
+        return list(_typed_list.decode(request.text))
     except msgspec.ValidationError:
         pass
-    each: list[tuple[Typed, posthog.Properties] | None] = []
+    typed: list[Typed | None] = []
     for raw in request.events:
         try:
-            each.append((_typed_one.decode(raw), _peek_one.decode(raw).properties or _NONE))
+            typed.append(_typed_one.decode(raw))
         except msgspec.ValidationError:
-            each.append(None)
-    return each if any(t is not None for t in each) else None
+            typed.append(None)
+    return typed if any(t is not None for t in typed) else None
 
 
-_NONE = posthog.Properties()
 _HIDDEN_TEXT = b'"token"'
 
 
-def _one(value: Typed, plain: posthog.Properties, request: posthog.Request) -> sdk.Message | None:
-    """What `message` makes of a Typed event, or None where it would refuse it."""
+def _one(value: Typed, fields: dict[str, Any], request: posthog.Request) -> sdk.Message | None:
+    """What `posthog.message` makes of an event, or None where it would refuse it. The
+    properties it reads come from `fields`, the event as the checks decoded it, where
+    numbers with a fraction or exponent are 0.0: where such a number would decide
+    something (what `or` picks, a user id made of a number), the event is left to
+    `posthog.message` too."""
     own = bytes(value.properties) if value.properties else b"{}"
-    if own[:1] != b"{" and own != b"null":
+    properties = fields.get("properties")
+    if properties is None:
+        properties = {}
+    elif type(properties) is not dict:
+        return None
+    lib, distinct_id = properties.get("$lib"), properties.get("distinct_id")
+    channel = fields.get("channel")
+    if type(distinct_id) is float or type(channel) is float:
         return None
     timestamp = sdk.instant(value.timestamp, "timestamp")
-    sent_at = request.sent_at if timestamp is not None else None
-    offset = value.offset
-    if timestamp is None and offset is not None:
+    if timestamp is None and value.offset is not None:
         return None  # older posthog-js: `message` reads the offset
-    if isinstance(plain.token, str) and value.properties:
-        own = _without_token(own, plain.token)
+    token = properties.get("token", msgspec.UNSET)
+    if type(token) is str and value.properties:
+        own = _without_token(own, token)
     reserved = {}
     if value.set:
         reserved["$set"] = bytes(value.set)
@@ -136,18 +137,19 @@ def _one(value: Typed, plain: posthog.Properties, request: posthog.Request) -> s
         stored = own.decode() if own != b"{}" else None
     else:
         stored = sdk.compose(msgspec.Raw(own), reserved)
+    plain = posthog.Properties(lib, distinct_id, token)
     own_key, key_field = posthog.event_key(value.api_key, value.token, plain)
     user_id = posthog.id_of(value.distinct_id)
     return sdk.Message(
         event_name=value.event,
-        user_id=user_id or posthog.id_of(plain.distinct_id),
+        user_id=user_id or posthog.id_of(distinct_id),
         key=value.uuid,
         timestamp=timestamp,
-        sent_at=sent_at,
-        channel=(_value.decode(value.channel) if value.channel else None) or plain.lib,
+        sent_at=request.sent_at if timestamp is not None else None,
+        channel=channel or lib,
         properties=value.properties or None,
         reserved=reserved,
-        names=posthog.NAMES[bool(user_id or not plain.distinct_id), key_field],
+        names=posthog.NAMES[bool(user_id or not distinct_id), key_field],
         project_key=own_key,
         stored=stored,
     )
@@ -174,4 +176,3 @@ def _without_token(own: bytes, token: str) -> bytes:
 
 
 _encode = msgspec.json.Encoder().encode
-_value = msgspec.json.Decoder()

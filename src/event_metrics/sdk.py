@@ -137,19 +137,37 @@ def instant(value: Any, field: str) -> datetime | None:
     return moment
 
 
-def body_is_clean(
+def checked_body(
     text: bytes, *, max_depth: int, max_digits: int = json_checks.MAX_NUMBER_DIGITS
-) -> bool:
-    """Whether a whole body passes the checks every message must pass: then its messages
+) -> Any:
+    """The body as decoded by the checks every message must pass (numbers as 0 or 0.0:
+    the text is what is stored), or None when some part fails them. Then its messages
     need no check of their own (one pass over the body costs far less than one per
-    message). `max_depth` counts the levels above the messages too."""
+    message), and their fields can be read from it. `max_depth` counts the levels above
+    the messages too."""
     try:
         # The size bound is each message's: a body whose numbers grow at all when written
         # out is checked message by message.
-        json_checks.decode(text, max_depth=max_depth, max_digits=max_digits, max_bytes=len(text))
+        return json_checks.decode(
+            text, max_depth=max_depth, max_digits=max_digits, max_bytes=len(text), many=True
+        )
     except json_checks.InvalidJSON:
-        return False  # some message is bad: each is checked on its own, to say which
-    return True
+        return None  # some message is bad: each is checked on its own, to say which
+
+
+def decoded_items(decoded: Any, nesting: int) -> list[Any]:
+    """The messages of a body checked_body decoded: {"batch": [...]} (nesting 2), [...]
+    (1), or the message itself (0)."""
+    if nesting == 2:
+        return list(decoded["batch"])
+    return list(decoded) if nesting == 1 else [decoded]
+
+
+def body_is_clean(
+    text: bytes, *, max_depth: int, max_digits: int = json_checks.MAX_NUMBER_DIGITS
+) -> bool:
+    """Whether a whole body passes the checks every message must pass (checked_body)."""
+    return checked_body(text, max_depth=max_depth, max_digits=max_digits) is not None
 
 
 def check(

@@ -37,6 +37,8 @@ class Request(msgspec.Struct):
     route_type: str | None
     nesting: int  # levels above the messages: {"batch": [...]} 2, [...] 1, a message 0
     checked: bool = False  # the whole body passed the message checks
+    # The body as those checks decoded it (sdk.checked_body), when it passed them.
+    decoded: Any = None
     # The messages' JSON text: the array, or the message itself on a single-message route.
     text: bytes = b""
 

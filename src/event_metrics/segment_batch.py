@@ -29,19 +29,24 @@ def messages(
     (one at a time: the caller may let other requests run between them)."""
     limits = {"max_event_bytes": max_event_bytes, "max_depth": max_depth,
               "max_digits": max_digits}  # fmt: skip
-    typed = _typed(request) if request.checked else None
+    typed = _typed(request) if request.decoded is not None else None
+    decoded: list[Any] = [None] * len(request.messages)
     if typed is None:
-        typed = [None] * len(request.messages)
+        typed = decoded
+    else:  # the same messages as the checks decoded them, to read values from
+        decoded = sdk.decoded_items(request.decoded, request.nesting)
     # A message fits when the whole list does; else each is measured.
     sizes = len(request.text) > max_event_bytes
-    reading = _Reading(request)
-    for raw, value in zip(request.messages, typed, strict=True):
+    # Without "$segment" or an escape anywhere, no message's own properties can hold the
+    # reserved name: $segment is added without looking.
+    plain = b'"$segment"' not in request.text and b"\\u" not in request.text
+    for raw, value, fields in zip(request.messages, typed, decoded, strict=True):
         try:
             if value is not None and sizes and len(raw) > max_event_bytes:
                 raise InvalidEvent(
                     f"message is {len(raw)} bytes; the limit is {max_event_bytes}", "too_large"
                 )
-            outcome = None if value is None else _one(value, reading)
+            outcome = None if value is None else _one(value, fields, request, plain)
             yield outcome or segment.message(raw, request, **limits)
         except InvalidEvent as exc:
             yield exc
@@ -84,7 +89,6 @@ class Typed(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 _TYPE_TEXTS = {name: msgspec.Raw(msgspec.json.encode(name)) for name in segment.TYPES}
 _typed_list = msgspec.json.Decoder(list[Typed])
 _typed_one = msgspec.json.Decoder(Typed)
-_value = msgspec.json.Decoder()
 
 
 def _typed(request: segment.Request) -> list[Typed | None] | None:
@@ -104,76 +108,46 @@ def _typed(request: segment.Request) -> list[Typed | None] | None:
     return typed if any(t is not None for t in typed) else None
 
 
-class _Reading:
-    """What the messages of one request share: the values of texts already read (SDKs
-    repeat the same type, context and anonymousId in every message)."""
-
-    def __init__(self, request: segment.Request) -> None:
-        self.request = request
-        self.values: dict[bytes, Any] = {}
-        self.channels: dict[bytes, Any] = {}
-        # Without "$segment" or an escape anywhere, no message's own properties can hold
-        # the reserved name: $segment is added without looking.
-        self.plain = b'"$segment"' not in request.text and b"\\u" not in request.text
-
-    def value(self, raw: msgspec.Raw) -> Any:
-        """The value of a field kept as text (None when absent)."""
-        if not raw:
-            return None
-        text = bytes(raw)
-        try:
-            return self.values[text]
-        except KeyError:
-            value = self.values[text] = _value.decode(text)
-            return value
-
-    def channel(self, raw: msgspec.Raw) -> Any:
-        """context.channel, else context.library.name."""
-        text = bytes(raw)
-        try:
-            return self.channels[text]
-        except KeyError:
-            context = _value.decode(text)
-            channel = None
-            if isinstance(context, dict):
-                library = context.get("library")
-                channel = context.get("channel") or (
-                    library.get("name") if isinstance(library, dict) else None
-                )
-            self.channels[text] = channel
-            return channel
-
-
-def _one(value: Typed, reading: _Reading) -> sdk.Message | None:
-    """What `message` makes of a Typed message, or None where it would refuse it."""
-    request = reading.request
-    kind = reading.value(value.type) or request.route_type
+def _one(
+    value: Typed, fields: dict[str, Any], request: segment.Request, plain: bool
+) -> sdk.Message | None:
+    """What `segment.message` makes of a message, or None where it would refuse it. The
+    values of fields kept as text are read from `fields`, the message as the checks decoded
+    it, where numbers with a fraction or exponent are 0.0: where such a number would
+    decide something (what `or` picks, a user id made of a number), the message is left
+    to `segment.message` too."""
+    kind, channel, anonymous = fields.get("type"), fields.get("channel"), fields.get("anonymousId")
+    if float in (type(kind), type(channel), type(anonymous)):
+        return None
+    kind = kind or request.route_type
     if kind not in segment.TYPES:
         return None
     name = value.event if kind == "track" else kind
     own = bytes(value.properties) if value.properties else b"{}"
     if type(name) is not str or (own[:1] != b"{" and own != b"null"):
         return None
-    channel = reading.value(value.channel)
-    if not channel and value.context:
-        channel = reading.channel(value.context)
+    if not channel:  # else context.channel, else context.library.name
+        context = fields.get("context")
+        if type(context) is dict:
+            channel, library = context.get("channel"), context.get("library")
+            if type(channel) is float:
+                return None
+            channel = channel or (library.get("name") if type(library) is dict else None)
     kept = _encode(msgspec.structs.replace(
         value, event=None, userId=None, messageId=None, timestamp=None, sentAt=None,
         writeKey=None, properties=EMPTY, type=value.type or _TYPE_TEXTS[kind],
     ))  # fmt: skip
     if own == b"null":
         own = b"{}"
-    if reading.plain:
+    if plain:
         stored = (own[:-1] + (b',"$segment":' if own != b"{}" else b'"$segment":') + kept
                   + b"}").decode()  # fmt: skip
     else:
         stored = sdk.with_block(own, "$segment", kept)
     user_id = segment.id_of(value.userId)
-    anonymous = reading.value(value.anonymousId)
-    timestamp = value.timestamp
-    time_field = "timestamp"
+    timestamp, time_field = value.timestamp, "timestamp"
     if not timestamp:
-        timestamp, time_field = reading.value(value.originalTimestamp), "originalTimestamp"
+        timestamp, time_field = fields.get("originalTimestamp"), "originalTimestamp"
     return sdk.Message(
         event_name=name,
         user_id=user_id or segment.id_of(anonymous),
