@@ -7,6 +7,7 @@ PostHog) produce the same `Parsed` rows and go through `submit` too.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import Counter
@@ -156,30 +157,22 @@ class Ingestor:
         size, depth = settings.max_event_bytes, settings.max_property_depth
         digits = settings.max_number_digits
         received_at = datetime.now(UTC)
-        mapped: Iterator[sdk.Message | InvalidEvent]
         if protocol == "segment":
             segment_request = segment.parse(text, path)
             segment_request.decoded = sdk.checked_body(
                 text, max_depth=depth + 1 + segment_request.nesting, max_digits=digits
             )
-            segment_request.checked = segment_request.decoded is not None
             items, body_key = segment_request.messages, segment_request.key
-            mapped = segment_batch.messages(
-                segment_request, max_event_bytes=size, max_depth=depth, max_digits=digits
-            )
+            rows_of = functools.partial(segment_batch.rows, segment_request)
             answer = segment.answer
         else:
             posthog_request = posthog.parse(text, query)
             posthog_request.decoded = sdk.checked_body(
                 text, max_depth=depth + 1 + posthog_request.nesting, max_digits=digits
             )
-            posthog_request.checked = posthog_request.decoded is not None
             items = posthog_request.events
             body_key = posthog_request.key or posthog.key_in_events(posthog_request)
-            mapped = posthog_batch.messages(
-                posthog_request, received_at=received_at, max_event_bytes=size,
-                max_depth=depth, max_digits=digits,
-            )  # fmt: skip
+            rows_of = functools.partial(posthog_batch.rows, posthog_request)
             answer = posthog.answer
         secret = header_key or body_key
         project_id = keys.authorize_checked(secret, "write") or await keys.authorize(
@@ -195,21 +188,28 @@ class Ingestor:
         # puts the token on every event; Segment's browser SDKs the writeKey): keys seen
         # in this request, with their project or why they are refused.
         known: dict[str, int | InvalidEvent] = {secret: project_id} if secret else {}
-        for index, message in enumerate(mapped):
+        destination = sdk.Destination(project_id, secret, received_at, self._max_future)
+        mapped: Iterator[Row | sdk.Message | InvalidEvent] = rows_of(
+            destination, max_event_bytes=size, max_depth=depth, max_digits=digits
+        )
+        # A row, or a message whose own key's project comes first (or whose row
+        # to_row_from makes), or why a message is refused.
+        for index, outcome in enumerate(mapped):
+            project = project_id
             try:
-                if isinstance(message, InvalidEvent):
-                    raise message
-                project = project_id
-                if message.project_key is not None and message.project_key != secret:
-                    project = await self._project_of(message, keys, known)
-                row = sdk.to_row_from(
-                    message, project_id=project, received_at=received_at,
-                    max_future=self._max_future,
-                )  # fmt: skip
+                if isinstance(outcome, InvalidEvent):
+                    raise outcome
+                if isinstance(outcome, sdk.Message):
+                    if outcome.project_key is not None and outcome.project_key != secret:
+                        project = await self._project_of(outcome, keys, known)
+                    outcome = sdk.to_row_from(
+                        outcome, project_id=project, received_at=received_at,
+                        max_future=self._max_future,
+                    )  # fmt: skip
             except InvalidEvent as exc:
                 parsed.reject(index, exc)
             else:
-                parsed.add(index, row)
+                parsed.add(index, outcome)
                 if project != project_id:
                     parsed.elsewhere[project] += 1
         self.rejected[protocol] += len(parsed.rejected)

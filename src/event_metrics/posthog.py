@@ -33,8 +33,8 @@ class Request(msgspec.Struct):
     key: str | None
     sent_at: datetime | None
     nesting: int  # levels above the events: {"batch": [...]} 2, [...] 1, an event 0
-    checked: bool = False  # the whole body passed the event checks
-    # The body as those checks decoded it (sdk.checked_body), when it passed them.
+    # The body as the checks every event must pass decoded it (sdk.checked_body), when
+    # it passed them: its events need no check of their own.
     decoded: Any = None
     text: bytes = b""  # the events' JSON text: the array, or the event itself
 
@@ -112,7 +112,7 @@ def message(
     """One PostHog event mapped onto our columns (docs/api.md has the table)."""
     sdk.check(
         raw, max_event_bytes=max_event_bytes, max_depth=max_depth, max_digits=max_digits,
-        deep=not request.checked,
+        deep=request.decoded is None,
     )  # fmt: skip
     members = sdk.members(raw)
     try:

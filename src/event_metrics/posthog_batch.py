@@ -9,21 +9,23 @@ reason. tests/unit/test_sdk_batches.py holds the two to the same result.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 import msgspec
 
 from event_metrics import json_checks, posthog, sdk
 from event_metrics.events import InvalidEvent
+from event_metrics.schema import Row
 
 
-def messages(
-    request: posthog.Request, *, received_at: datetime, max_event_bytes: int, max_depth: int,
-    max_digits: int = json_checks.MAX_NUMBER_DIGITS,
-) -> Iterator[sdk.Message | InvalidEvent]:  # fmt: skip
-    """Each event of a request mapped onto our columns, or why it cannot be, in order (one
-    at a time: the caller may let other requests run between them)."""
+def rows(
+    request: posthog.Request, destination: sdk.Destination, *, max_event_bytes: int,
+    max_depth: int, max_digits: int = json_checks.MAX_NUMBER_DIGITS,
+) -> Iterator[Row | sdk.Message | InvalidEvent]:  # fmt: skip
+    """Each event of a request, in order, as its row in the destination's project; or
+    mapped, when it carries a token of its own (its project comes first), or when the row
+    is made by `sdk.to_row_from`; or why it cannot be stored. One at a time: the caller
+    may let other requests run between them."""
     typed = _typed(request) if request.decoded is not None else None
     decoded: list[Any] = [None] * len(request.events)
     if typed is None:
@@ -38,10 +40,10 @@ def messages(
                 raise InvalidEvent(
                     f"event is {len(raw)} bytes; the limit is {max_event_bytes}", "too_large"
                 )
-            outcome = None if value is None else _one(value, fields, request)
+            outcome = None if value is None else _one(value, fields, request, destination)
             yield outcome or posthog.message(
-                raw, request, received_at=received_at, max_event_bytes=max_event_bytes,
-                max_depth=max_depth, max_digits=max_digits,
+                raw, request, received_at=destination.received_at,
+                max_event_bytes=max_event_bytes, max_depth=max_depth, max_digits=max_digits,
             )  # fmt: skip
         except InvalidEvent as exc:
             yield exc
@@ -99,8 +101,12 @@ def _typed(request: posthog.Request) -> list[Typed | None] | None:
 _HIDDEN_TEXT = b'"token"'
 
 
-def _one(value: Typed, fields: dict[str, Any], request: posthog.Request) -> sdk.Message | None:
-    """What `posthog.message` makes of an event, or None where it would refuse it. The
+def _one(
+    value: Typed, fields: dict[str, Any], request: posthog.Request,
+    destination: sdk.Destination,
+) -> Row | sdk.Message | None:  # fmt: skip
+    """The row of an event, or what `posthog.message` makes of it (see `rows`), or None
+    where `posthog.message` would refuse it. The
     properties it reads come from `fields`, the event as the checks decoded it, where
     numbers with a fraction or exponent are 0.0: where such a number would decide
     something (what `or` picks, a user id made of a number), the event is left to
@@ -140,19 +146,19 @@ def _one(value: Typed, fields: dict[str, Any], request: posthog.Request) -> sdk.
     plain = posthog.Properties(lib, distinct_id, token)
     own_key, key_field = posthog.event_key(value.api_key, value.token, plain)
     user_id = posthog.id_of(value.distinct_id)
+    user = user_id or posthog.id_of(distinct_id)
+    sent_at = request.sent_at if timestamp is not None else None
+    names = posthog.NAMES[bool(user_id or not distinct_id), key_field]
+    if own_key is None or own_key == destination.key:
+        event = sdk.event_of(value.event, user, value.uuid, channel or lib)
+        if event is not None:
+            event.timestamp, event.sent_at = timestamp, sent_at
+            return sdk.row_of(event, stored, names, destination)
     return sdk.Message(
-        event_name=value.event,
-        user_id=user_id or posthog.id_of(distinct_id),
-        key=value.uuid,
-        timestamp=timestamp,
-        sent_at=request.sent_at if timestamp is not None else None,
-        channel=channel or lib,
-        properties=value.properties or None,
-        reserved=reserved,
-        names=posthog.NAMES[bool(user_id or not distinct_id), key_field],
-        project_key=own_key,
-        stored=stored,
-    )
+        event_name=value.event, user_id=user, key=value.uuid, timestamp=timestamp,
+        sent_at=sent_at, channel=channel or lib, properties=value.properties or None,
+        reserved=reserved, names=names, project_key=own_key, stored=stored,
+    )  # fmt: skip
 
 
 def _without_token(own: bytes, token: str) -> bytes:

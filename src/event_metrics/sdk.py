@@ -17,7 +17,7 @@ import urllib.parse
 import zlib
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -229,16 +229,9 @@ def to_row_from(
 ) -> Row:
     """The row of a message, checked like a native event (lengths, NUL, times)."""
     name, user, key, channel = message.event_name, message.user_id, message.key, message.channel
-    channel = channel[:200] if type(channel) is str and channel else None
-    # events.Name and events.Key: a string of 1 to 200 characters.
-    if (
-        type(name) is str and 0 < len(name) <= 200 and type(user) is str and 0 < len(user) <= 200
-        and (key is None or (type(key) is str and 0 < len(key) <= 200))
-    ):  # fmt: skip
-        # What msgspec.convert into EventIn would check, without building a dict for it
-        # (a fifth of a message's cost); anything else goes to convert for its reason.
-        event = EventIn(name, user, idempotency_key=key, channel=channel)
-    else:
+    event = event_of(name, user, key, channel)
+    if event is None:  # msgspec.convert says why
+        channel = channel[:200] if type(channel) is str and channel else None
         fields = {"event_name": name, "user_id": user}
         if key is not None:
             fields["idempotency_key"] = key
@@ -253,15 +246,48 @@ def to_row_from(
     stored = message.stored
     if stored is msgspec.UNSET:
         stored = compose(message.properties, message.reserved)
+    return row_of(event, stored, message.names, Destination(project_id, None, received_at,
+                                                              max_future))  # fmt: skip
+
+
+def event_of(name: Any, user: Any, key: Any, channel: Any) -> EventIn | None:
+    """The EventIn of these columns (the channel cut to 200 characters), or None where
+    msgspec.convert into EventIn would refuse them: what it checks, without building a
+    dict for it (a fifth of a message's cost)."""
+    # events.Name and events.Key: a string of 1 to 200 characters.
+    if (
+        type(name) is str and 0 < len(name) <= 200 and type(user) is str and 0 < len(user) <= 200
+        and (key is None or (type(key) is str and 0 < len(key) <= 200))
+    ):  # fmt: skip
+        channel = channel[:200] if type(channel) is str and channel else None
+        return EventIn(name, user, idempotency_key=key, channel=channel)
+    return None
+
+
+class Destination(NamedTuple):
+    """Where the messages of a request go unless they carry a key of their own: the
+    project of the request's key, and the clock their times are checked against."""
+
+    project_id: int
+    key: str | None
+    received_at: datetime
+    max_future: timedelta
+
+
+def row_of(
+    event: EventIn, stored: str | None, names: Mapping[str, str], destination: Destination
+) -> Row:
+    """events.to_row, refusing in the client's names ("distinct_id must not contain NUL",
+    "originalTimestamp ... is ahead")."""
     try:
         return to_row(
-            event, stored, project_id=project_id, received_at=received_at, max_future=max_future
-        )
+            event, stored, project_id=destination.project_id,
+            received_at=destination.received_at, max_future=destination.max_future,
+        )  # fmt: skip
     except InvalidEvent as exc:
-        # "user_id must not contain NUL", "timestamp ... is ahead": the client's names.
         column, space, rest = str(exc).partition(" ")
-        if column in message.names:
-            raise InvalidEvent(message.names[column] + space + rest, exc.reason) from None
+        if column in names:
+            raise InvalidEvent(names[column] + space + rest, exc.reason) from None
         raise
 
 

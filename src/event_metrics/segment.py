@@ -36,8 +36,8 @@ class Request(msgspec.Struct):
     sent_at: datetime | None
     route_type: str | None
     nesting: int  # levels above the messages: {"batch": [...]} 2, [...] 1, a message 0
-    checked: bool = False  # the whole body passed the message checks
-    # The body as those checks decoded it (sdk.checked_body), when it passed them.
+    # The body as the checks every message must pass decoded it (sdk.checked_body), when
+    # it passed them: its messages need no check of their own.
     decoded: Any = None
     # The messages' JSON text: the array, or the message itself on a single-message route.
     text: bytes = b""
@@ -103,7 +103,7 @@ def message(
     """One Segment message mapped onto our columns (docs/api.md has the table)."""
     sdk.check(
         raw, max_event_bytes=max_event_bytes, max_depth=max_depth, max_digits=max_digits,
-        deep=not request.checked,
+        deep=request.decoded is None,
     )  # fmt: skip
     members = sdk.members(raw)
     value = _fields.decode(raw)

@@ -16,17 +16,21 @@ import msgspec
 
 from event_metrics import json_checks, sdk, segment
 from event_metrics.events import InvalidEvent
+from event_metrics.schema import Row
 
 
-def messages(
+def rows(
     request: segment.Request,
+    destination: sdk.Destination,
     *,
     max_event_bytes: int,
     max_depth: int,
     max_digits: int = json_checks.MAX_NUMBER_DIGITS,
-) -> Iterator[sdk.Message | InvalidEvent]:
-    """Each message of a request mapped onto our columns, or why it cannot be, in order
-    (one at a time: the caller may let other requests run between them)."""
+) -> Iterator[Row | sdk.Message | InvalidEvent]:
+    """Each message of a request, in order, as its row in the destination's project; or
+    mapped, when it carries a key of its own (its project comes first), or when the row
+    is made by `sdk.to_row_from`; or why it cannot be stored. One at a time: the caller
+    may let other requests run between them."""
     limits = {"max_event_bytes": max_event_bytes, "max_depth": max_depth,
               "max_digits": max_digits}  # fmt: skip
     typed = _typed(request) if request.decoded is not None else None
@@ -46,7 +50,7 @@ def messages(
                 raise InvalidEvent(
                     f"message is {len(raw)} bytes; the limit is {max_event_bytes}", "too_large"
                 )
-            outcome = None if value is None else _one(value, fields, request, plain)
+            outcome = None if value is None else _one(value, fields, request, plain, destination)
             yield outcome or segment.message(raw, request, **limits)
         except InvalidEvent as exc:
             yield exc
@@ -109,9 +113,11 @@ def _typed(request: segment.Request) -> list[Typed | None] | None:
 
 
 def _one(
-    value: Typed, fields: dict[str, Any], request: segment.Request, plain: bool
-) -> sdk.Message | None:
-    """What `segment.message` makes of a message, or None where it would refuse it. The
+    value: Typed, fields: dict[str, Any], request: segment.Request, plain: bool,
+    destination: sdk.Destination,
+) -> Row | sdk.Message | None:  # fmt: skip
+    """The row of a message, or what `segment.message` makes of it (see `rows`), or None
+    where `segment.message` would refuse it. The
     values of fields kept as text are read from `fields`, the message as the checks decoded
     it, where numbers with a fraction or exponent are 0.0: where such a number would
     decide something (what `or` picks, a user id made of a number), the message is left
@@ -148,19 +154,21 @@ def _one(
     timestamp, time_field = value.timestamp, "timestamp"
     if not timestamp:
         timestamp, time_field = fields.get("originalTimestamp"), "originalTimestamp"
+    user, key = user_id or segment.id_of(anonymous), segment.id_of(value.messageId)
+    moment = sdk.instant(timestamp, time_field)
+    sent_at = sdk.instant(value.sentAt, "sentAt") or request.sent_at
+    names = segment.NAMES[user_id is not None, anonymous is not None, time_field]
+    project_key = value.writeKey if type(value.writeKey) is str else None
+    if project_key is None or project_key == destination.key:
+        event = sdk.event_of(name, user, key, channel)
+        if event is not None:
+            event.timestamp, event.sent_at = moment, sent_at
+            return sdk.row_of(event, stored, names, destination)
     return sdk.Message(
-        event_name=name,
-        user_id=user_id or segment.id_of(anonymous),
-        key=segment.id_of(value.messageId),
-        timestamp=sdk.instant(timestamp, time_field),
-        sent_at=sdk.instant(value.sentAt, "sentAt") or request.sent_at,
-        channel=channel,
-        properties=value.properties or None,
-        reserved={"$segment": kept},
-        names=segment.NAMES[user_id is not None, anonymous is not None, time_field],
-        project_key=value.writeKey if type(value.writeKey) is str else None,
-        stored=stored,
-    )
+        event_name=name, user_id=user, key=key, timestamp=moment, sent_at=sent_at,
+        channel=channel, properties=value.properties or None, reserved={"$segment": kept},
+        names=names, project_key=project_key, stored=stored,
+    )  # fmt: skip
 
 
 _encode = msgspec.json.Encoder().encode

@@ -19,26 +19,33 @@ from hypothesis import strategies as st
 
 from event_metrics import posthog, posthog_batch, sdk, segment, segment_batch
 from event_metrics.events import InvalidEvent
+from event_metrics.schema import Row
 
 NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
 LIMITS = {"max_event_bytes": 65536, "max_depth": 32}
+# The request's key is "emw_other": a message that carries it goes to the request's project.
+DESTINATION = sdk.Destination(1, "emw_other", NOW, timedelta(days=1))
 FIXTURES = sorted((Path(__file__).parents[1] / "fixtures" / "sdk").glob("*.json"))
 ABSENT = object()
 
 
-def outcome(mapped: sdk.Message | InvalidEvent) -> Any:
-    """What a message becomes: its row (properties decoded: member order is not kept),
-    its names and own key; or the refusal."""
+def outcome(mapped: Row | sdk.Message | InvalidEvent) -> Any:
+    """What a message becomes: its row (properties decoded: member order is not kept), in
+    project 2 when it carries a key of its own other than the request's; or the refusal."""
     try:
         if isinstance(mapped, InvalidEvent):
             raise mapped
-        row = sdk.to_row_from(mapped, project_id=1, received_at=NOW, max_future=timedelta(days=1))
+        row = mapped
+        if isinstance(mapped, sdk.Message):
+            own = mapped.project_key
+            project = 2 if own is not None and own != DESTINATION.key else 1
+            row = sdk.to_row_from(mapped, project_id=project, received_at=NOW,
+                                  max_future=DESTINATION.max_future)  # fmt: skip
     except InvalidEvent as exc:
         return ("refused", str(exc), exc.reason)
     stored = None if row.properties is None else json.loads(row.properties)
     key = "rnd:" if row.idempotency_key.startswith("rnd:") else row.idempotency_key  # random
-    row = row._replace(properties=stored, idempotency_key=key)
-    return (row, dict(mapped.names), mapped.project_key)
+    return row._replace(properties=stored, idempotency_key=key)
 
 
 def one_by_one(mapper: Any, raws: list[msgspec.Raw], **kwargs: Any) -> list[Any]:
@@ -55,8 +62,7 @@ def segment_outcomes(text: bytes, path: str, *, each: bool = True) -> tuple[list
     """The outcomes of the whole-batch mapping, and (`each`) of the one-by-one one."""
     request = segment.parse(text, path)
     request.decoded = sdk.checked_body(text, max_depth=33 + request.nesting)
-    request.checked = request.decoded is not None
-    whole = [outcome(m) for m in segment_batch.messages(request, **LIMITS)]
+    whole = [outcome(m) for m in segment_batch.rows(request, DESTINATION, **LIMITS)]
     if not each:
         return (whole,)
     return whole, one_by_one(segment.message, request.messages, request=request, **LIMITS)
@@ -67,8 +73,7 @@ def posthog_outcomes(
 ) -> tuple[list[Any], ...]:
     request = posthog.parse(text, query)
     request.decoded = sdk.checked_body(text, max_depth=33 + request.nesting)
-    request.checked = request.decoded is not None
-    whole = [outcome(m) for m in posthog_batch.messages(request, received_at=NOW, **LIMITS)]
+    whole = [outcome(m) for m in posthog_batch.rows(request, DESTINATION, **LIMITS)]
     if not each:
         return (whole,)
     by_one = one_by_one(posthog.message, request.events, request=request, received_at=NOW,
@@ -97,7 +102,7 @@ SEGMENT = {
     "timestamp": TIMES,
     "originalTimestamp": TIMES,
     "sentAt": TIMES,
-    "writeKey": ["emw_other", None, 5],
+    "writeKey": ["emw_other", "emw_mine", None, 5],
     "channel": ["server", "", None, 5],
     "context": [{"library": {"name": "lib", "version": "1"}}, {"channel": "mobile"},
                 {"library": "x"}, "text", None, {"ip": "1.2.3.4", "n": 1.5}],
@@ -114,11 +119,11 @@ POSTHOG = {
     "uuid": ["0190-a", "", None, 5, "z" * 201],
     "timestamp": TIMES,
     "offset": [1500, 2.5, "x", None, True],
-    "api_key": ["emw_other", None],
-    "token": ["emw_token", 5],
+    "api_key": ["emw_other", "emw_api", None],
+    "token": ["emw_token", "emw_other", 5],
     "sent_at": ["2026-11-29T12:00:00Z"],
     "properties": [*OWN, {"$lib": "web", "distinct_id": "d1", "token": "emw_t", "x": 1},
-                   {"token": "emw_t"}, {"token": 5, "$lib": 7}, {"distinct_id": 1.5},
+                   {"token": "emw_other"}, {"token": 5, "$lib": 7}, {"distinct_id": 1.5},
                    {"k": "token", "token": "emw_t"}, {"n": {"token": "emw_t"}, "token": "emw_t"}],
     "$set": [{"email": "a@b.c"}, None],
     "$set_once": [{"first": 1}],
