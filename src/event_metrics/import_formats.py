@@ -64,19 +64,9 @@ class LineDecoder:
             max_digits=settings.max_number_digits,
         )
 
-    def _clean(self, lines: Sequence[bytes]) -> bool:
-        # One check of all the lines as one JSON array, as the SDK routes check a body:
-        # when it passes, no message needs a check of its own. A line that is not JSON
-        # alone is still refused by its own decoding.
-        body = b"[" + b",".join(lines) + b"]"
-        return sdk.body_is_clean(
-            body, max_depth=self.settings.max_property_depth + 2,
-            max_digits=self.settings.max_number_digits,
-        )  # fmt: skip
-
     def _segment(self, lines: Sequence[bytes], received_at: datetime) -> list[Outcome]:
         settings = self.settings
-        request = segment.Request([], None, None, None, nesting=1, checked=self._clean(lines))
+        request = segment.Request([], None, None, None, nesting=1)
         outcomes: list[Outcome] = []
         for line in lines:
             try:
@@ -91,7 +81,7 @@ class LineDecoder:
 
     def _posthog(self, lines: Sequence[bytes], received_at: datetime) -> list[Outcome]:
         settings = self.settings
-        request = posthog.Request([], None, None, nesting=1, checked=self._clean(lines))
+        request = posthog.Request([], None, None, nesting=1)
         outcomes: list[Outcome] = []
         for line in lines:
             try:

@@ -12,14 +12,14 @@ import functools
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from event_metrics import access_log, posthog, sdk, segment, telemetry
+from event_metrics import access_log, posthog, posthog_batch, sdk, segment, segment_batch, telemetry
 from event_metrics.auth import InvalidCredentials, KeyStore, WrongScope
 from event_metrics.events import InvalidEvent, parse_events
 from event_metrics.payload import TooManyEvents
@@ -166,29 +166,22 @@ class Ingestor:
         size, depth = settings.max_event_bytes, settings.max_property_depth
         digits = settings.max_number_digits
         received_at = datetime.now(UTC)
-        build: Callable[[msgspec.Raw], sdk.Message]
         if protocol == "segment":
             segment_request = segment.parse(text, path)
-            segment_request.checked = sdk.body_is_clean(
+            segment_request.decoded = sdk.checked_body(
                 text, max_depth=depth + 1 + segment_request.nesting, max_digits=digits
             )
             items, body_key = segment_request.messages, segment_request.key
-            build = functools.partial(
-                segment.message, request=segment_request, max_event_bytes=size, max_depth=depth,
-                max_digits=digits,
-            )  # fmt: skip
+            rows_of = functools.partial(segment_batch.rows, segment_request)
             answer = segment.answer
         else:
             posthog_request = posthog.parse(text, query)
-            posthog_request.checked = sdk.body_is_clean(
+            posthog_request.decoded = sdk.checked_body(
                 text, max_depth=depth + 1 + posthog_request.nesting, max_digits=digits
             )
             items = posthog_request.events
             body_key = posthog_request.key or posthog.key_in_events(posthog_request)
-            build = functools.partial(
-                posthog.message, request=posthog_request, received_at=received_at,
-                max_event_bytes=size, max_depth=depth, max_digits=digits,
-            )  # fmt: skip
+            rows_of = functools.partial(posthog_batch.rows, posthog_request)
             answer = posthog.answer
         secret = header_key or body_key
         project_id = keys.authorize_checked(secret, "write") or await keys.authorize(
@@ -205,22 +198,30 @@ class Ingestor:
         # puts the token on every event; Segment's browser SDKs the writeKey): keys seen
         # in this request, with their project or why they are refused.
         known: dict[str, int | InvalidEvent] = {secret: project_id} if secret else {}
-        for index, raw in enumerate(items):
+        destination = sdk.Destination(project_id, secret, received_at, self._max_future)
+        mapped: Iterator[Row | sdk.Message | InvalidEvent] = rows_of(
+            destination, max_event_bytes=size, max_depth=depth, max_digits=digits
+        )
+        # A row, or a message whose own key's project comes first (or whose row
+        # to_row_from makes), or why a message is refused.
+        for index, outcome in enumerate(mapped):
             if index and not index % PARSE_SLICE_EVENTS:
                 await asyncio.sleep(0)  # the other requests' turn
+            project = project_id
             try:
-                message = build(raw)
-                project = project_id
-                if message.project_key is not None and message.project_key != secret:
-                    project = await self._project_of(message, keys, known)
-                row = sdk.to_row_from(
-                    message, project_id=project, received_at=received_at,
-                    max_future=self._max_future,
-                )  # fmt: skip
+                if isinstance(outcome, InvalidEvent):
+                    raise outcome
+                if isinstance(outcome, sdk.Message):
+                    if outcome.project_key is not None and outcome.project_key != secret:
+                        project = await self._project_of(outcome, keys, known)
+                    outcome = sdk.to_row_from(
+                        outcome, project_id=project, received_at=received_at,
+                        max_future=self._max_future,
+                    )  # fmt: skip
             except InvalidEvent as exc:
                 parsed.reject(index, exc)
             else:
-                parsed.add(index, row)
+                parsed.add(index, outcome)
                 if project != project_id:
                     parsed.elsewhere[project] += 1
         self.rejected[protocol] += len(parsed.rejected)
