@@ -5,6 +5,7 @@ refusal in the same words."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import urllib.parse
@@ -227,10 +228,12 @@ def test_posthog_events_with_fractions_map_as_one_by_one(event: dict[str, Any]) 
 
 def recorded_text(path: Path) -> tuple[dict[str, Any], bytes]:
     recorded: dict[str, Any] = json.loads(path.read_text())
-    text = sdk.json_body(
-        base64.b64decode(recorded["body_b64"]),
-        content_type=recorded["headers"].get("Content-Type"),
-        max_bytes=5_000_000,
+    text = asyncio.run(
+        sdk.json_body(
+            base64.b64decode(recorded["body_b64"]),
+            content_type=recorded["headers"].get("Content-Type"),
+            max_bytes=5_000_000,
+        )
     )
     return recorded, text
 
