@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 import pwd
 import shutil
@@ -24,6 +25,7 @@ import psutil
 import pytest
 
 from conftest import free_port, postmaster_pid, stop_postgres, unavailable
+from event_metrics import embedded_as_root
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -232,3 +234,20 @@ def user_exists(name: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def test_the_system_user_is_added_once_and_said(caplog: pytest.LogCaptureFixture) -> None:
+    """The user PostgreSQL runs as is added with a log line naming it, and only once (the
+    real one, embedded_postgres, may exist already: a user of its own here)."""
+    if os.geteuid() != 0:
+        pytest.skip("only root adds system users")
+    name = f"em_test_{os.getpid()}"
+    caplog.set_level(logging.INFO, logger="event_metrics")
+    try:
+        made = embedded_as_root.ensure_user(name)
+        again = embedded_as_root.ensure_user(name)
+    finally:
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+    assert made.pw_uid == again.pw_uid and made.pw_shell == "/usr/sbin/nologin"
+    said = [r.getMessage() for r in caplog.records if name in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"added the system user {name} (uid "), said
