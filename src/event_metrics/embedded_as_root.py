@@ -63,25 +63,26 @@ def place(data_dir: Path, relocate_to: Path, programs: Path) -> Placement:
     return Placement(pgdata, copied)
 
 
-def ensure_user() -> pwd.struct_passwd:
+def ensure_user(name: str = SYSTEM_USER) -> pwd.struct_passwd:
+    """The system user `name`, added (and said so) if missing."""
     try:
-        return pwd.getpwnam(SYSTEM_USER)
+        return pwd.getpwnam(name)
     except KeyError:
         pass
     command = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-               "--comment", "embedded PostgreSQL (event-metrics)", SYSTEM_USER]  # fmt: skip
+               "--comment", "embedded PostgreSQL (event-metrics)", name]  # fmt: skip
     try:
         subprocess.run(command, check=True, capture_output=True, text=True)
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", None) or exc
         raise CannotPlace(
-            f"PostgreSQL does not run as root, and the system user {SYSTEM_USER} could not be "
+            f"PostgreSQL does not run as root, and the system user {name} could not be "
             f"added ({' '.join(command)}: {str(detail).strip()}). Add it, or run as another "
             "user, or set EVENT_METRICS_DATABASE_URL"
         ) from None
-    user = pwd.getpwnam(SYSTEM_USER)
+    user = pwd.getpwnam(name)
     log.info("added the system user %s (uid %d) to run the embedded PostgreSQL, which "
-             "refuses to run as root", SYSTEM_USER, user.pw_uid)  # fmt: skip
+             "refuses to run as root", name, user.pw_uid)  # fmt: skip
     return user
 
 

