@@ -83,7 +83,10 @@ async def _count(url: str) -> int:
 
 @pytest.mark.parametrize(
     ("scope", "operations"),
-    [("write", ["--exclude-path", "/metrics"]), ("read", ["--include-path", "/metrics"])],
+    [
+        ("write", ["--exclude-path", "/metrics", "--exclude-path", "/export"]),
+        ("read", ["--include-path", "/metrics", "--include-path", "/export"]),
+    ],
 )
 def test_every_route_survives_schemathesis(
     database_url: str, keys: Keys, tmp_path: Path, scope: str, operations: list[str]
