@@ -75,7 +75,12 @@ def export_events(settings: Settings, args: argparse.Namespace, database: Databa
     if args.format == "parquet":
         _require_pyarrow()
     with database(settings) as settings:
-        total = asyncio.run(_export(settings, args.project, window, target, args.format))
+        try:
+            total = asyncio.run(_export(settings, args.project, window, target, args.format))
+        except BrokenPipeError:  # `export - | head`: the reader has what it wanted
+            # Python would complain again when it flushes stdout on the way out.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise CommandError("standard output was closed before the export ended") from None
     print(f"exported {total:,} events of project {args.project!r} to {target}", file=sys.stderr)
 
 
@@ -217,8 +222,8 @@ def add_commands(commands: Any, command: Callable[..., argparse.ArgumentParser],
     sub.add_argument("--from", dest="start", help="window start, RFC 3339 (default: the first)")
     sub.add_argument("--to", dest="end", help="window end, exclusive (default: the last)")
     sub.add_argument("--event-name", help="only this event")
-    sub.add_argument("--format", choices=FORMATS, default="ndjson")
-    sub.add_argument("file", metavar="FILE")
+    sub.add_argument("--format", choices=FORMATS, default="ndjson", help="default ndjson")
+    sub.add_argument("file", metavar="FILE", help="where to write; - for standard output")
     sub = command(
         "import",
         lambda settings, args: import_events(settings, args, database),
@@ -245,7 +250,7 @@ def add_commands(commands: Any, command: Callable[..., argparse.ArgumentParser],
         "--max-rate", type=float, default=0.0, metavar="EVENTS_PER_S",
         help="store at most this many events per second (default 0: as fast as it goes)",
     )  # fmt: skip
-    sub.add_argument("file", metavar="FILE")
+    sub.add_argument("file", metavar="FILE", help="NDJSON, gzip or Parquet (told by its content)")
 
 
 def _positive(text: str) -> int:
