@@ -337,7 +337,7 @@ class LiveServer:
         }
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 30) -> None:
+    def start(self, timeout_s: float = 90) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "event_metrics.cli", "serve"],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
