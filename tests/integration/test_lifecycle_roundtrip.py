@@ -41,7 +41,9 @@ QUERIES = [
         ZONES,
     )
 ]
-WINDOW = {"from": "2026-10-19T22:00:00Z", "to": "2026-11-06T00:00:00Z"}
+# Every moment the strategy draws: from START in Berlin (22:00 UTC the day before) to END
+# in New York (05:00 UTC on END's day, after its DST change).
+WINDOW = {"from": "2026-10-19T22:00:00Z", "to": "2026-11-06T06:00:00Z"}
 # PostgreSQL through the raw table and through the rollups, and ClickHouse.
 ENGINES = [{"backend": "postgres", "plan": "raw"}, {"backend": "postgres", "plan": "rollup"},
            {"backend": "clickhouse"}]  # fmt: skip
