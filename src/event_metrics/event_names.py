@@ -7,20 +7,19 @@ two can never disagree about a count. The dashboard fills its event picker from 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, get
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import Parameter, QueryParameter
 
 from event_metrics.auth import secret_from_headers
 from event_metrics.errors import ErrorBody
 from event_metrics.freshness import Freshness
 from event_metrics.metrics import Rfc3339, parse_query
-from event_metrics.openapi import READ_KEY
+from event_metrics.openapi import READ_KEY, BackendChoice, WindowEnd, WindowStart
 from event_metrics.openapi_examples import Verbatim
 from event_metrics.services import Services
 
@@ -91,28 +90,9 @@ RESPONSES = {
 async def event_names(
     request: Request[Any, Any, Any],
     services: NamedDependency[Services],
-    start: Annotated[
-        str | None,
-        QueryParameter(
-            name="from",
-            description="window start (inclusive), RFC 3339, whole seconds",
-            required=True,
-            examples=[Example(value="2026-11-01T00:00:00Z")],
-        ),
-    ] = None,
-    end: Annotated[
-        str | None,
-        QueryParameter(
-            name="to",
-            description="window end (exclusive), RFC 3339, whole seconds",
-            required=True,
-            examples=[Example(value="2026-11-02T00:00:00Z")],
-        ),
-    ] = None,
-    backend: Annotated[
-        Literal["postgres", "clickhouse"] | None,
-        Parameter(description="engine that answers; default EVENT_METRICS_BACKEND"),
-    ] = None,
+    start: WindowStart = None,
+    end: WindowEnd = None,
+    backend: BackendChoice = None,
 ) -> Response[EventNamesResponse]:
     secret = secret_from_headers(request.scope["headers"])
     keys = services.keys

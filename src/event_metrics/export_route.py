@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from litestar import Request, get
 from litestar.di import NamedDependency
 from litestar.openapi.spec import Example
-from litestar.params import Parameter, QueryParameter
+from litestar.params import QueryParameter
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
@@ -28,7 +28,7 @@ from event_metrics import export
 from event_metrics.auth import secret_from_headers
 from event_metrics.backoff import describe
 from event_metrics.metrics import BackendUnavailable
-from event_metrics.openapi import READ_KEY
+from event_metrics.openapi import READ_KEY, EventNameFilter
 from event_metrics.openapi_examples import EXPORT_RESPONSES
 from event_metrics.postgres import TRANSIENT_ERRORS
 from event_metrics.services import Services
@@ -138,13 +138,7 @@ async def export_events(
             examples=[Example(value="2026-12-01T00:00:00Z")],
         ),
     ] = None,
-    event_name: Annotated[
-        str | None,
-        Parameter(
-            description="only this event; absent means all events",
-            examples=[Example(value="product_view")],
-        ),
-    ] = None,
+    event_name: EventNameFilter = None,
 ) -> Stream:
     headers = request.scope["headers"]
     secret = secret_from_headers(headers)

@@ -7,13 +7,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Litestar
 from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.spec import (
+    Example,
     OpenAPIMediaType,
     OpenAPIType,
     Operation,
@@ -23,6 +24,7 @@ from litestar.openapi.spec import (
     SecurityRequirement,
     SecurityScheme,
 )
+from litestar.params import Parameter, QueryParameter
 from litestar.routes import HTTPRoute
 
 from event_metrics.events import EventIn
@@ -179,3 +181,36 @@ def declare(app: Litestar, declarations: Sequence[HTTPRouteHandler]) -> None:
     declared = {r.path: r for r in holder.routes if isinstance(r, HTTPRoute)}
     plugin = app.plugins.get(OpenAPIPlugin)
     plugin.included_routes = {**declared, **plugin.included_routes}
+
+
+# Query parameters that several read routes share, declared once: the same name, wording
+# and example wherever they appear in OpenAPI.
+WindowStart = Annotated[
+    str | None,
+    QueryParameter(
+        name="from",
+        description="window start (inclusive), RFC 3339, whole seconds",
+        required=True,
+        examples=[Example(value="2026-11-01T00:00:00Z")],
+    ),
+]
+WindowEnd = Annotated[
+    str | None,
+    QueryParameter(
+        name="to",
+        description="window end (exclusive), RFC 3339, whole seconds",
+        required=True,
+        examples=[Example(value="2026-11-02T00:00:00Z")],
+    ),
+]
+EventNameFilter = Annotated[
+    str | None,
+    Parameter(
+        description="only this event; absent means all events",
+        examples=[Example(value="product_view")],
+    ),
+]
+BackendChoice = Annotated[
+    Literal["postgres", "clickhouse"] | None,
+    Parameter(description="engine that answers; default EVENT_METRICS_BACKEND"),
+]

@@ -11,7 +11,7 @@ from litestar import Request, Response, asgi, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import MethodNotAllowedException
 from litestar.openapi.spec import Example
-from litestar.params import Parameter, QueryParameter
+from litestar.params import Parameter
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, HTTPScope, Receive, Send
 
 from event_metrics import access_log, posthog, sdk, segment, telemetry
@@ -21,9 +21,13 @@ from event_metrics.metrics import InvalidParameter, MetricsResponse, parse_query
 from event_metrics.openapi import (
     READ_KEY,
     WRITE_KEY,
+    BackendChoice,
+    EventNameFilter,
     IngestOperation,
     PostHogOperation,
     SegmentOperation,
+    WindowEnd,
+    WindowStart,
 )
 from event_metrics.openapi_examples import (
     HEALTH_RESPONSES,
@@ -223,31 +227,9 @@ async def ingest_declaration(
 async def metrics(
     request: Request[Any, Any, Any],
     services: NamedDependency[Services],
-    start: Annotated[
-        str | None,
-        QueryParameter(
-            name="from",
-            description="window start (inclusive), RFC 3339, whole seconds",
-            required=True,
-            examples=[Example(value="2026-11-01T00:00:00Z")],
-        ),
-    ] = None,
-    end: Annotated[
-        str | None,
-        QueryParameter(
-            name="to",
-            description="window end (exclusive), RFC 3339, whole seconds",
-            required=True,
-            examples=[Example(value="2026-11-02T00:00:00Z")],
-        ),
-    ] = None,
-    event_name: Annotated[
-        str | None,
-        Parameter(
-            description="only this event; absent means all events",
-            examples=[Example(value="product_view")],
-        ),
-    ] = None,
+    start: WindowStart = None,
+    end: WindowEnd = None,
+    event_name: EventNameFilter = None,
     granularity: Annotated[
         str | None,
         Parameter(
@@ -269,10 +251,7 @@ async def metrics(
             examples=[Example(value="Europe/Berlin")],
         ),
     ] = None,
-    backend: Annotated[
-        Literal["postgres", "clickhouse"] | None,
-        Parameter(description="engine that answers; default EVENT_METRICS_BACKEND"),
-    ] = None,
+    backend: BackendChoice = None,
     plan: Annotated[
         Literal["auto", "raw", "rollup"] | None,
         Parameter(
