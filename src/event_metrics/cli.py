@@ -20,6 +20,7 @@ import asyncpg
 import msgspec
 
 from event_metrics import __version__, http_server, logs, projects, rollups, telemetry, verify
+from event_metrics.clickhouse_client import is_chdb
 from event_metrics.migrations import upgrade_head
 from event_metrics.postgres import EmbeddedUnavailable, start_embedded
 from event_metrics.replicator import Replicator
@@ -96,7 +97,13 @@ def serve(settings: Settings, _: argparse.Namespace) -> None:
         alongside = None
         replication = settings.replication
         if settings.clickhouse_url and replication.enabled and replication.process:
-            alongside = functools.partial(replicator_process, retry_max_s=replication.retry_max_s)
+            if is_chdb(settings.clickhouse_url):
+                # The embedded ClickHouse lives in one process: the HTTP worker's.
+                log.info("chdb mirror: the replicator runs inside the service process")
+            else:
+                alongside = functools.partial(
+                    replicator_process, retry_max_s=replication.retry_max_s
+                )
         with contextlib.suppress(KeyboardInterrupt):
             http_server.run(
                 settings.http,

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from event_metrics.clickhouse_client import check_url, is_chdb
+
 PREFIX = "EVENT_METRICS_"
 
 Backend = Literal["postgres", "clickhouse"]
@@ -169,6 +171,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.backend == "clickhouse" and not self.clickhouse_url:
             raise ConfigError(f"{PREFIX}BACKEND=clickhouse needs {PREFIX}CLICKHOUSE_URL")
+        if self.clickhouse_url:
+            problem = check_url(self.clickhouse_url)
+            if problem:
+                raise ConfigError(f"{PREFIX}CLICKHOUSE_URL: {problem}")
+            if is_chdb(self.clickhouse_url) and self.http.workers > 1:
+                # One embedded ClickHouse per process, one process per directory.
+                raise ConfigError(
+                    f"{PREFIX}CLICKHOUSE_URL=chdb://... keeps the mirror inside the one "
+                    f"service process: {PREFIX}HTTP_WORKERS must be 1"
+                )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -247,6 +259,7 @@ TEST_VARIABLES = (
     "TEST_POSTGRES_URL",
     "CLICKHOUSE_BINARY",
     "REPLICATOR_STATUS_FILE",
+    "REPLICATOR_KILL_AFTER_INSERT",
 )
 
 
