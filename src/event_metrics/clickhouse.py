@@ -1,4 +1,19 @@
-"""ClickHouse: connections, the schema the service applies on start, and block inserts."""
+"""ClickHouse: the schema the service applies on start, in the shape the engine allows,
+block inserts, and the clients /metrics reads through (clickhouse_client.py is the seam
+to a server or to chdb).
+
+Two shapes of the events table (docs/architecture.md, "Exactly-once into ClickHouse"):
+
+* engines with insert deduplication tokens (22.3 and later, chdb): a plain `MergeTree`
+  that remembers the tokens of its last `DEDUPLICATION_WINDOW` blocks. The replicator
+  names each block by its checkpoint range, so a replayed block is dropped and every row
+  is stored once: reads need no FINAL.
+* ClickHouse 18.16 (no tokens): a `ReplacingMergeTree`, read with FINAL, which counts
+  each event once even while a replayed block's repeats are not merged away yet.
+
+Readers ask the table which shape it has (`reads_final`); an existing table of the old
+shape on a current engine is converted on start.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +22,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from clickhouse_driver import Client
-from clickhouse_driver import errors as ch_errors
-
+from event_metrics.clickhouse_client import ClickHouseClient, Rows, connect
 from event_metrics.schema import CLICKHOUSE_TYPES, MIRRORED_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -27,44 +39,79 @@ log = logging.getLogger(__name__)
 # keys mean equal sorting keys, and a repeat lands in the same monthly partition as its
 # original. The project comes first: every query reads one project.
 SORTING_KEY = ("project_id", "event_name", "ts", "idempotency_key")
+# insert_deduplication_token arrived in ClickHouse 22.2 (non_replicated_deduplication_window
+# in 20.x); 22.3 is the first LTS release with both.
+EXACTLY_ONCE_SINCE = (22, 3)
+# Blocks whose tokens a table remembers. A replay comes right after the block it repeats
+# (one per month the block spans), so a few would do; 1000 also covers a replicator that
+# lost its lock while its insert was in flight, for 1000 blocks (~17 min when caught up).
+DEDUPLICATION_WINDOW = 1000
 
 
-def events_ddl(table: str = "events") -> str:
-    """CREATE TABLE for the events table (or a copy of it under another name)."""
+def exactly_once(client: ClickHouseClient) -> bool:
+    """Whether the engine drops a block whose insert_deduplication_token it has seen."""
+    return client.version() >= EXACTLY_ONCE_SINCE
+
+
+def events_ddl(table: str = "events", *, exactly_once: bool = False) -> str:
+    """CREATE TABLE for the events table (or a copy of it under another name), in the
+    exactly-once shape (MergeTree with a deduplication window) or 18.16's."""
+    engine = "MergeTree()" if exactly_once else "ReplacingMergeTree()"
+    settings = (
+        f" SETTINGS non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}"
+        if exactly_once
+        else ""
+    )
     return (
         f"CREATE TABLE IF NOT EXISTS {table} ("
         + ", ".join(f"{name} {CLICKHOUSE_TYPES[name]}" for name in MIRRORED_COLUMNS)
-        + ") ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMM(ts) "
+        + f") ENGINE = {engine} PARTITION BY toYYYYMM(ts) "
         + f"ORDER BY ({', '.join(SORTING_KEY)})"
+        + settings
     )
 
 
 EVENTS_DDL = events_ddl()
+EXACTLY_ONCE_EVENTS_DDL = events_ddl(exactly_once=True)
 EVENT_COLUMNS = """
 SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'events'
 """
+EVENTS_ENGINE = """
+SELECT engine FROM system.tables WHERE database = currentDatabase() AND name = 'events'
+"""
 
 
-def _rebuild(client: Client, backfill: dict[str, str]) -> None:
+def reads_final(client: ClickHouseClient) -> bool | None:
+    """Whether the events table must be read with FINAL (a ReplacingMergeTree), or None
+    when there is no events table yet."""
+    rows = client.execute(EVENTS_ENGINE)
+    return None if not rows else rows[0][0] != "MergeTree"
+
+
+def _rebuild(client: ClickHouseClient, backfill: dict[str, str]) -> None:
     """Copy events into a table of the current shape, then swap the two.
 
     Columns the old table lacks are filled from `backfill` (SQL expressions) or left to
-    their type's default. Rows arriving meanwhile wait: the replicator itself calls this
-    before it copies anything.
+    their type's default. A ReplacingMergeTree is read with FINAL, so the copy holds each
+    event once. Rows arriving meanwhile wait: the replicator itself calls this before it
+    copies anything.
     """
     present = {row[0] for row in client.execute(EVENT_COLUMNS)}
     columns = [name for name in MIRRORED_COLUMNS if name in present or name in backfill]
     values = [name if name in present else f"{backfill[name]} AS {name}" for name in columns]
+    final = " FINAL" if reads_final(client) else ""
     client.execute("DROP TABLE IF EXISTS events_rebuild")
-    client.execute(events_ddl("events_rebuild"))
+    client.execute(events_ddl("events_rebuild", exactly_once=exactly_once(client)))
+    # Every block of the copy holds other ids: none is a repeat the window would drop.
     client.execute(
-        f"INSERT INTO events_rebuild ({', '.join(columns)}) SELECT {', '.join(values)} FROM events"
+        f"INSERT INTO events_rebuild ({', '.join(columns)}) "
+        f"SELECT {', '.join(values)} FROM events{final}"
     )
     client.execute("RENAME TABLE events TO events_before_rebuild, events_rebuild TO events")
     client.execute("DROP TABLE events_before_rebuild")
 
 
-Step = Callable[[Client], None]
+Step = Callable[[ClickHouseClient], None]
 # (version, step on an existing table). A new table is created in the latest shape, and
 # every step is recorded as applied without running.
 MIGRATIONS: tuple[tuple[int, Step], ...] = (
@@ -81,28 +128,8 @@ ENGINE = TinyLog
 
 INSERT = f"INSERT INTO events ({', '.join(MIRRORED_COLUMNS)}) VALUES"
 
-# Errors that mean "ClickHouse is not there right now", worth a retry.
-UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    EOFError,
-    TimeoutError,
-    ch_errors.NetworkError,
-    ch_errors.SocketTimeoutError,
-    ch_errors.UnexpectedPacketFromServerError,
-)
 
-
-def connect(url: str, *, timeout_s: float = 10) -> Client:
-    """A clickhouse-driver client for clickhouse://user:pass@host:port/database."""
-    parts = urlsplit(url)
-    options = dict(parse_qsl(parts.query))
-    # Timeouts from the URL win; otherwise a down server fails fast instead of hanging.
-    options.setdefault("connect_timeout", str(min(timeout_s, 5)))
-    options.setdefault("send_receive_timeout", str(timeout_s))
-    return Client.from_url(urlunsplit(parts._replace(query=urlencode(options))))
-
-
-def apply_schema(client: Client) -> list[int]:
+def apply_schema(client: ClickHouseClient) -> list[int]:
     """Create or evolve the ClickHouse schema; return the versions applied now."""
     client.execute(CREATE_SCHEMA_VERSION)
     applied = {row[0] for row in client.execute("SELECT version FROM schema_version")}
@@ -119,42 +146,72 @@ def apply_schema(client: Client) -> list[int]:
         )
         done.append(version)
         log.info("ClickHouse schema version %d applied", version)
-    client.execute(EVENTS_DDL)
+    client.execute(events_ddl(exactly_once=exactly_once(client)))
     present = {row[0] for row in client.execute(EVENT_COLUMNS)}
     for name in MIRRORED_COLUMNS:
         if name not in present:
             client.execute(f"ALTER TABLE events ADD COLUMN {name} {CLICKHOUSE_TYPES[name]}")
             log.info("ClickHouse events table: column %s added", name)
+    if exactly_once(client) and reads_final(client):
+        # Made by an older version of the service, or on an older ClickHouse: the engine
+        # now can store each row once, so the table is rebuilt in that shape.
+        log.info("ClickHouse events table: converting to MergeTree with insert deduplication")
+        _rebuild(client, {})
+        log.info("ClickHouse events table: converted, read without FINAL from now on")
     return done
 
 
-def insert_columns(client: Client, columns: Sequence[Sequence[Any]]) -> None:
-    """Insert one block given column-wise in MIRRORED_COLUMNS order (ts: aware datetimes)."""
-    client.execute(INSERT, list(columns), columnar=True)
+def insert_columns(
+    client: ClickHouseClient, columns: Sequence[Sequence[Any]], *, token: str | None = None
+) -> None:
+    """Insert one block given column-wise in MIRRORED_COLUMNS order (times as seconds
+    since 1970). With a token, an engine that has seen it drops the block (a replay)."""
+    settings = {"insert_deduplication_token": token} if token and exactly_once(client) else {}
+    client.insert("events", MIRRORED_COLUMNS, columns, settings=settings)
+
+
+def insert_anew(client: ClickHouseClient, columns: Sequence[Sequence[Any]]) -> None:
+    """Insert rows that must go in even if an identical block went in before (verify's
+    repair, after it deleted the wrong versions): no deduplication."""
+    settings = {"insert_deduplicate": 0} if exactly_once(client) else {}
+    client.insert("events", MIRRORED_COLUMNS, columns, settings=settings)
 
 
 class ClickHousePool:
-    """A few clients for /metrics; clickhouse-driver clients are not safe to share."""
+    """A few clients for /metrics (a client runs one query at a time), and the shape of
+    the events table they read."""
 
     def __init__(self, url: str, *, size: int, timeout_s: float) -> None:
-        self._idle: asyncio.Queue[Client] = asyncio.Queue()
+        self._idle: asyncio.Queue[ClickHouseClient] = asyncio.Queue()
         for _ in range(size):
             self._idle.put_nowait(connect(url, timeout_s=timeout_s))
+        self._final: bool | None = None
 
     @contextlib.asynccontextmanager
-    async def client(self) -> AsyncIterator[Client]:
+    async def client(self) -> AsyncIterator[ClickHouseClient]:
         client = await self._idle.get()
         try:
             yield client
         finally:
             self._idle.put_nowait(client)
 
-    async def execute(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    async def execute(self, sql: str, params: dict[str, Any]) -> Rows:
         """Run a query in a worker thread on an idle client."""
         async with self.client() as client:
-            rows: list[tuple[Any, ...]] = await asyncio.to_thread(client.execute, sql, params)
-            return rows
+            return await asyncio.to_thread(client.execute, sql, params)
+
+    async def reads_final(self) -> bool | None:
+        """Whether queries read events with FINAL (None: no events table yet). Kept once
+        known: a table only ever changes from needing FINAL to not (a conversion), and a
+        query that then uses FINAL fails with ILLEGAL_FINAL and calls forget_shape()."""
+        if self._final is None:
+            async with self.client() as client:
+                self._final = await asyncio.to_thread(reads_final, client)
+        return self._final
+
+    def forget_shape(self) -> None:
+        self._final = None
 
     async def close(self) -> None:
         while not self._idle.empty():
-            self._idle.get_nowait().disconnect()
+            self._idle.get_nowait().close()

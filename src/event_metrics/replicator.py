@@ -1,4 +1,4 @@
-"""The replicator: copies committed PostgreSQL rows into ClickHouse, gap-free.
+"""The replicator: copies committed PostgreSQL rows into ClickHouse, gap-free, each once.
 
 Watermark (docs/architecture.md has the full argument): every row carries the id of the
 transaction that inserted it (`txid`, xid8). `pg_snapshot_xmin(pg_current_snapshot())` is
@@ -6,15 +6,23 @@ the oldest transaction still running, so every transaction with a smaller id has
 and no row with `txid < xmin` can appear later. The replicator copies rows in
 (txid, id) order strictly below that horizon, so a writer that commits late (a smaller
 txid committing after a larger one) is never skipped: its rows stay above the horizon
-until it ends. The checkpoint (txid, id) of the last copied row is saved in PostgreSQL
-after ClickHouse has the block; a crash in between re-sends the block, and FINAL in every
-ClickHouse query counts each repeat once.
+until it ends.
+
+Exactly once: before inserting a block, the replicator saves the block's end, its
+"pending" range (checkpoint, end], in PostgreSQL; after ClickHouse has it, the end becomes
+the checkpoint. A crash in between replays exactly that range (every row in it was final
+when it was read: its txid is below the horizon of then), in the same monthly blocks with
+the same deduplication tokens, so an engine with tokens drops what it already has; and a
+replay first asks ClickHouse which of the range's ids it holds, so 18.16 (no tokens) and
+a table rebuilt since get only what they miss.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -22,21 +30,20 @@ from typing import Any
 import asyncpg
 
 from event_metrics.backoff import Backoff
-from event_metrics.clickhouse import apply_schema, connect, insert_columns
+from event_metrics.clickhouse import apply_schema, insert_columns
+from event_metrics.clickhouse_client import ClickHouseClient, connect
 from event_metrics.schema import CLICKHOUSE_TARGET, COLUMN_TYPES, MIRRORED_COLUMNS
 from event_metrics.settings import LagSettings, ReplicationSettings
-from event_metrics.watermark import (
-    LockedWorker,
-    horizon,
-    load_checkpoint,
-    save_checkpoint,
-)
+from event_metrics.watermark import Checkpoint, LockedWorker, horizon
 
 log = logging.getLogger(__name__)
 
 TARGET = CLICKHOUSE_TARGET
 # Held by the one active replicator across all service processes.
 REPLICATOR_LOCK_ID = 0x45564D52  # "EVMR"
+# Tests only: SIGKILL the replicator after its Nth ClickHouse insert, before the
+# checkpoint is saved (a crash at the one moment that makes a replay).
+KILL_AFTER_INSERT_VARIABLE = "EVENT_METRICS_REPLICATOR_KILL_AFTER_INSERT"
 
 # The txid goes out as text (asyncpg has no xid8 codec) under another name: ORDER BY
 # prefers an output column to a table column of the same name, and sorting by the text
@@ -66,31 +73,105 @@ WHERE (txid, id) > ($1::text::xid8, $2::bigint) AND txid < $3::text::xid8
 ORDER BY events.txid, events.id
 LIMIT $4
 """
+# A pending block again: every row up to its end was final when the block was read.
+FETCH_PENDING = f"""
+SELECT {MIRRORED}, {PARTITION} AS partition, txid::text AS txid_text
+FROM events
+WHERE (txid, id) > ($1::text::xid8, $2::bigint) AND (txid, id) <= ($3::text::xid8, $4::bigint)
+ORDER BY events.txid, events.id
+"""
+LOAD_STATE = """
+SELECT txid::text, last_id, pending_txid::text, pending_last_id
+FROM replication_state WHERE target = $1
+"""
+SAVE_PENDING = """
+INSERT INTO replication_state (target, txid, last_id, pending_txid, pending_last_id)
+VALUES ($1, $2::text::xid8, $3, $4::text::xid8, $5)
+ON CONFLICT (target) DO UPDATE
+SET pending_txid = excluded.pending_txid, pending_last_id = excluded.pending_last_id,
+    updated_at = now()
+"""
+SAVE_DONE = """
+UPDATE replication_state
+SET txid = $2::text::xid8, last_id = $3, pending_txid = NULL, pending_last_id = NULL,
+    updated_at = now()
+WHERE target = $1
+"""
+# The ids of a replayed block that ClickHouse holds; the block's times bound the parts read.
+PRESENT_IDS = """
+SELECT id FROM events
+WHERE ts >= toDateTime(%(first)s) AND ts <= toDateTime(%(last)s) AND id IN %(ids)s
+"""
 
 
-def copy_rows(client: Any, rows: Sequence[asyncpg.Record]) -> None:
-    """Insert fetched rows into ClickHouse, one block per month. Runs in a worker thread:
-    reshaping 10,000 rows took the event loop for tens of milliseconds, which requests
-    waiting on it felt as p99 (docs/benchmarks.md)."""
+async def load_state(
+    connection: asyncpg.Connection,
+) -> tuple[Checkpoint, Checkpoint | None]:
+    """The checkpoint, and the end of the block in flight when the last attempt stopped."""
+    row = await connection.fetchrow(LOAD_STATE, TARGET)
+    if row is None:
+        return ("0", 0), None
+    pending = None if row[2] is None else (row[2], row[3])
+    return (row[0], row[1]), pending
+
+
+def block_token(start: Checkpoint, end: Checkpoint, month: int) -> str:
+    """The insert_deduplication_token of a range's block of one month: the same for a
+    replay of the range, different for any other block."""
+    return f"events:{start[0]}.{start[1]}-{end[0]}.{end[1]}:{month}"
+
+
+def copy_rows(
+    client: ClickHouseClient,
+    rows: Sequence[asyncpg.Record],
+    start: Checkpoint,
+    end: Checkpoint,
+    *,
+    replay: bool = False,
+) -> None:
+    """Insert the rows of the range (start, end] into ClickHouse, one block per month,
+    each with its token; a replay inserts only the rows ClickHouse lacks. Runs in a
+    worker thread: reshaping 10,000 rows took the event loop for tens of milliseconds,
+    which requests waiting on it felt as p99 (docs/benchmarks.md)."""
     columns = [list(column) for column in zip(*rows, strict=True)]
-    partitions = columns[len(MIRRORED_COLUMNS)]
-    for block in split_by_month(columns[: len(MIRRORED_COLUMNS)], partitions):
-        insert_columns(client, block)
+    months = columns[len(MIRRORED_COLUMNS)]
+    mirrored = columns[: len(MIRRORED_COLUMNS)]
+    if replay:
+        mirrored, months = _missing(client, mirrored, months)
+    for month, block in split_by_month(mirrored, months).items():
+        insert_columns(client, block, token=block_token(start, end, month))
 
 
-def split_by_month(columns: list[list[Any]], months: list[int]) -> list[list[list[Any]]]:
+def _missing(
+    client: ClickHouseClient, columns: list[list[Any]], months: list[int]
+) -> tuple[list[list[Any]], list[int]]:
+    ids, times = columns[MIRRORED_COLUMNS.index("id")], columns[MIRRORED_COLUMNS.index("ts")]
+    params = {"first": min(times), "last": max(times), "ids": tuple(ids)}
+    present = {row[0] for row in client.execute(PRESENT_IDS, params)}
+    keep = [at for at, id_ in enumerate(ids) if id_ not in present]
+    if present:
+        log.info("replayed block: ClickHouse had %d of its %d rows", len(present), len(ids))
+    return [[column[at] for at in keep] for column in columns], [months[at] for at in keep]
+
+
+def split_by_month(columns: list[list[Any]], months: list[int]) -> dict[int, list[list[Any]]]:
     """Column-wise rows grouped by their monthly ClickHouse partition (`months`, one per
-    row).
+    row), by month.
 
     One insert per partition: current ClickHouse refuses an insert that touches more than
-    100 partitions (max_partitions_per_insert_block), which one valid request can do.
+    100 partitions (max_partitions_per_insert_block), which one valid request can do; and
+    a token then names one block.
     """
+    if not months:
+        return {}
     if months.count(months[0]) == len(months):  # nearly always: one month
-        return [columns]
+        return {months[0]: columns}
     rows_of: dict[int, list[int]] = {}
     for at, month in enumerate(months):
         rows_of.setdefault(month, []).append(at)
-    return [[[column[at] for at in ats] for column in columns] for ats in rows_of.values()]
+    return {
+        month: [[column[at] for at in ats] for column in columns] for month, ats in rows_of.items()
+    }
 
 
 class Replicator(LockedWorker):
@@ -116,6 +197,8 @@ class Replicator(LockedWorker):
             lag_settings=lag,
         )
         self.clickhouse_url = clickhouse_url
+        self._kill_after = int(os.environ.get(KILL_AFTER_INSERT_VARIABLE) or 0)
+        self._inserts = 0
 
     @property
     def rows_copied(self) -> int:
@@ -127,7 +210,7 @@ class Replicator(LockedWorker):
     async def run_once(self) -> int:
         """Copy everything below the current horizon, then return (tests, CLI --once)."""
         connection = await asyncpg.connect(self.database_url)
-        client = connect(self.clickhouse_url)
+        client = await asyncio.to_thread(connect, self.clickhouse_url)
         try:
             await asyncio.to_thread(apply_schema, client)
             copied = 0
@@ -136,11 +219,11 @@ class Replicator(LockedWorker):
                 self.rows_done += n
             return copied
         finally:
-            client.disconnect()
+            client.close()
             await connection.close()
 
     async def work(self, connection: asyncpg.Connection, backoff: Backoff) -> None:
-        client = connect(self.clickhouse_url)
+        client = await asyncio.to_thread(connect, self.clickhouse_url)
         try:
             await asyncio.to_thread(apply_schema, client)
             while not self.stopping:
@@ -155,17 +238,36 @@ class Replicator(LockedWorker):
                     if await self.sleep(self.interval_s):
                         return
         finally:
-            client.disconnect()
+            client.close()
 
-    async def _cycle(self, connection: asyncpg.Connection, client: Any) -> int:
-        """Copy one block of at most batch_rows; return how many rows."""
-        txid, last_id = await load_checkpoint(connection, TARGET)
-        rows = await connection.fetch(
-            FETCH_BATCH, txid, last_id, await horizon(connection), self.batch_rows
-        )
-        if not rows:
-            return 0
-        await asyncio.to_thread(copy_rows, client, rows)
-        # Only after ClickHouse has the block: a crash before this line re-sends it.
-        await save_checkpoint(connection, TARGET, (rows[-1]["txid_text"], rows[-1]["id"]))
+    async def _cycle(self, connection: asyncpg.Connection, client: ClickHouseClient) -> int:
+        """Copy one block of at most batch_rows (or the block left in flight); return how
+        many rows."""
+        start, pending = await load_state(connection)
+        if pending is not None:
+            rows = await connection.fetch(FETCH_PENDING, *start, *pending)
+            end = pending
+            log.info("replaying the block after %s up to %s", start, end)
+            if not rows:  # nothing left of it in PostgreSQL: on to the next block
+                await connection.execute(SAVE_DONE, TARGET, *end)
+                return await self._cycle(connection, client)
+        else:
+            rows = await connection.fetch(
+                FETCH_BATCH, *start, await horizon(connection), self.batch_rows
+            )
+            if not rows:
+                return 0
+            end = (rows[-1]["txid_text"], rows[-1]["id"])
+            # Before ClickHouse sees the block: a crash from here on replays this range.
+            await connection.execute(SAVE_PENDING, TARGET, *start, *end)
+        await asyncio.to_thread(copy_rows, client, rows, start, end, replay=pending is not None)
+        self._after_insert()
+        # Only after ClickHouse has the block.
+        await connection.execute(SAVE_DONE, TARGET, *end)
         return len(rows)
+
+    def _after_insert(self) -> None:
+        self._inserts += 1
+        if self._kill_after and self._inserts >= self._kill_after:
+            log.warning("killed after insert %d (%s)", self._inserts, KILL_AFTER_INSERT_VARIABLE)
+            os.kill(os.getpid(), signal.SIGKILL)

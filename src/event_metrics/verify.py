@@ -9,16 +9,19 @@ Only rows up to the replicator's checkpoint are expected in ClickHouse; rows aft
 or may not be there yet (the copy is at-least-once), so a cell whose summaries differ is
 then compared row by row, by key and md5(content): a key the checkpoint has passed that
 ClickHouse lacks is missing, a key ClickHouse has and PostgreSQL does not is extra, and a
-key whose content differs (a value changed, a column lost) is changed. ClickHouse is read
-with FINAL, as every query reads it: the row version a query would see is what is compared.
+key whose content differs (a value changed, a column lost) is changed, and a key stored
+more than once (which exactly-once replication must never leave) is duplicated.
+ClickHouse is read as every query reads it, with FINAL only on 18.16's ReplacingMergeTree:
+the row versions a query would see are what is compared.
 
-`--repair` deletes the extra and changed keys' row versions (and waits for the deletion),
-copies the missing and changed rows again, and verifies again.
+`--repair` deletes the extra, changed and duplicated keys' row versions (and waits for the
+deletion), copies the missing, changed and duplicated rows again, and verifies again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from dataclasses import dataclass, field
 from datetime import date
@@ -26,7 +29,8 @@ from typing import Any
 
 import asyncpg
 
-from event_metrics.clickhouse import apply_schema, connect, insert_columns
+from event_metrics.clickhouse import apply_schema, insert_anew, reads_final
+from event_metrics.clickhouse_client import ClickHouseClient, connect
 from event_metrics.replicator import MIRRORED, TARGET
 from event_metrics.schema import CLICKHOUSE_TYPES, COLUMN_TYPES, MIRRORED_COLUMNS
 from event_metrics.watermark import load_checkpoint
@@ -69,13 +73,15 @@ FROM (SELECT project_id, ts, event_name, md5({POSTGRES_CONTENT}) AS content
       FROM events WHERE {UP_TO_CHECKPOINT}) AS hashed
 GROUP BY 1, 2, 3
 """
-CLICKHOUSE_SUMMARY = f"""
+# {source}: `events FINAL` on a ReplacingMergeTree (18.16), `events` otherwise.
+CLICKHOUSE_SUMMARY_OF = f"""
 SELECT project_id, toDate(ts) AS day, event_name, count(),
        sum(reinterpretAsUInt32(reverse(substring(content, 1, 4)))),
        sum(reinterpretAsUInt32(reverse(substring(content, 5, 4))))
-FROM (SELECT project_id, ts, event_name, MD5({CLICKHOUSE_CONTENT}) AS content FROM events FINAL)
+FROM (SELECT project_id, ts, event_name, MD5({CLICKHOUSE_CONTENT}) AS content FROM {{source}})
 GROUP BY project_id, day, event_name
 """
+CLICKHOUSE_SUMMARY = CLICKHOUSE_SUMMARY_OF.format(source="events FINAL")
 CELL = (
     "project_id = $3 AND ts >= $4::date::timestamp AT TIME ZONE 'UTC' "
     "AND ts < ($4::date + 1)::timestamp AT TIME ZONE 'UTC' AND event_name = $5"
@@ -83,10 +89,11 @@ CELL = (
 POSTGRES_KEYS = f"""
 SELECT idempotency_key, {UP_TO_CHECKPOINT}, md5({POSTGRES_CONTENT}) FROM events WHERE {CELL}
 """
-CLICKHOUSE_KEYS = f"""
-SELECT idempotency_key, lower(hex(MD5({CLICKHOUSE_CONTENT}))) FROM events FINAL
+CLICKHOUSE_KEYS_OF = f"""
+SELECT idempotency_key, lower(hex(MD5({CLICKHOUSE_CONTENT}))) FROM {{source}}
 WHERE project_id = %(project_id)s AND toDate(ts) = %(day)s AND event_name = %(event_name)s
 """
+CLICKHOUSE_KEYS = CLICKHOUSE_KEYS_OF.format(source="events FINAL")
 POSTGRES_ROWS = f"""
 SELECT {MIRRORED} FROM events
 WHERE {CELL} AND {UP_TO_CHECKPOINT} AND idempotency_key = ANY($6::text[])
@@ -108,6 +115,7 @@ class Difference:
     missing: list[str] = field(default_factory=list)  # in PostgreSQL up to the checkpoint
     extra: list[str] = field(default_factory=list)  # in ClickHouse only
     changed: list[str] = field(default_factory=list)  # in both, with different content
+    duplicated: list[str] = field(default_factory=list)  # in ClickHouse more than once
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -119,6 +127,7 @@ class Difference:
             "missing": len(self.missing),
             "extra": len(self.extra),
             "changed": len(self.changed),
+            "duplicated": len(self.duplicated),
         }
 
 
@@ -129,9 +138,14 @@ class Report:
     repaired: int = 0
 
 
-async def compare(connection: asyncpg.Connection, client: Any) -> Report:
+def _source(client: ClickHouseClient) -> str:
+    return "events FINAL" if reads_final(client) else "events"
+
+
+async def compare(connection: asyncpg.Connection, client: ClickHouseClient) -> Report:
     """Summaries of both engines, then key by key wherever they differ."""
     checkpoint = await load_checkpoint(connection, TARGET)
+    source = await asyncio.to_thread(_source, client)
     postgres = {
         (project, day, name): (rows, first, second)
         for project, day, name, rows, first, second in await connection.fetch(
@@ -141,7 +155,7 @@ async def compare(connection: asyncpg.Connection, client: Any) -> Report:
     clickhouse = {
         (project, day, name): (rows, first, second)
         for project, day, name, rows, first, second in await asyncio.to_thread(
-            client.execute, CLICKHOUSE_SUMMARY
+            client.execute, CLICKHOUSE_SUMMARY_OF.format(source=source)
         )
     }
     differences = []
@@ -149,15 +163,16 @@ async def compare(connection: asyncpg.Connection, client: Any) -> Report:
         ours, theirs = postgres.get(cell, (0, 0, 0)), clickhouse.get(cell, (0, 0, 0))
         if ours == theirs:
             continue
-        difference = await _compare_rows(connection, client, cell, checkpoint, ours, theirs)
-        if difference.missing or difference.extra or difference.changed:
+        difference = await _compare_rows(connection, client, source, cell, checkpoint, ours, theirs)
+        if difference.missing or difference.extra or difference.changed or difference.duplicated:
             differences.append(difference)
     return Report(cells=len(postgres.keys() | clickhouse.keys()), differences=differences)
 
 
 async def _compare_rows(
     connection: asyncpg.Connection,
-    client: Any,
+    client: ClickHouseClient,
+    source: str,
     cell: Cell,
     checkpoint: tuple[str, int],
     ours: Summary,
@@ -168,7 +183,11 @@ async def _compare_rows(
     copied = {key: content for key, passed, content in rows if passed}
     anywhere = {key for key, _, _ in rows}
     params = {"project_id": project_id, "day": day, "event_name": event_name}
-    mirrored = dict(await asyncio.to_thread(client.execute, CLICKHOUSE_KEYS, params))
+    versions = await asyncio.to_thread(
+        client.execute, CLICKHOUSE_KEYS_OF.format(source=source), params
+    )
+    mirrored = dict(versions)
+    copies = collections.Counter(key for key, _ in versions)
     return Difference(
         project_id=project_id,
         day=day,
@@ -178,15 +197,18 @@ async def _compare_rows(
         missing=sorted(copied.keys() - mirrored.keys()),
         extra=sorted(mirrored.keys() - anywhere),
         changed=sorted(k for k, content in copied.items() if mirrored.get(k, content) != content),
+        duplicated=sorted(key for key, n in copies.items() if n > 1),
     )
 
 
-async def repair(connection: asyncpg.Connection, client: Any, differences: list[Difference]) -> int:
-    """Delete the extra and changed keys' row versions, then copy the missing and changed
-    rows again; return rows copied. The deletion goes by key, so it is waited for before
-    the copies go in: it must take the wrong versions only."""
+async def repair(
+    connection: asyncpg.Connection, client: ClickHouseClient, differences: list[Difference]
+) -> int:
+    """Delete the extra, changed and duplicated keys' row versions, then copy the missing,
+    changed and duplicated rows again; return rows copied. The deletion goes by key, so it
+    is waited for before the copies go in: it must take the wrong versions only."""
     for difference in differences:
-        wrong = difference.extra + difference.changed
+        wrong = sorted({*difference.extra, *difference.changed, *difference.duplicated})
         if wrong:
             params = {
                 "project_id": difference.project_id,
@@ -199,7 +221,7 @@ async def repair(connection: asyncpg.Connection, client: Any, differences: list[
     checkpoint = await load_checkpoint(connection, TARGET)
     copied = 0
     for difference in differences:
-        again = difference.missing + difference.changed
+        again = sorted({*difference.missing, *difference.changed, *difference.duplicated})
         if not again:
             continue
         rows = await connection.fetch(
@@ -208,12 +230,12 @@ async def repair(connection: asyncpg.Connection, client: Any, differences: list[
         )  # fmt: skip
         if rows:  # one day: one monthly partition
             columns = [list(column) for column in zip(*rows, strict=True)]
-            await asyncio.to_thread(insert_columns, client, columns)
+            await asyncio.to_thread(insert_anew, client, columns)
         copied += len(rows)
     return copied
 
 
-def _wait_for_mutations(client: Any, timeout_s: float = 300) -> None:
+def _wait_for_mutations(client: ClickHouseClient, timeout_s: float = 300) -> None:
     """ALTER ... DELETE runs in the background: wait until it has rewritten the parts."""
     deadline = time.monotonic() + timeout_s
     query = (
@@ -229,7 +251,7 @@ def _wait_for_mutations(client: Any, timeout_s: float = 300) -> None:
 async def run(database_url: str, clickhouse_url: str, *, fix: bool) -> tuple[Report, Report | None]:
     """Compare; with fix, repair and compare again. Returns (first report, after repair)."""
     connection = await asyncpg.connect(database_url)
-    client = connect(clickhouse_url, timeout_s=300)
+    client = await asyncio.to_thread(connect, clickhouse_url, timeout_s=300)
     try:
         await asyncio.to_thread(apply_schema, client)
         report = await compare(connection, client)
@@ -240,5 +262,5 @@ async def run(database_url: str, clickhouse_url: str, *, fix: bool) -> tuple[Rep
         after.repaired = copied
         return report, after
     finally:
-        client.disconnect()
+        client.close()
         await connection.close()
