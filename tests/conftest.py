@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -28,6 +29,7 @@ from throwaway.clickhouse import ClickHouseServer, find_binary
 
 from event_metrics import projects
 from event_metrics.app import create_app
+from event_metrics.clickhouse_client import ClickHouseClient, connect
 from event_metrics.migrations import upgrade_head
 from event_metrics.settings import Settings
 
@@ -301,6 +303,30 @@ def clickhouse_url(clickhouse_server: ClickHouseServer) -> Iterator[str]:
         if clickhouse_server.is_running():
             admin.execute(f"DROP DATABASE IF EXISTS {name}")
         admin.disconnect()
+
+
+MIRRORS = ("clickhouse-18.16", "chdb")
+
+
+@pytest.fixture(params=MIRRORS)
+def mirror_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty ClickHouse mirror for one test, on each engine: a database on the
+    18.16 server, and a directory of chdb's (current ClickHouse, in this process)."""
+    if request.param == "chdb":
+        return f"chdb://{tmp_path / 'chdb'}"
+    url: str = request.getfixturevalue("clickhouse_url")
+    return url
+
+
+@contextlib.contextmanager
+def mirror(url: str) -> Iterator[ClickHouseClient]:
+    """A client of the mirror at `url`, closed afterwards: a chdb directory must be free
+    again before another process (a `replicate` or `verify` under test) opens it."""
+    client = connect(url)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def free_port() -> int:

@@ -9,12 +9,12 @@ from typing import Any
 
 import asyncpg
 import pytest
-from clickhouse_driver import Client
 from litestar.testing import AsyncTestClient
 
-from conftest import ClientFactory, wait_until
-from event_metrics.clickhouse import INSERT
-from event_metrics.replicator import MIRRORED
+from conftest import ClientFactory, mirror, wait_until
+from event_metrics.clickhouse import reads_final
+from event_metrics.replicator import Replicator
+from event_metrics.settings import Settings
 
 BASE = datetime(2026, 10, 25, tzinfo=UTC)
 CHANNELS = ["web", "ios", "android", "email", None]
@@ -52,15 +52,27 @@ async def post_all(client: AsyncTestClient[Any], events: list[dict[str, Any]]) -
     return accepted
 
 
+def mirrored_count(clickhouse_url: str, *, final: bool = True) -> int:
+    """Events in the mirror as queries count them (FINAL where the shape needs it), or
+    every stored row with final=False."""
+    with mirror(clickhouse_url) as client:
+        shape = reads_final(client)
+        if shape is None:
+            return 0
+        source = "events FINAL" if shape and final else "events"
+        count: int = client.execute(f"SELECT count() FROM {source}")[0][0]
+        return count
+
+
+async def below_horizon(db: asyncpg.Connection) -> bool:
+    return bool(
+        await db.fetchval("SELECT max(txid) < pg_snapshot_xmin(pg_current_snapshot()) FROM events")
+    )
+
+
 async def caught_up(db: asyncpg.Connection, clickhouse_url: str) -> bool:
     expected = await db.fetchval("SELECT count(*) FROM events")
-    client = Client.from_url(clickhouse_url)
-    try:
-        tables = client.execute("EXISTS TABLE events")[0][0]
-        got = client.execute("SELECT count() FROM events FINAL")[0][0] if tables else 0
-    finally:
-        client.disconnect()
-    return bool(got == expected)
+    return mirrored_count(clickhouse_url) == expected
 
 
 def series_difference(a: dict[str, Any], b: dict[str, Any]) -> list[Any]:
@@ -84,27 +96,34 @@ QUERIES = [
 
 
 async def test_backends_answer_identically(
-    make_client: ClientFactory, db: asyncpg.Connection, clickhouse_url: str
+    make_client: ClientFactory, db: asyncpg.Connection, mirror_url: str, settings: Settings
 ) -> None:
     events = generate_events(seed=7, count=1500)
-    async with make_client(
-        clickhouse_url=clickhouse_url, replication_interval_ms=50, replication_batch_rows=400
-    ) as client:
+    # The replicator is driven by hand here, so its blocks are known: 400 rows each.
+    async with make_client(clickhouse_url=mirror_url, replicate=False) as client:
         accepted = await post_all(client, events)
         assert accepted == 1500
-        await wait_until(lambda: caught_up(db, clickhouse_url), what="replication")
+        assert settings.database_url is not None
+        replication = settings.updated(replication_batch_rows=400).replication
+        # Any open transaction on the cluster holds the horizon back: wait until every row
+        # is below it, so that both runs below cut the same full blocks.
+        await wait_until(lambda: below_horizon(db), what="every row below the horizon")
+        assert await Replicator(settings.database_url, mirror_url, replication).run_once() == 1500
 
-        # Simulate at-least-once delivery: send a block of rows to ClickHouse again.
-        rows = await db.fetch(f"SELECT {MIRRORED} FROM events ORDER BY id LIMIT 300")
-        ch = Client.from_url(clickhouse_url)
-        try:
-            # No background merge may collapse the repeats before the queries below:
-            # FINAL must be what counts each key once.
-            ch.execute("SYSTEM STOP MERGES events")
-            ch.execute(INSERT, [list(c) for c in zip(*rows, strict=True)], columnar=True)
-            assert ch.execute("SELECT count() FROM events")[0][0] == 1800  # repeats are there
-        finally:
-            ch.disconnect()
+        # At-least-once delivery: every block sent again, as a replicator that crashed
+        # before saving each checkpoint would (the same ranges, so the same tokens).
+        with mirror(mirror_url) as ch:
+            exactly_once = not reads_final(ch)
+            if not exactly_once:
+                # No background merge may collapse the repeats before the queries
+                # below: FINAL must be what counts each key once.
+                ch.execute("SYSTEM STOP MERGES events")
+        await db.execute("DELETE FROM replication_state WHERE target = 'clickhouse'")
+        assert await Replicator(settings.database_url, mirror_url, replication).run_once() == 1500
+        # The current engine dropped every replayed block; 18.16 stored them again.
+        stored = mirrored_count(mirror_url, final=False)
+        assert stored == (1500 if exactly_once else 3000)
+        assert mirrored_count(mirror_url) == 1500
 
         window = {"from": "2026-10-24T00:00:00Z", "to": "2026-11-09T00:00:00Z"}
         for params in QUERIES:
@@ -123,8 +142,9 @@ async def test_backends_answer_identically(
 
 
 async def test_unaligned_window_and_default_backend(
-    make_client: ClientFactory, db: asyncpg.Connection, clickhouse_url: str
+    make_client: ClientFactory, db: asyncpg.Connection, mirror_url: str
 ) -> None:
+    clickhouse_url = mirror_url
     events = generate_events(seed=11, count=400)
     async with make_client(
         clickhouse_url=clickhouse_url, backend="clickhouse", replication_interval_ms=50
@@ -170,8 +190,9 @@ async def test_clickhouse_backend_not_configured(
 
 
 async def test_clickhouse_without_events_table_is_unavailable(
-    make_client: ClientFactory, clickhouse_url: str
+    make_client: ClientFactory, mirror_url: str
 ) -> None:
+    clickhouse_url = mirror_url
     # No replicator in this process, so nothing has created ClickHouse's tables yet.
     async with make_client(clickhouse_url=clickhouse_url, replicate=False) as client:
         response = await client.get(

@@ -27,9 +27,11 @@ from clickhouse_driver.util.escape import escape_params
 from throwaway.clickhouse import ClickHouseServer, find_binary
 
 from event_metrics import metrics_clickhouse, verify
-from event_metrics.clickhouse import MIGRATIONS, apply_schema, events_ddl
+from event_metrics.chdb_client import ChdbClient
+from event_metrics.clickhouse import MIGRATIONS, apply_schema, events_ddl, reads_final
+from event_metrics.clickhouse_client import ClickHouseClient, DriverClient
 from event_metrics.metrics import MetricsQuery
-from event_metrics.replicator import split_by_month
+from event_metrics.replicator import block_token, copy_rows, split_by_month
 from event_metrics.schema import MIRRORED_COLUMNS
 
 REQUIRE_SERVICES = os.environ.get("EVENT_METRICS_REQUIRE_SERVICES") == "1"
@@ -166,9 +168,14 @@ def ch18(ch18_client: Client) -> Engine:
 
 
 @pytest.fixture(scope="module")
-def chdb_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("chdb"))
+
+
+@pytest.fixture(scope="module")
+def chdb_session(chdb_dir: str) -> Iterator[Any]:
     session_mod = pytest.importorskip("chdb.session")
-    session = session_mod.Session(str(tmp_path_factory.mktemp("chdb")))
+    session = session_mod.Session(chdb_dir)
     try:
         yield session
     finally:
@@ -723,24 +730,49 @@ def test_bulk_inserts_columnar_and_by_rows(ch18_client: Client) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-class _ClientShim:
-    """What event_metrics.clickhouse.apply_schema needs of a client: execute(sql, params)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
-        return self.engine(sql, params)
+@pytest.fixture(scope="module")
+def ch18_seam(ch18_client: Client) -> ClickHouseClient:
+    """The service's own client seam over the 18.16 connection."""
+    return DriverClient(ch18_client)
 
 
-def _load_project_schema(engine: Engine) -> None:
-    engine("DROP TABLE IF EXISTS events")
-    engine("DROP TABLE IF EXISTS schema_version")
-    assert apply_schema(_ClientShim(engine)) == [v for v, _ in MIGRATIONS]
-    assert apply_schema(_ClientShim(engine)) == []  # idempotent on restart
-    engine("SYSTEM STOP MERGES events")
-    engine.insert("events", EVENTS_COLUMNS, list(EVENT_ROWS))
-    engine.insert("events", EVENTS_COLUMNS, list(EVENT_ROWS[:10]))  # at-least-once repeats
+@pytest.fixture(scope="module")
+def chdb_seam(chdb_session: Any, chdb_dir: str) -> Iterator[ClickHouseClient]:
+    """The service's own chdb client, on the module's directory (a session of its own)."""
+    client = ChdbClient(chdb_dir)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def seam(engine: Engine, request: pytest.FixtureRequest) -> ClickHouseClient:
+    result: ClickHouseClient = request.getfixturevalue(f"{engine.name}_seam")
+    return result
+
+
+def _load_project_schema(client: ClickHouseClient) -> None:
+    """The service's schema, the events in replicated blocks, and a replay of one block."""
+    client.execute("DROP TABLE IF EXISTS events")
+    client.execute("DROP TABLE IF EXISTS schema_version")
+    assert apply_schema(client) == [v for v, _ in MIGRATIONS]
+    assert apply_schema(client) == []  # idempotent on restart
+    if reads_final(client):
+        client.execute("SYSTEM STOP MERGES events")  # FINAL must be what hides the replay
+    first, rest = _replicated(EVENT_ROWS[:10]), _replicated(EVENT_ROWS[10:])
+    for rows, start, end in (first, rest, first):  # the first block twice: a replay
+        copy_rows(client, rows, start, end)
+
+
+def _replicated(rows: list[Row]) -> tuple[list[Row], tuple[str, int], tuple[str, int]]:
+    """Rows as the replicator fetches them (a month and a txid after the columns) and the
+    range they are the block of."""
+    ts = MIRRORED_COLUMNS.index("ts")
+    fetched = [
+        (*row, int(datetime.fromtimestamp(row[ts], UTC).strftime("%Y%m")), "7") for row in rows
+    ]
+    return fetched, ("7", rows[0][0] - 1), ("7", rows[-1][0])
 
 
 METRIC_SHAPES = [
@@ -760,23 +792,55 @@ METRIC_SHAPES = [
 ]
 
 
-def test_project_queries_agree_on_both_engines(ch18: Engine, chdb_engine: Engine) -> None:
-    for engine in (ch18, chdb_engine):
-        _load_project_schema(engine)
+def test_project_queries_agree_on_both_engines(
+    ch18_seam: ClickHouseClient, chdb_seam: ClickHouseClient
+) -> None:
+    for client in (ch18_seam, chdb_seam):
+        _load_project_schema(client)
+    # 18.16 keeps the replayed block until a merge and is read with FINAL; the current
+    # engine dropped it (its token was seen) and is read as it is.
+    assert reads_final(ch18_seam) is True and reads_final(chdb_seam) is False
+    raw = "SELECT count() FROM events"
+    assert ch18_seam.execute(raw) == [(len(EVENT_ROWS) + 10,)]
+    assert chdb_seam.execute(raw) == [(len(EVENT_ROWS),)]
     for query in METRIC_SHAPES:
-        for sql, params in metrics_clickhouse.build_sql(query):
-            old = sorted(ch18(sql, params))
-            new = sorted(chdb_engine(sql, params))
+        old_sql = metrics_clickhouse.build_sql(query, final=True)
+        new_sql = metrics_clickhouse.build_sql(query, final=False)
+        for (sql, params), (plain, _) in zip(old_sql, new_sql, strict=True):
+            assert "FINAL" not in plain
+            old = sorted(ch18_seam.execute(sql, params))
+            new = sorted(chdb_seam.execute(plain, params))
             assert old == new, (query, sql)
             assert old and old[0][-2] > 0, (query, sql)
-    # FINAL makes the repeats count once: the total equals the distinct keys in range.
+    # Each event counted once: the total equals the distinct keys in range.
     everything = METRIC_SHAPES[-2]
     assert everything.granularity == "total" and everything.event_name is None
-    _, (total_sql, params) = metrics_clickhouse.build_sql(everything)
+    _, (total_sql, params) = metrics_clickhouse.build_sql(everything, final=True)
+    _, (plain_sql, _) = metrics_clickhouse.build_sql(everything, final=False)
     expected = len(
         {e["idempotency_key"] for e in EVENTS if params["start"] <= e["ts"] < params["end"]}
     )
-    assert ch18(total_sql, params)[0][0] == chdb_engine(total_sql, params)[0][0] == expected
+    assert ch18_seam.execute(total_sql, params)[0][0] == expected
+    assert chdb_seam.execute(plain_sql, params)[0][0] == expected
+
+
+def test_a_token_names_a_block_whatever_its_content(seam: ClickHouseClient) -> None:
+    """The current engine drops a block whose token it has seen, even when the replay's
+    content differs (a column added between the crash and the replay, say), and stores
+    one with another token; 18.16 has no tokens and stores both."""
+    seam.execute("DROP TABLE IF EXISTS events")
+    seam.execute("DROP TABLE IF EXISTS schema_version")
+    apply_schema(seam)
+    rows, start, end = _replicated(EVENT_ROWS[:5])
+    copy_rows(seam, rows, start, end)
+    changed = [(*row[:-3], '{"changed": 1}', *row[-2:]) for row in rows]  # other properties
+    assert changed != rows
+    copy_rows(seam, changed, start, end)
+    count = "SELECT count() FROM events"
+    assert seam.execute(count) == [(5 if seam.version() >= (22, 3) else 10,)]
+    copy_rows(seam, rows, start, ("8", 0))  # another range: another block
+    assert seam.execute(count) == [(10 if seam.version() >= (22, 3) else 15,)]
+    assert block_token(start, end, 202611) != block_token(start, ("8", 0), 202611)
 
 
 # --------------------------------------------------------------------------------------------
@@ -803,7 +867,7 @@ def test_current_clickhouse_refuses_an_insert_over_100_partitions(chdb_engine: E
     ]
     blocks = split_by_month(columns, months)
     assert len(blocks) == 101
-    for block in blocks:
+    for block in blocks.values():
         chdb_engine.insert("events_months", EVENTS_COLUMNS, list(zip(*block, strict=True)))
     assert chdb_engine("SELECT count() FROM events_months") == [(101,)]
 

@@ -19,8 +19,9 @@ import asyncpg
 from clickhouse_driver import Client
 from throwaway.clickhouse import ClickHouseServer
 
-from conftest import ClientFactory, clickhouse_database_url, wait_until
+from conftest import ClientFactory, clickhouse_database_url, mirror, wait_until
 from event_metrics import verify
+from event_metrics.clickhouse import reads_final
 from event_metrics.replicator import MIRRORED, Replicator
 from event_metrics.schema import MIRRORED_COLUMNS
 from event_metrics.settings import Settings
@@ -32,13 +33,10 @@ VALUES (1, $1, 'e', 'u', '', now(), now())
 
 
 def clickhouse_keys(url: str) -> set[str]:
-    client = Client.from_url(url)
-    try:
+    with mirror(url) as client:
         if not client.execute("EXISTS TABLE events")[0][0]:
             return set()
         return {row[0] for row in client.execute("SELECT idempotency_key FROM events")}
-    finally:
-        client.disconnect()
 
 
 async def postgres_keys(db: asyncpg.Connection) -> set[str]:
@@ -46,8 +44,9 @@ async def postgres_keys(db: asyncpg.Connection) -> set[str]:
 
 
 async def test_rows_committed_out_of_id_order_are_not_skipped(
-    settings: Settings, db: asyncpg.Connection, clickhouse_url: str, database_url: str
+    settings: Settings, db: asyncpg.Connection, mirror_url: str, database_url: str
 ) -> None:
+    clickhouse_url = mirror_url
     database = settings.database_url
     assert database is not None
     slow = await asyncpg.connect(database_url)
@@ -248,8 +247,9 @@ def run_cli(*args: str, database_url: str, clickhouse_url: str) -> subprocess.Co
 
 
 async def test_verify_finds_a_row_deleted_from_clickhouse_and_repairs_it(
-    make_client: ClientFactory, db: asyncpg.Connection, clickhouse_url: str, database_url: str
+    make_client: ClientFactory, db: asyncpg.Connection, mirror_url: str, database_url: str
 ) -> None:
+    clickhouse_url = mirror_url
     events = [
         {"event_name": name, "user_id": f"u{n}", "idempotency_key": f"{name}-{n}",
          "timestamp": f"2026-0{1 + n % 3}-1{n % 9}T10:00:00Z"}
@@ -263,19 +263,21 @@ async def test_verify_finds_a_row_deleted_from_clickhouse_and_repairs_it(
     assert clean.returncode == 0, clean.stderr
     assert json.loads(clean.stdout)["differences"] == []
 
-    ch = Client.from_url(clickhouse_url)
-    try:
+    with mirror(clickhouse_url) as ch:
         ch.execute("ALTER TABLE events DELETE WHERE idempotency_key = 'buy-7'")
         # An extra row PostgreSQL never had, in a cell of its own and in a shared one.
-        ch.execute(
-            "INSERT INTO events (project_id, id, idempotency_key, event_name, user_id, channel, "
-            "ts, received_at, properties) VALUES",
-            [(1, 999, "ghost", "view", "u", "", datetime(2026, 1, 10, 10, tzinfo=UTC),
-              datetime(2026, 1, 10, 10, tzinfo=UTC), "")],
-        )  # fmt: skip
-        await wait_until(lambda: "buy-7" not in clickhouse_keys(clickhouse_url), what="delete")
-    finally:
-        ch.disconnect()
+        at = int(datetime(2026, 1, 10, 10, tzinfo=UTC).timestamp())
+        ghost = {
+            **{"project_id": 1, "id": 999, "idempotency_key": "ghost", "event_name": "view"},
+            **{"user_id": "u", "channel": "", "ts": at, "received_at": at, "properties": ""},
+        }
+        ch.insert("events", MIRRORED_COLUMNS, [[ghost[name]] for name in MIRRORED_COLUMNS])
+        await wait_until(
+            lambda: (
+                ch.execute("SELECT count() FROM events WHERE idempotency_key = 'buy-7'") == [(0,)]
+            ),
+            what="delete",
+        )
     broken = run_cli("verify", "--json", database_url=database_url, clickhouse_url=clickhouse_url)
     assert broken.returncode == 1, broken.stdout + broken.stderr
     differences = json.loads(broken.stdout)["differences"]
@@ -289,25 +291,25 @@ async def test_verify_finds_a_row_deleted_from_clickhouse_and_repairs_it(
     assert clickhouse_keys(clickhouse_url) == await postgres_keys(db)
 
 
-def clickhouse_rows(url: str) -> set[tuple[str, str, str]]:
-    client = Client.from_url(url)
-    try:
-        rows = client.execute("SELECT idempotency_key, user_id, properties FROM events FINAL")
-        return {(key, user, properties) for key, user, properties in rows}
-    finally:
-        client.disconnect()
+def clickhouse_rows(url: str) -> list[tuple[str, str, str]]:
+    """Every stored row (sorted), as a query reads it: FINAL only on 18.16's shape."""
+    with mirror(url) as client:
+        final = " FINAL" if reads_final(client) else ""
+        rows = client.execute(f"SELECT idempotency_key, user_id, properties FROM events{final}")
+        return sorted((key, user, properties) for key, user, properties in rows)
 
 
-async def postgres_rows(db: asyncpg.Connection) -> set[tuple[str, str, str]]:
+async def postgres_rows(db: asyncpg.Connection) -> list[tuple[str, str, str]]:
     rows = await db.fetch(
         "SELECT idempotency_key, user_id, coalesce(properties::text, '') FROM events"
     )
-    return {tuple(row) for row in rows}  # type: ignore[misc]
+    return sorted(tuple(row) for row in rows)  # type: ignore[misc]
 
 
 async def test_verify_compares_each_rows_content_and_repairs_it(
-    make_client: ClientFactory, db: asyncpg.Connection, clickhouse_url: str, database_url: str
+    make_client: ClientFactory, db: asyncpg.Connection, mirror_url: str, database_url: str
 ) -> None:
+    clickhouse_url = mirror_url
     events = [
         {"event_name": name, "user_id": f"u{n}", "idempotency_key": f"{name}-{n}",
          "timestamp": f"2026-0{1 + n % 3}-1{n % 9}T10:00:00Z",
@@ -333,8 +335,7 @@ async def test_verify_compares_each_rows_content_and_repairs_it(
     clean = run_cli("verify", "--json", database_url=database_url, clickhouse_url=clickhouse_url)
     assert json.loads(clean.stdout)["differences"] == [], clean.stdout + clean.stderr
 
-    ch = Client.from_url(clickhouse_url)
-    try:
+    with mirror(clickhouse_url) as ch:
         # The properties column lost (verify's schema step adds it back, empty), and one
         # value changed in place.
         ch.execute("ALTER TABLE events DROP COLUMN properties")
@@ -347,8 +348,6 @@ async def test_verify_compares_each_rows_content_and_repairs_it(
             ),
             what="the update",
         )
-    finally:
-        ch.disconnect()
     broken = run_cli("verify", "--json", database_url=database_url, clickhouse_url=clickhouse_url)
     assert broken.returncode == 1, broken.stdout + broken.stderr
     differences = json.loads(broken.stdout)["differences"]
