@@ -12,13 +12,13 @@ from typing import Any
 
 import asyncpg
 import pytest
-from clickhouse_driver import Client
 from litestar.testing import AsyncTestClient
 from pyroaring import BitMap
 
-from conftest import ADMIN_URL, wait_until
+from conftest import ADMIN_URL, mirror, wait_until
 from event_metrics import projects
 from event_metrics.app import create_app
+from event_metrics.clickhouse import reads_final
 from event_metrics.migrations import upgrade_head
 from event_metrics.settings import Settings
 
@@ -83,8 +83,9 @@ def oracle(rows: list[tuple[Any, ...]], by: str | None) -> dict[Any, tuple[int, 
 
 
 async def test_a_populated_deployment_moves_to_the_default_project_with_the_same_answers(
-    old_database: str, clickhouse_url: str
+    old_database: str, mirror_url: str
 ) -> None:
+    clickhouse_url = mirror_url
     rows = old_events()
     connection = await asyncpg.connect(old_database)
     try:
@@ -117,20 +118,22 @@ async def test_a_populated_deployment_moves_to_the_default_project_with_the_same
         ids = await connection.fetch("SELECT id, idempotency_key FROM events")
     finally:
         await connection.close()
-    ch = Client.from_url(clickhouse_url)
-    try:
+    with mirror(clickhouse_url) as ch:
         ch.execute(CLICKHOUSE_V1)
         ch.execute("CREATE TABLE schema_version (version UInt32, applied_at DateTime('UTC')) "
                    "ENGINE = TinyLog")  # fmt: skip
         ch.execute("INSERT INTO schema_version (version, applied_at) SELECT 1, now()")
         by_key = {key: id_ for id_, key in ids}
-        ch.execute(
-            "INSERT INTO events (id, idempotency_key, event_name, user_id, channel, ts, "
-            "received_at, properties) VALUES",
-            [(by_key[r[0]], *r) for r in rows],
-        )
-    finally:
-        ch.disconnect()
+        old_rows = [
+            (by_key[key], key, name, user, channel, int(ts.timestamp()), int(at.timestamp()), p)
+            for key, name, user, channel, ts, at, p in rows
+        ]
+        ch.insert(
+            "events",
+            ("id", "idempotency_key", "event_name", "user_id", "channel", "ts", "received_at",
+             "properties"),
+            [list(column) for column in zip(*old_rows, strict=True)],
+        )  # fmt: skip
 
     await upgrade_head(old_database)
 
@@ -153,15 +156,14 @@ async def test_a_populated_deployment_moves_to_the_default_project_with_the_same
         client.headers["Authorization"] = f"Bearer {read.key}"
 
         def mirrored() -> bool:
-            check = Client.from_url(clickhouse_url)
-            try:
-                version = check.execute("SELECT max(version) FROM schema_version")[0][0]
-                count = check.execute("SELECT count() FROM events FINAL WHERE project_id = 1")
-                return bool(version == 2 and count[0][0] == 400)
-            except Exception:  # the table is being swapped
-                return False
-            finally:
-                check.disconnect()
+            with mirror(clickhouse_url) as check:
+                try:
+                    version = check.execute("SELECT max(version) FROM schema_version")[0][0]
+                    final = " FINAL" if reads_final(check) else ""
+                    count = check.execute(f"SELECT count() FROM events{final} WHERE project_id = 1")
+                    return bool(version == 2 and count[0][0] == 400)
+                except Exception:  # the table is being swapped
+                    return False
 
         await wait_until(mirrored, what="ClickHouse rebuilt with project_id")
         window = {"from": "2026-10-28T00:00:00Z", "to": "2026-11-04T00:00:00Z",
