@@ -10,6 +10,9 @@ INSTALL := $(BIN)/pip install --quiet --no-compile -c requirements.lock
 SERVE_STAMP := $(VENV)/.installed-serve
 TEST_STAMP := $(VENV)/.installed-test
 BENCH_STAMP := $(VENV)/.installed-bench
+CHDB_STAMP := $(VENV)/.installed-chdb
+# A chdb:// mirror (ClickHouse in the service process) needs the chdb extra.
+SERVE_NEEDS := $(SERVE_STAMP) $(if $(findstring chdb:,$(EVENT_METRICS_CLICKHOUSE_URL)),$(CHDB_STAMP))
 
 .PHONY: install serve migrate test test-unit lint typecheck check bench bench-full clickhouse-server chromium wrk clean
 
@@ -28,9 +31,13 @@ $(BENCH_STAMP): $(SERVE_STAMP)
 	$(INSTALL) -e '.[embedded,bench]'
 	touch $@
 
+$(CHDB_STAMP): $(SERVE_STAMP)
+	$(INSTALL) -e '.[embedded,chdb]'
+	touch $@
+
 install: $(TEST_STAMP) $(BENCH_STAMP)
 
-serve: $(SERVE_STAMP)
+serve: $(SERVE_NEEDS)
 	$(BIN)/event-metrics serve
 
 migrate: $(SERVE_STAMP)

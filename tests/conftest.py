@@ -339,7 +339,8 @@ def free_port() -> int:
 class LiveServer:
     """`event-metrics serve` in a process of its own: the real uvicorn, protocol and all."""
 
-    def __init__(self, database_url: str, **variables: str) -> None:
+    def __init__(self, database_url: str, start_timeout_s: float = 30, **variables: str) -> None:
+        self.start_timeout_s = start_timeout_s
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -355,7 +356,7 @@ class LiveServer:
             [sys.executable, "-m", "event_metrics.cli", "serve"],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited: {self.process.stderr.read().decode()}")  # type: ignore[union-attr]
@@ -363,7 +364,7 @@ class LiveServer:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return
             time.sleep(0.05)
-        raise RuntimeError("serve did not answer /health within 30 s")
+        raise RuntimeError(f"serve did not answer /health within {self.start_timeout_s:.0f} s")
 
     def stop(self) -> str:
         """Stop with SIGTERM; return what the process wrote to stderr."""
@@ -379,8 +380,10 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def live_server(database_url: str, **variables: str) -> Iterator[LiveServer]:
-    server = LiveServer(database_url, **variables)
+def live_server(
+    database_url: str, start_timeout_s: float = 30, **variables: str
+) -> Iterator[LiveServer]:
+    server = LiveServer(database_url, start_timeout_s, **variables)
     try:
         server.start()  # a start that times out must not leave serve running either
         yield server

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -118,3 +120,34 @@ async def test_replicator_process_false_keeps_it_in_the_worker(
         sent = await post(server, keys, 20)
         await wait_until(lambda: clickhouse_keys(clickhouse_url) == sent, what="rows copied")
         assert await replication_is(server, state="running")
+
+
+async def test_with_chdb_serve_replicates_inside_its_own_process(
+    database_url: str, db: asyncpg.Connection, keys: Keys, tmp_path: Path
+) -> None:
+    """`make serve` with no ClickHouse server: the mirror is chdb in serve's process, the
+    replicator a task beside the HTTP worker (the directory admits one process), and
+    /metrics answers from it what PostgreSQL answers."""
+    url = f"chdb://{tmp_path / 'mirror'}"
+    # Loading chdb's engine (a large library) adds seconds to the start on a busy machine.
+    with live_server(database_url, start_timeout_s=120, clickhouse_url=url) as server:
+        assert replicator_children(server) == []
+        sent = await post(server, keys, 200)
+        await wait_until(
+            lambda: replication_is(server, state="running", lag_rows=0, rows_copied=200),
+            what="the in-process replicator caught up",
+        )
+        async with httpx.AsyncClient(
+            base_url=server.url, headers=keys.default.auth("read")
+        ) as client:
+            now = datetime.now(UTC).replace(microsecond=0)
+            day = timedelta(days=1)
+            window = {"from": (now - day).isoformat(), "to": (now + day).isoformat(),
+                      "granularity": "total"}  # fmt: skip
+            answers = [
+                (await client.get("/metrics", params={**window, "backend": backend})).json()
+                for backend in ("clickhouse", "postgres")
+            ]
+        assert answers[0]["backend"] == "clickhouse"
+        assert answers[0]["total"] == answers[1]["total"] == {"events": 200, "unique_users": 1}
+    assert clickhouse_keys(url) == sent == await postgres_keys(db)

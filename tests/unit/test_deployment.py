@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from event_metrics.clickhouse import EXACTLY_ONCE_SINCE
+from event_metrics.clickhouse_client import parse_version
 from event_metrics.settings import PREFIX, ConfigError, Settings, variables
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,6 +117,15 @@ def test_clickhouse_url_matches_the_clickhouse_service(
     assert url.port == 9000, "clickhouse-driver speaks the native protocol (port 9000)"
     assert url.path.lstrip("/") == env["CLICKHOUSE_DB"]
     assert (url.username, url.password) == (env["CLICKHOUSE_USER"], env["CLICKHOUSE_PASSWORD"])
+
+
+def test_compose_runs_a_clickhouse_that_stores_each_row_once(compose: dict[str, Any]) -> None:
+    """The production path is a current release: one with insert deduplication tokens,
+    so the mirror takes the exactly-once shape and /metrics reads without FINAL."""
+    image = compose["services"]["clickhouse"]["image"]
+    name, _, tag = image.partition(":")
+    assert name == "clickhouse/clickhouse-server"
+    assert parse_version(tag) >= EXACTLY_ONCE_SINCE, image
 
 
 def test_postgres_url_matches_the_postgres_service(
