@@ -3,13 +3,19 @@
     python -m bench.queries --url http://127.0.0.1:8080 --database-url URL
         [--clickhouse-url URL] [--backends postgres,clickhouse] [--windows 1,7,30,90]
         [--runs 5] [--end 2026-11-01T00:00:00Z] [--out docs/bench] [--json]
+        [--also NAME=URL[@BACKEND] ...]
 
 Each path (a column of the report) runs every query class for every window `--runs` times;
 the first run warms caches and is discarded. Paths: `sql-postgres` (the reference's plain
 SQL on the events table: the baseline for the speed-ups), one `/metrics?backend=<name>`
 path per --backends entry, and with --clickhouse-url `sql-clickhouse` (the same SQL on
 ClickHouse, no FINAL, like the reference's ClickHouse column). The HTTP backends' answers
-are compared field by field; any difference is reported as a mismatch.
+are compared field by field; any difference is reported as a mismatch. `--also` adds a
+/metrics path of another service (say one on a ReplacingMergeTree mirror, which reads
+FINAL: `--also clickhouse-final=http://127.0.0.1:8082@clickhouse`), timed cell by cell
+beside the others.
+
+A chdb:// --clickhouse-url needs its directory free: not while a service runs on it.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import numpy as np
 
 from bench.dataset import end_of
 from bench.report import render_chart, render_markdown
-from bench.seed import clickhouse_client
+from event_metrics.clickhouse_client import connect
 
 BASELINE = "sql-postgres"
 # /metrics paths: backend[-plan]; postgres-raw scans events, postgres-rollup reads rollups.
@@ -136,7 +142,7 @@ def postgres_runner(connection: asyncpg.Connection) -> Runner:
 
 
 def clickhouse_runner(url: str) -> Runner:
-    client = clickhouse_client(url)
+    client = connect(url, timeout_s=300)
 
     def execute(query: QueryClass, start: datetime, end: datetime) -> int:
         params = {"start": int(start.timestamp()), "end": int(end.timestamp())}
@@ -170,8 +176,8 @@ def compare_answers(answers: dict[str, Any]) -> list[str]:
     problems = []
     for name, answer in named[1:]:
         first_name, first = named[0]
-        a = {k: v for k, v in first.items() if k != "backend"}
-        b = {k: v for k, v in answer.items() if k != "backend"}
+        a = {k: v for k, v in first.items() if k not in ("backend", "freshness")}
+        b = {k: v for k, v in answer.items() if k not in ("backend", "freshness")}
         if a == b:
             continue
         keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
@@ -192,12 +198,16 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     end = end_of(args.end)
     windows = [int(w) for w in args.windows.split(",") if w.strip()]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    also = [_other_service(text) for text in args.also]
     connection = await asyncpg.connect(args.database_url, server_settings={"timezone": "UTC"})
     timeout = aiohttp.ClientTimeout(total=args.timeout)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         paths: dict[str, Runner] = {BASELINE: postgres_runner(connection)}
         for backend in backends:
             paths[backend] = http_runner(session, args.url.rstrip("/"), backend, args.read_key)
+        for name, url, backend in also:
+            paths[name] = http_runner(session, url.rstrip("/"), backend, args.read_key)
+            backends.append(name)
         if args.clickhouse_url:
             paths["sql-clickhouse"] = clickhouse_runner(args.clickhouse_url)
         try:
@@ -256,6 +266,15 @@ async def _run_row(
     return row
 
 
+def _other_service(text: str) -> tuple[str, str, str]:
+    """NAME=URL[@BACKEND] as (name, url, backend path; clickhouse by default)."""
+    name, _, rest = text.partition("=")
+    url, _, backend = rest.partition("@")
+    if not name or not url:
+        sys.exit(f"bench.queries: --also {text!r}: expected NAME=URL[@BACKEND]")
+    return name, url, backend or "clickhouse"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench.queries", description=__doc__.splitlines()[0])
     p.add_argument("--url", default="http://127.0.0.1:8080", help="service base URL")
@@ -269,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs/bench", help="folder for queries.{md,png,json}")
     p.add_argument("--json", action="store_true", help="JSON on stdout instead of markdown")
     p.add_argument("--read-key", help="a read key of the project whose events are queried")
+    p.add_argument(
+        "--also", action="append", default=[], metavar="NAME=URL[@BACKEND]",
+        help="a /metrics path of another service (same read key), e.g. on another mirror",
+    )  # fmt: skip
     return p
 
 

@@ -2,6 +2,13 @@
 
     python -m bench.seed --database-url URL [--clickhouse-url URL] [--rows 20000000]
         [--days 90] [--seed 42] [--end 2026-11-01T00:00:00Z] [--truncate] [--json]
+        [--clickhouse-only] [--clickhouse-shape current|replacing]
+
+--clickhouse-url may be a chdb:///dir (nothing else may have the directory open).
+--clickhouse-only loads ClickHouse alone, with the ids a bulk PostgreSQL seed gives;
+--clickhouse-shape replacing makes the table of 18.16 and older versions (a
+ReplacingMergeTree read with FINAL, left unconverted while no replicator runs), for
+timing FINAL.
 
 The data (bench/dataset.py, encoded by bench/encoding.py) is generated in chunks on a
 background thread while the previous chunk is being sent. Into an empty (or --truncate'd)
@@ -24,13 +31,22 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import asyncpg
+import numpy as np
 from clickhouse_driver import Client
 from clickhouse_driver.util.helpers import parse_url
 
 from bench.dataset import ChunkPlan, DatasetSpec, end_of, generate_all, plan_chunks
 from bench.encoding import COPY_HEADER, COPY_TRAILER, PG_COLUMNS, Encoder
 from bench.load import ProgressBar
-from event_metrics.clickhouse import INSERT, apply_schema
+from event_metrics.clickhouse import (
+    CREATE_SCHEMA_VERSION,
+    INSERT,
+    MIGRATIONS,
+    apply_schema,
+    events_ddl,
+)
+from event_metrics.clickhouse_client import ClickHouseClient, DriverClient, connect, is_chdb
+from event_metrics.schema import MIRRORED_COLUMNS
 
 T = TypeVar("T")
 PREFETCH_CHUNKS = 3
@@ -54,7 +70,8 @@ SELECT setval(pg_get_serial_sequence('events', 'id'), (SELECT max(id) FROM event
 ADVANCE_CHECKPOINT = """
 INSERT INTO replication_state (target, txid, last_id)
 VALUES ('clickhouse', pg_snapshot_xmin(pg_current_snapshot()), 0)
-ON CONFLICT (target) DO UPDATE SET txid = excluded.txid, last_id = 0, updated_at = now()
+ON CONFLICT (target) DO UPDATE SET txid = excluded.txid, last_id = 0, pending_txid = NULL,
+    pending_last_id = NULL, updated_at = now()
 """
 
 
@@ -219,8 +236,12 @@ def seed_clickhouse(
     truncate: bool,
     id_base: int,
     quiet: bool,
+    shape: str = "current",
 ) -> LoadResult:
     """Insert the data set into ClickHouse's events, one columnar block per chunk."""
+    if is_chdb(url):
+        return _seed_chdb(url, spec, plans, truncate=truncate, id_base=id_base, quiet=quiet,
+                          shape=shape)  # fmt: skip
     encoder = Encoder(spec, id_base)
     admin = clickhouse_client(url)
     # numpy columns: integer and fixed-width byte arrays go to the wire without a Python
@@ -229,7 +250,7 @@ def seed_clickhouse(
     bar = ProgressBar(spec.rows, not quiet)
     started = time.monotonic()
     try:
-        apply_schema(admin)
+        _create(DriverClient(admin), shape)
         if truncate:
             admin.execute("TRUNCATE TABLE events")
         done = 0
@@ -244,6 +265,55 @@ def seed_clickhouse(
     return LoadResult("clickhouse", spec.rows, time.monotonic() - started, {})
 
 
+def _create(client: ClickHouseClient, shape: str) -> None:
+    """The schema as the service makes it, or with --clickhouse-shape replacing, the table
+    of 18.16 (and of versions before exactly-once), marked as at the last version."""
+    if shape == "current":
+        apply_schema(client)
+        return
+    client.execute(CREATE_SCHEMA_VERSION)
+    for version, _ in MIGRATIONS:
+        client.execute(
+            "INSERT INTO schema_version (version, applied_at) SELECT %(v)s, now()", {"v": version}
+        )
+    client.execute(events_ddl(exactly_once=False))
+
+
+def _seed_chdb(
+    url: str,
+    spec: DatasetSpec,
+    plans: list[ChunkPlan],
+    *,
+    truncate: bool,
+    id_base: int,
+    quiet: bool,
+    shape: str,
+) -> LoadResult:
+    """The chdb variant: the service's own client (JSONColumns blocks of Python values)."""
+    encoder = Encoder(spec, id_base)
+    client = connect(url)
+    bar = ProgressBar(spec.rows, not quiet)
+    started = time.monotonic()
+    try:
+        _create(client, shape)
+        if truncate:
+            client.execute("TRUNCATE TABLE events")
+        done = 0
+        for rows, columns in prefetched(_encoded(spec, plans, encoder.clickhouse_columns)):
+            values = [
+                np.char.decode(column, "utf-8").tolist() if column.dtype.kind == "S"
+                else column.tolist()
+                for column in columns
+            ]  # fmt: skip
+            client.insert("events", MIRRORED_COLUMNS, values)
+            done += rows
+            bar.update(done)
+        bar.finish(done)
+    finally:
+        client.close()
+    return LoadResult("clickhouse", spec.rows, time.monotonic() - started, {})
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -252,13 +322,16 @@ async def seed(args: argparse.Namespace) -> dict[str, Any]:
     spec = DatasetSpec(rows=args.rows, days=args.days, seed=args.seed, end=end_of(args.end))
     plans = plan_chunks(spec)
     started = time.monotonic()
-    bulk, id_base = await prepare_postgres(args.database_url, spec, truncate=args.truncate)
-    log(f"postgres: {spec.rows} rows ({'bulk: indexes rebuilt' if bulk else 'append'})")
-    results = [
-        await seed_postgres(
-            args.database_url, spec, plans, bulk=bulk, id_base=id_base, quiet=args.quiet
+    results = []
+    bulk, id_base = True, 0  # --clickhouse-only: the ids a bulk PostgreSQL seed gives
+    if not args.clickhouse_only:
+        bulk, id_base = await prepare_postgres(args.database_url, spec, truncate=args.truncate)
+        log(f"postgres: {spec.rows} rows ({'bulk: indexes rebuilt' if bulk else 'append'})")
+        results.append(
+            await seed_postgres(
+                args.database_url, spec, plans, bulk=bulk, id_base=id_base, quiet=args.quiet
+            )
         )
-    ]
     if args.clickhouse_url:
         log(f"clickhouse: {spec.rows} rows")
         results.append(
@@ -270,9 +343,14 @@ async def seed(args: argparse.Namespace) -> dict[str, Any]:
                 truncate=args.truncate,
                 id_base=id_base,
                 quiet=args.quiet,
+                shape=args.clickhouse_shape,
             )
         )
-    vacuum_s = await finish_postgres(args.database_url, clickhouse_loaded=bool(args.clickhouse_url))
+    vacuum_s = 0.0
+    if not args.clickhouse_only:
+        vacuum_s = await finish_postgres(
+            args.database_url, clickhouse_loaded=bool(args.clickhouse_url)
+        )
     return {
         "rows": spec.rows,
         "days": spec.days,
@@ -302,6 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truncate", action="store_true", help="empty both events tables first")
     p.add_argument("--json", action="store_true", help="JSON summary on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--clickhouse-only", action="store_true", help="load ClickHouse alone")
+    p.add_argument(
+        "--clickhouse-shape", choices=("current", "replacing"), default="current",
+        help="replacing: 18.16's ReplacingMergeTree, read with FINAL (for timing FINAL)",
+    )  # fmt: skip
     return p
 
 
