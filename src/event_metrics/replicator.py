@@ -98,6 +98,8 @@ SET txid = $2::text::xid8, last_id = $3, pending_txid = NULL, pending_last_id = 
 WHERE target = $1
 """
 # The ids of a replayed block that ClickHouse holds; the block's times bound the parts read.
+# Asked PRESENT_IDS_CHUNK ids at a time: a statement is at most 256 KiB (max_query_size).
+PRESENT_IDS_CHUNK = 10_000
 PRESENT_IDS = """
 SELECT id FROM events
 WHERE ts >= toDateTime(%(first)s) AND ts <= toDateTime(%(last)s) AND id IN %(ids)s
@@ -146,8 +148,11 @@ def _missing(
     client: ClickHouseClient, columns: list[list[Any]], months: list[int]
 ) -> tuple[list[list[Any]], list[int]]:
     ids, times = columns[MIRRORED_COLUMNS.index("id")], columns[MIRRORED_COLUMNS.index("ts")]
-    params = {"first": min(times), "last": max(times), "ids": tuple(ids)}
-    present = {row[0] for row in client.execute(PRESENT_IDS, params)}
+    present: set[int] = set()
+    for at in range(0, len(ids), PRESENT_IDS_CHUNK):
+        chunk = slice(at, at + PRESENT_IDS_CHUNK)
+        params = {"first": min(times[chunk]), "last": max(times[chunk]), "ids": tuple(ids[chunk])}
+        present.update(row[0] for row in client.execute(PRESENT_IDS, params))
     keep = [at for at, id_ in enumerate(ids) if id_ not in present]
     if present:
         log.info("replayed block: ClickHouse had %d of its %d rows", len(present), len(ids))
