@@ -10,6 +10,8 @@ table and the replicator's checkpoint, then times `Replicator.run_once()`: the s
 then every row below the horizon, block by block, each with its pending range and its
 checkpoint saved in PostgreSQL. Prints one JSON line per run: rows per second of wall
 time, and this process's CPU seconds (chdb's engine runs in it; a server's does not).
+`--phases N` instead times N blocks by phase: the CPU per row of the PostgreSQL fetch and
+of the copy into ClickHouse.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import time
 
 import asyncpg
 
+from event_metrics.clickhouse import apply_schema
 from event_metrics.clickhouse_client import connect
-from event_metrics.replicator import TARGET, Replicator
+from event_metrics.replicator import FETCH_BATCH, TARGET, Replicator, copy_rows
 from event_metrics.settings import Settings
 
 
@@ -51,14 +54,49 @@ async def fill(database_url: str, clickhouse_url: str, batch_rows: int) -> dict[
     }
 
 
+async def phases(
+    database_url: str, clickhouse_url: str, batch_rows: int, blocks: int
+) -> dict[str, float]:
+    """CPU per row of fetching blocks and of copying them (into an emptied mirror)."""
+    connection = await asyncpg.connect(database_url)
+    client = connect(clickhouse_url, timeout_s=300)
+    try:
+        client.execute("DROP TABLE IF EXISTS events")
+        apply_schema(client)
+        start, fetch_s, copy_s, rows_done = ("0", 0), 0.0, 0.0, 0
+        for _ in range(blocks):
+            began = time.process_time()
+            rows = await connection.fetch(FETCH_BATCH, *start, "18446744073709551615", batch_rows)
+            fetched = time.process_time()
+            end = (rows[-1]["txid_text"], rows[-1]["id"])
+            copy_rows(client, rows, start, end)
+            fetch_s, copy_s = fetch_s + fetched - began, copy_s + time.process_time() - fetched
+            rows_done, start = rows_done + len(rows), end
+    finally:
+        client.close()
+        await connection.close()
+    return {
+        "rows": rows_done,
+        "fetch_us_per_row": round(fetch_s / rows_done * 1e6, 2),
+        "copy_us_per_row": round(copy_s / rows_done * 1e6, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--mirror", action="append", required=True, metavar="NAME=URL")
     parser.add_argument("--batch-rows", default="10000", help="comma-separated block sizes")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--phases", type=int, metavar="BLOCKS", help="time phases instead")
     args = parser.parse_args()
     mirrors = [text.split("=", 1) for text in args.mirror]
+    if args.phases:
+        for name, url in mirrors:
+            for batch_rows in [int(n) for n in args.batch_rows.split(",")]:
+                figures = asyncio.run(phases(args.database_url, url, batch_rows, args.phases))
+                print(json.dumps({"mirror": name, "batch_rows": batch_rows, **figures}))
+        return
     for round_ in range(args.rounds):
         for batch_rows in [int(n) for n in args.batch_rows.split(",")]:
             for name, url in mirrors:
