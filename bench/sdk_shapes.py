@@ -20,7 +20,7 @@ import struct
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,20 @@ def message_id(run: str, seq: int) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, f"{run}-{seq}"))
 
 
+def stamps(now: datetime, count: int) -> list[datetime]:
+    """The times of `count` calls queued one millisecond apart up to `now`: an SDK stamps
+    each call when it is made, and sends them together later."""
+    return [now - timedelta(milliseconds=count - n) for n in range(count)]
+
+
+def like(recorded: str, moment: datetime) -> str:
+    """`moment` written as the SDK wrote `recorded`: JavaScript's toISOString (milliseconds,
+    Z) or Python's isoformat (milliseconds or microseconds, +00:00)."""
+    digits = len(recorded.partition(".")[2].rstrip("Z").split("+")[0]) or 6
+    text = moment.isoformat(timespec="milliseconds" if digits == 3 else "microseconds")
+    return text.replace("+00:00", "Z") if recorded.endswith("Z") else text
+
+
 def sdk_batch(
     sdk: str, *, key: str, run: str, seqs: Sequence[int], event_name: str, users: Sequence[str]
 ) -> Request:
@@ -82,27 +96,27 @@ def sdk_batch(
     the message numbered seqs[n]."""
     shape = SHAPES[ALIASES.get(sdk, sdk)]
     recorded, template = shape.template()
+    envelope = {name: value for name, value in recorded["decoded_json"].items()}
+    clock = "sentAt" if "sentAt" in envelope else "sent_at"
     now = datetime.now(UTC)
-    stamp = now.isoformat(timespec="milliseconds" if shape.compact else "microseconds")
     messages = []
-    for seq, user in zip(seqs, users, strict=True):
+    for seq, user, stamp in zip(seqs, users, stamps(now, len(seqs)), strict=True):
         message = copy.deepcopy(template)
         message[shape.id_field] = message_id(run, seq)
         message["event"] = event_name
-        message["timestamp"] = stamp
+        message["timestamp"] = like(template["timestamp"], stamp)
         properties = message.setdefault("properties", {})
         properties["seq"] = seq
         if shape.user_field == "distinct_id" and "distinct_id" in properties:
-            properties["distinct_id"] = user  # posthog-js
-        message[shape.user_field] = user
+            properties["distinct_id"] = user  # posthog-js: there, and not at the top level
+        if shape.user_field in template or "distinct_id" not in properties:
+            message[shape.user_field] = user
         if "token" in properties:
             properties["token"] = key
         messages.append(message)
-    envelope = {name: value for name, value in recorded["decoded_json"].items()}
     envelope["batch"] = messages
-    for clock in ("sentAt", "sent_at"):
-        if clock in envelope:
-            envelope[clock] = stamp
+    if clock in envelope:
+        envelope[clock] = like(envelope[clock], now)
     if shape.key_in_body:
         envelope[shape.key_in_body] = key
     if shape.compact:
@@ -124,14 +138,14 @@ def native_batch(
     user's own properties (what the SDK adds around them is what a native client omits)."""
     shape = SHAPES[ALIASES.get(sdk, sdk)]
     _, template = shape.template()
-    stamp = datetime.now(UTC).isoformat()
+    now = datetime.now(UTC)
     own = {k: v for k, v in template.get("properties", {}).items()
            if not k.startswith("$") and k not in ("token", "distinct_id")}  # fmt: skip
     events = [
         {"event_name": event_name, "user_id": user,
-         "idempotency_key": message_id(run, seq), "timestamp": stamp, "channel": "server",
-         "properties": {**own, "seq": seq}}
-        for seq, user in zip(seqs, users, strict=True)
+         "idempotency_key": message_id(run, seq), "timestamp": like(template["timestamp"], stamp),
+         "channel": "server", "properties": {**own, "seq": seq}}
+        for seq, user, stamp in zip(seqs, users, stamps(now, len(seqs)), strict=True)
     ]  # fmt: skip
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
     return Request("/events", headers, json.dumps(events).encode())

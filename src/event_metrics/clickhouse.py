@@ -74,51 +74,62 @@ def events_ddl(table: str = "events", *, exactly_once: bool = False) -> str:
 EVENTS_DDL = events_ddl()
 EXACTLY_ONCE_EVENTS_DDL = events_ddl(exactly_once=True)
 EVENT_COLUMNS = """
-SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'events'
+SELECT name FROM system.columns WHERE database = currentDatabase() AND table = %(table)s
 """
+# On a cluster `events` is a Distributed table over every node's LOCAL_TABLE
+# (clickhouse_cluster.py).
+LOCAL_TABLE = "events_local"
 EVENTS_ENGINE = """
-SELECT engine FROM system.tables WHERE database = currentDatabase() AND name = 'events'
+SELECT engine FROM system.tables WHERE database = currentDatabase() AND name = %(table)s
 """
 
 
-def reads_final(client: ClickHouseClient) -> bool | None:
-    """Whether the events table must be read with FINAL (a ReplacingMergeTree), or None
-    when there is no events table yet."""
-    rows = client.execute(EVENTS_ENGINE)
+def reads_final(client: ClickHouseClient, table: str = "events") -> bool | None:
+    """Whether the events `table` must be read with FINAL (a ReplacingMergeTree), or None
+    when there is no such table yet."""
+    rows = client.execute(EVENTS_ENGINE, {"table": table})
+    if rows and rows[0][0] == "Distributed":
+        # A cluster: the shards' local tables hold the rows, and their shape decides. Every
+        # shard takes the shape its engine allows (apply_schema), the same on all of them.
+        rows = client.execute(EVENTS_ENGINE, {"table": LOCAL_TABLE})
+        if not rows:  # a node that only routes queries holds no local table
+            return not exactly_once(client)
     return None if not rows else rows[0][0] != "MergeTree"
 
 
-def _rebuild(client: ClickHouseClient, backfill: dict[str, str]) -> None:
-    """Copy events into a table of the current shape, then swap the two.
+def _rebuild(client: ClickHouseClient, table: str, backfill: dict[str, str]) -> None:
+    """Copy the events `table` into a table of the current shape, then swap the two.
 
     Columns the old table lacks are filled from `backfill` (SQL expressions) or left to
     their type's default. A ReplacingMergeTree is read with FINAL, so the copy holds each
     event once. Rows arriving meanwhile wait: the replicator itself calls this before it
     copies anything.
     """
-    present = {row[0] for row in client.execute(EVENT_COLUMNS)}
+    present = {row[0] for row in client.execute(EVENT_COLUMNS, {"table": table})}
     columns = [name for name in MIRRORED_COLUMNS if name in present or name in backfill]
     values = [name if name in present else f"{backfill[name]} AS {name}" for name in columns]
-    final = " FINAL" if reads_final(client) else ""
-    client.execute("DROP TABLE IF EXISTS events_rebuild")
-    client.execute(events_ddl("events_rebuild", exactly_once=exactly_once(client)))
+    final = " FINAL" if reads_final(client, table) else ""
+    client.execute(f"DROP TABLE IF EXISTS {table}_rebuild")
+    client.execute(events_ddl(f"{table}_rebuild", exactly_once=exactly_once(client)))
     # Every block of the copy holds other ids: none is a repeat the window would drop.
     client.execute(
-        f"INSERT INTO events_rebuild ({', '.join(columns)}) "
-        f"SELECT {', '.join(values)} FROM events{final}"
+        f"INSERT INTO {table}_rebuild ({', '.join(columns)}) "
+        f"SELECT {', '.join(values)} FROM {table}{final}"
     )
-    client.execute("RENAME TABLE events TO events_before_rebuild, events_rebuild TO events")
-    client.execute("DROP TABLE events_before_rebuild")
+    client.execute(f"RENAME TABLE {table} TO {table}_before_rebuild, {table}_rebuild TO {table}")
+    client.execute(f"DROP TABLE {table}_before_rebuild")
 
 
-Step = Callable[[ClickHouseClient], None]
+# A step gets the client and the name of the table that stores events there: `events`
+# on a single node, the local table on each node of a cluster (clickhouse_cluster.py).
+Step = Callable[[ClickHouseClient, str], None]
 # (version, step on an existing table). A new table is created in the latest shape, and
 # every step is recorded as applied without running.
 MIGRATIONS: tuple[tuple[int, Step], ...] = (
-    (1, lambda client: None),  # the first table, as EVENTS_DDL made it
+    (1, lambda client, table: None),  # the first table, as EVENTS_DDL made it
     # Projects: existing events belong to the 'default' project (id 1, alembic 0003), and
     # the sorting key starts with the project.
-    (2, lambda client: _rebuild(client, {"project_id": "toUInt32(1)"})),
+    (2, lambda client, table: _rebuild(client, table, {"project_id": "toUInt32(1)"})),
 )
 
 CREATE_SCHEMA_VERSION = """
@@ -127,53 +138,70 @@ ENGINE = TinyLog
 """
 
 INSERT = f"INSERT INTO events ({', '.join(MIRRORED_COLUMNS)}) VALUES"
+# On a cluster `events` is a Distributed table: a synchronous insert returns once every
+# shard has its rows, so the checkpoint saved after it never runs ahead of a shard. (The
+# default queues the rows on the entry node's disk and acknowledges at once.) A single
+# node ignores it.
+INSERT_SETTINGS = {"insert_distributed_sync": 1}
 
 
-def apply_schema(client: ClickHouseClient) -> list[int]:
-    """Create or evolve the ClickHouse schema; return the versions applied now."""
+def apply_schema(client: ClickHouseClient, table: str = "events") -> list[int]:
+    """Create or evolve the ClickHouse schema of the node, its events stored in `table`;
+    return the versions applied now."""
     client.execute(CREATE_SCHEMA_VERSION)
     applied = {row[0] for row in client.execute("SELECT version FROM schema_version")}
-    fresh = not client.execute("EXISTS TABLE events")[0][0]
+    fresh = not client.execute(f"EXISTS TABLE {table}")[0][0]
     done = []
     for version, step in MIGRATIONS:
         if version in applied:
             continue
         if not fresh:  # a new table already has the shape the step would give it
-            log.info("ClickHouse schema version %d: migrating the events table", version)
-            step(client)
+            log.info("ClickHouse schema version %d: migrating the table %s", version, table)
+            step(client, table)
         client.execute(
             "INSERT INTO schema_version (version, applied_at) SELECT %(v)s, now()", {"v": version}
         )
         done.append(version)
         log.info("ClickHouse schema version %d applied", version)
-    client.execute(events_ddl(exactly_once=exactly_once(client)))
-    present = {row[0] for row in client.execute(EVENT_COLUMNS)}
-    for name in MIRRORED_COLUMNS:
-        if name not in present:
-            client.execute(f"ALTER TABLE events ADD COLUMN {name} {CLICKHOUSE_TYPES[name]}")
-            log.info("ClickHouse events table: column %s added", name)
-    if exactly_once(client) and reads_final(client):
+    client.execute(events_ddl(table, exactly_once=exactly_once(client)))
+    add_missing_columns(client, table)
+    if exactly_once(client) and reads_final(client, table):
         # Made by an older version of the service, or on an older ClickHouse: the engine
         # now can store each row once, so the table is rebuilt in that shape.
-        log.info("ClickHouse events table: converting to MergeTree with insert deduplication")
-        _rebuild(client, {})
-        log.info("ClickHouse events table: converted, read without FINAL from now on")
+        log.info("ClickHouse table %s: converting to MergeTree with insert deduplication", table)
+        _rebuild(client, table, {})
+        log.info("ClickHouse table %s: converted, read without FINAL from now on", table)
     return done
+
+
+def add_missing_columns(client: ClickHouseClient, table: str) -> None:
+    """Add to `table` the columns of MIRRORED_COLUMNS it lacks."""
+    present = {row[0] for row in client.execute(EVENT_COLUMNS, {"table": table})}
+    for name in MIRRORED_COLUMNS:
+        if name not in present:
+            client.execute(f"ALTER TABLE {table} ADD COLUMN {name} {CLICKHOUSE_TYPES[name]}")
+            log.info("ClickHouse table %s: column %s added", table, name)
 
 
 def insert_columns(
     client: ClickHouseClient, columns: Sequence[Sequence[Any]], *, token: str | None = None
 ) -> None:
     """Insert one block given column-wise in MIRRORED_COLUMNS order (times as seconds
-    since 1970). With a token, an engine that has seen it drops the block (a replay)."""
-    settings = {"insert_deduplication_token": token} if token and exactly_once(client) else {}
+    since 1970). With a token, an engine that has seen it drops the block (a replay); on
+    a cluster the Distributed table passes the token on with each shard's part of the
+    block, and a replay splits the same way, so every shard drops its repeat."""
+    settings: dict[str, int | str] = dict(INSERT_SETTINGS)
+    if token and exactly_once(client):
+        settings["insert_deduplication_token"] = token
     client.insert("events", MIRRORED_COLUMNS, columns, settings=settings)
 
 
 def insert_anew(client: ClickHouseClient, columns: Sequence[Sequence[Any]]) -> None:
     """Insert rows that must go in even if an identical block went in before (verify's
     repair, after it deleted the wrong versions): no deduplication."""
-    settings = {"insert_deduplicate": 0} if exactly_once(client) else {}
+    settings: dict[str, int | str] = dict(INSERT_SETTINGS)
+    if exactly_once(client):
+        settings["insert_deduplicate"] = 0
     client.insert("events", MIRRORED_COLUMNS, columns, settings=settings)
 
 

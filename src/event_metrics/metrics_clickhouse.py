@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from event_metrics.backoff import describe
 from event_metrics.buckets import CLICKHOUSE_SQL
 from event_metrics.clickhouse import ClickHousePool
 from event_metrics.clickhouse_client import (
@@ -28,7 +29,18 @@ from event_metrics.schema import DIMENSIONS
 # may be there twice, and FINAL counts each idempotency key once even before the repeats
 # are merged away. Current engines store each row once (deduplication tokens): no FINAL.
 # uniqExact is COUNT(DISTINCT).
-AGGREGATES = "count() AS events, uniqExact(user_id) AS unique_users"
+#
+# Each statement counts per shard and sums: on a cluster (clickhouse_cluster.py) `events`
+# is a Distributed table, and distributed_group_by_no_merge has every shard return its own
+# groups, counted over its own rows (FINAL too, where used, is per shard, and exact: a
+# key's repeats share its user, so its shard). A user lives on one shard, so the sum of
+# the shards' exact unique users is the exact count, and the entry node receives a count
+# per group and shard instead of every user id. (optimize_distributed_group_by_sharding_key,
+# on newer engines, would not apply: the GROUP BY keys do not contain the user.) On a
+# single node the setting does nothing and each sum has one term.
+PER_SHARD = "count() AS shard_events, uniqExact(user_id) AS shard_users"
+SUMMED = "sum(shard_events) AS events, sum(shard_users) AS unique_users"
+SETTINGS = " SETTINGS distributed_group_by_no_merge = 1"
 WINDOW = (
     "project_id = %(project_id)s "
     "AND ts >= toDateTime(%(start)s, 'UTC') AND ts < toDateTime(%(end)s, 'UTC')"
@@ -36,6 +48,9 @@ WINDOW = (
 
 Statement = tuple[str, dict[str, Any]]
 NO_EVENTS_TABLE = "ClickHouse has no events table yet: the replicator creates it when it first runs"
+# A shard the entry node could not reach: NETWORK_ERROR, SOCKET_TIMEOUT,
+# ALL_CONNECTION_TRIES_FAILED.
+SHARD_UNREACHABLE = {210, 209, 279}
 
 
 def build_sql(
@@ -55,20 +70,25 @@ def build_sql(
         params["event_name"] = query.event_name
         where += " AND event_name = %(event_name)s"
     source = "events FINAL" if final else "events"
-    total = f"SELECT {AGGREGATES} FROM {source} WHERE {where}"
+    total = f"SELECT {SUMMED} FROM (SELECT {PER_SHARD} FROM {source} WHERE {where}){SETTINGS}"
 
-    select = ["0 AS bucket"]
+    inner: list[str] = []
     keys: list[str] = []
     if query.granularity != "total":
-        select[0] = f"{CLICKHOUSE_SQL[query.granularity]} AS bucket"
+        inner.append(f"{CLICKHOUSE_SQL[query.granularity]} AS bucket")
         keys.append("bucket")
     for dimension in query.group_by:
         column = DIMENSIONS[DIMENSIONS.index(dimension)]  # a name from our table
-        select.append(column)
+        inner.append(column)
         keys.append(column)
     group = f" GROUP BY {', '.join(keys)}" if keys else ""
     limit = f" LIMIT {int(max_rows) + 1}" if max_rows is not None and keys else ""
-    series = f"SELECT {', '.join(select)}, {AGGREGATES} FROM {source} WHERE {where}{group}{limit}"
+    outer = keys if query.granularity != "total" else ["0 AS bucket", *keys]
+    series = (
+        f"SELECT {', '.join([*outer, SUMMED])} "
+        f"FROM (SELECT {', '.join([*inner, PER_SHARD])} FROM {source} WHERE {where}{group})"
+        f"{group}{limit}{SETTINGS}"
+    )
     return (series, params), (total, params)
 
 
@@ -89,6 +109,8 @@ async def fetch_metrics(
     except UNREACHABLE_ERRORS as exc:
         raise BackendUnavailable(f"ClickHouse did not answer: {exc}") from exc
     except ServerError as exc:
+        if exc.code in SHARD_UNREACHABLE:
+            raise BackendUnavailable(f"a ClickHouse shard did not answer: {describe(exc)}") from exc
         if exc.code != UNKNOWN_TABLE:
             raise
         pool.forget_shape()  # dropped: the replicator creates it again, maybe reshaped

@@ -29,8 +29,9 @@ from typing import Any
 
 import asyncpg
 
+from event_metrics import clickhouse_cluster
 from event_metrics.backoff import Backoff
-from event_metrics.clickhouse import apply_schema, insert_columns
+from event_metrics.clickhouse import insert_columns
 from event_metrics.clickhouse_client import ClickHouseClient, connect
 from event_metrics.schema import CLICKHOUSE_TARGET, COLUMN_TYPES, MIRRORED_COLUMNS
 from event_metrics.settings import LagSettings, ReplicationSettings
@@ -44,6 +45,12 @@ REPLICATOR_LOCK_ID = 0x45564D52  # "EVMR"
 # Tests only: SIGKILL the replicator after its Nth ClickHouse insert, before the
 # checkpoint is saved (a crash at the one moment that makes a replay).
 KILL_AFTER_INSERT_VARIABLE = "EVENT_METRICS_REPLICATOR_KILL_AFTER_INSERT"
+# While idle, still touch ClickHouse so that /health notices an outage. On a cluster,
+# through the Distributed table, which asks every shard (a shard down is an error): by a
+# key condition no row meets (projects start at 1), which no engine can answer without
+# asking, at the cost of one index probe per shard.
+PROBE = "SELECT 1"
+CLUSTER_PROBE = "SELECT count() FROM events WHERE project_id = 0"
 
 # The txid goes out as text (asyncpg has no xid8 codec) under another name: ORDER BY
 # prefers an output column to a table column of the same name, and sorting by the text
@@ -193,6 +200,7 @@ class Replicator(LockedWorker):
         settings: ReplicationSettings,
         *,
         lag: LagSettings = LagSettings(),  # noqa: B008 - frozen
+        cluster: str | None = None,
     ) -> None:
         super().__init__(
             database_url,
@@ -204,6 +212,7 @@ class Replicator(LockedWorker):
         self.clickhouse_url = clickhouse_url
         self._kill_after = int(os.environ.get(KILL_AFTER_INSERT_VARIABLE) or 0)
         self._inserts = 0
+        self.cluster = cluster  # a remote_servers cluster the mirror is sharded over
 
     @property
     def rows_copied(self) -> int:
@@ -217,7 +226,7 @@ class Replicator(LockedWorker):
         connection = await asyncpg.connect(self.database_url)
         client = await asyncio.to_thread(connect, self.clickhouse_url)
         try:
-            await asyncio.to_thread(apply_schema, client)
+            await asyncio.to_thread(self._prepare, client)
             copied = 0
             while (n := await self._cycle(connection, client)) > 0:
                 copied += n
@@ -230,7 +239,7 @@ class Replicator(LockedWorker):
     async def work(self, connection: asyncpg.Connection, backoff: Backoff) -> None:
         client = await asyncio.to_thread(connect, self.clickhouse_url)
         try:
-            await asyncio.to_thread(apply_schema, client)
+            await asyncio.to_thread(self._prepare, client)
             while not self.stopping:
                 started = time.time()
                 copied = await self._cycle(connection, client)
@@ -238,12 +247,15 @@ class Replicator(LockedWorker):
                 backoff.reset()
                 if copied < self.batch_rows:
                     if not copied:
-                        # Idle: still touch ClickHouse, so /health notices an outage.
-                        await asyncio.to_thread(client.execute, "SELECT 1")
+                        probe = CLUSTER_PROBE if self.cluster else PROBE
+                        await asyncio.to_thread(client.execute, probe)
                     if await self.sleep(self.interval_s):
                         return
         finally:
             client.close()
+
+    def _prepare(self, client: ClickHouseClient) -> None:
+        clickhouse_cluster.prepare(client, self.clickhouse_url, self.cluster)
 
     async def _cycle(self, connection: asyncpg.Connection, client: ClickHouseClient) -> int:
         """Copy one block of at most batch_rows (or the block left in flight); return how
@@ -267,7 +279,8 @@ class Replicator(LockedWorker):
             await connection.execute(SAVE_PENDING, TARGET, *start, *end)
         await asyncio.to_thread(copy_rows, client, rows, start, end, replay=pending is not None)
         self._after_insert()
-        # Only after ClickHouse has the block.
+        # Only after ClickHouse has the block (on a cluster, every shard its part of it: the
+        # insert is synchronous): a crash or a failed shard before this line replays it.
         await connection.execute(SAVE_DONE, TARGET, *end)
         return len(rows)
 

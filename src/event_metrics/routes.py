@@ -14,7 +14,7 @@ from litestar.openapi.spec import Example
 from litestar.params import Parameter, QueryParameter
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, HTTPScope, Receive, Send
 
-from event_metrics import posthog, sdk, segment, telemetry
+from event_metrics import access_log, posthog, sdk, segment, telemetry
 from event_metrics.auth import secret_from_headers
 from event_metrics.ingest import IngestResponse, Protocol
 from event_metrics.metrics import InvalidParameter, MetricsResponse, parse_query
@@ -38,27 +38,30 @@ from event_metrics.services import Health, Services
 # Routes that take events (CORS: any origin by default) and that read metrics.
 SDK_PATHS = (*segment.PATHS, *posthog.PATHS)
 INGEST_PATHS = ("/events", *SDK_PATHS)
-READ_PATHS = ("/metrics",)
+READ_PATHS = ("/metrics", "/export")
 
 
 async def _sdk_ingest(
     protocol: Protocol, request: Request[Any, Any, Any], services: Services
 ) -> Response[dict[str, Any]]:
     ingestor = services.ingestor
+    keys = services.keys
+    header_key = secret_from_headers(request.scope["headers"])
+    if header_key is not None:
+        # A key in a header is checked before the body is read or unpacked: a bad one
+        # gets its 401 or 403 for nothing. (A key in the body is checked once it is read.)
+        keys.authorize_checked(header_key, "write") or await keys.authorize(header_key, "write")
     headers = body_headers(request.scope["headers"])
-    body = await read_request_body(
-        request.receive, headers, max_bytes=ingestor.settings.max_body_bytes
-    )
-    text = sdk.json_body(
-        body, content_type=headers.content_type, max_bytes=ingestor.settings.max_body_bytes
-    )
+    max_bytes = ingestor.settings.max_body_bytes
+    body = await read_request_body(request.receive, headers, max_bytes=max_bytes)
+    text = await sdk.json_body(body, content_type=headers.content_type, max_bytes=max_bytes)
     answer = await ingestor.ingest_sdk(
         protocol,
         text,
         path=request.scope["path"],
         query=dict(request.query_params),
-        header_key=secret_from_headers(request.scope["headers"]),
-        keys=services.keys,
+        header_key=header_key,
+        keys=keys,
     )
     return Response(answer, status_code=200)
 
@@ -131,13 +134,15 @@ async def ingest(scope: HTTPScope, receive: Receive, send: Send) -> None:
     secret = secret_from_headers(scope["headers"])
     keys = services.keys
     project_id = keys.authorize_checked(secret, "write") or await keys.authorize(secret, "write")
+    access_log.note_project(project_id)
     ingestor = services.ingestor
     settings = ingestor.settings
     headers = body_headers(scope["headers"])
     kind = media_type(headers.content_type)
     body = await read_request_body(receive, headers, max_bytes=settings.max_body_bytes)
     items = split_events(body, kind=kind, max_events=settings.max_events_per_request)
-    answer, status = await ingestor.submit(ingestor.parse_native(items, project_id), wait=wait)
+    parsed = await ingestor.parse_native(items, project_id)
+    answer, status = await ingestor.submit(parsed, wait=wait)
     await _send_json(send, status, _encode(answer))
 
 
@@ -279,6 +284,7 @@ async def metrics(
     secret = secret_from_headers(request.scope["headers"])
     keys = services.keys
     project_id = keys.authorize_checked(secret, "read") or await keys.authorize(secret, "read")
+    access_log.note_project(project_id)
     metrics_service = services.metrics
     query = parse_query(
         project_id=project_id,

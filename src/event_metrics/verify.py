@@ -14,8 +14,13 @@ more than once (which exactly-once replication must never leave) is duplicated.
 ClickHouse is read as every query reads it, with FINAL only on 18.16's ReplacingMergeTree:
 the row versions a query would see are what is compared.
 
-`--repair` deletes the extra, changed and duplicated keys' row versions (and waits for the
-deletion), copies the missing, changed and duplicated rows again, and verifies again.
+On a cluster (clickhouse_cluster.py) the same statements read the Distributed table, and
+each node is also asked for rows stored on a shard the sharding key does not place them
+on: such a row reads right but would count its user on two shards, so it is changed too.
+
+`--repair` deletes the extra, changed and duplicated keys' row versions (on every node of
+a cluster, and waits for the deletion), copies the missing, changed and duplicated rows
+again (through the Distributed table, onto their own shard), and verifies again.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from typing import Any
 
 import asyncpg
 
-from event_metrics.clickhouse import apply_schema, insert_anew, reads_final
+from event_metrics import clickhouse_cluster
+from event_metrics.clickhouse import insert_anew, reads_final
 from event_metrics.clickhouse_client import ClickHouseClient, connect
+from event_metrics.clickhouse_cluster import Store
 from event_metrics.replicator import MIRRORED, TARGET
 from event_metrics.schema import CLICKHOUSE_TYPES, COLUMN_TYPES, MIRRORED_COLUMNS
 from event_metrics.watermark import load_checkpoint
@@ -98,8 +105,10 @@ POSTGRES_ROWS = f"""
 SELECT {MIRRORED} FROM events
 WHERE {CELL} AND {UP_TO_CHECKPOINT} AND idempotency_key = ANY($6::text[])
 """
+# {table}: `events` on a single node, each node's local table on a cluster (a Distributed
+# table cannot be altered so).
 DELETE_KEYS = """
-ALTER TABLE events DELETE
+ALTER TABLE {table} DELETE
 WHERE project_id = %(project_id)s AND toDate(ts) = %(day)s AND event_name = %(event_name)s
   AND idempotency_key IN %(keys)s
 """
@@ -142,8 +151,12 @@ def _source(client: ClickHouseClient) -> str:
     return "events FINAL" if reads_final(client) else "events"
 
 
-async def compare(connection: asyncpg.Connection, client: ClickHouseClient) -> Report:
-    """Summaries of both engines, then key by key wherever they differ."""
+async def compare(
+    connection: asyncpg.Connection, client: ClickHouseClient, stores: list[Store] | None = None
+) -> Report:
+    """Summaries of both engines, then key by key wherever they differ (or, on a cluster's
+    `stores`, wherever a row is on the wrong shard)."""
+    misplaced = await asyncio.to_thread(clickhouse_cluster.misplaced, stores or [])
     checkpoint = await load_checkpoint(connection, TARGET)
     source = await asyncio.to_thread(_source, client)
     postgres = {
@@ -161,9 +174,11 @@ async def compare(connection: asyncpg.Connection, client: ClickHouseClient) -> R
     differences = []
     for cell in sorted(postgres.keys() | clickhouse.keys()):
         ours, theirs = postgres.get(cell, (0, 0, 0)), clickhouse.get(cell, (0, 0, 0))
-        if ours == theirs:
+        if ours == theirs and cell not in misplaced:
             continue
-        difference = await _compare_rows(connection, client, source, cell, checkpoint, ours, theirs)
+        difference = await _compare_rows(
+            connection, client, source, cell, checkpoint, ours, theirs, misplaced.get(cell, set())
+        )
         if difference.missing or difference.extra or difference.changed or difference.duplicated:
             differences.append(difference)
     return Report(cells=len(postgres.keys() | clickhouse.keys()), differences=differences)
@@ -177,6 +192,7 @@ async def _compare_rows(
     checkpoint: tuple[str, int],
     ours: Summary,
     theirs: Summary,
+    misplaced: set[str],
 ) -> Difference:
     project_id, day, event_name = cell
     rows = await connection.fetch(POSTGRES_KEYS, *checkpoint, project_id, day, event_name)
@@ -196,17 +212,26 @@ async def _compare_rows(
         clickhouse_rows=theirs[0],
         missing=sorted(copied.keys() - mirrored.keys()),
         extra=sorted(mirrored.keys() - anywhere),
-        changed=sorted(k for k, content in copied.items() if mirrored.get(k, content) != content),
+        changed=sorted(
+            key
+            for key in anywhere & mirrored.keys()
+            if key in misplaced or (key in copied and mirrored[key] != copied[key])
+        ),
         duplicated=sorted(key for key, n in copies.items() if n > 1),
     )
 
 
 async def repair(
-    connection: asyncpg.Connection, client: ClickHouseClient, differences: list[Difference]
+    connection: asyncpg.Connection,
+    client: ClickHouseClient,
+    differences: list[Difference],
+    stores: list[Store] | None = None,
 ) -> int:
-    """Delete the extra, changed and duplicated keys' row versions, then copy the missing,
-    changed and duplicated rows again; return rows copied. The deletion goes by key, so it
-    is waited for before the copies go in: it must take the wrong versions only."""
+    """Delete the extra, changed and duplicated keys' row versions (in `stores`: the tables
+    holding rows, by default the single node's), then copy the missing, changed and
+    duplicated rows again; return rows copied. The deletion goes by key, so it is waited
+    for before the copies go in: it must take the wrong versions only."""
+    stores = stores or [Store(client, "events", None)]
     for difference in differences:
         wrong = sorted({*difference.extra, *difference.changed, *difference.duplicated})
         if wrong:
@@ -216,8 +241,11 @@ async def repair(
                 "event_name": difference.event_name,
                 "keys": tuple(wrong),
             }
-            await asyncio.to_thread(client.execute, DELETE_KEYS, params)
-    await asyncio.to_thread(_wait_for_mutations, client)
+            for store in stores:
+                sql = DELETE_KEYS.format(table=store.table)
+                await asyncio.to_thread(store.client.execute, sql, params)
+    for store in stores:
+        await asyncio.to_thread(_wait_for_mutations, store.client, store.table)
     checkpoint = await load_checkpoint(connection, TARGET)
     copied = 0
     for difference in differences:
@@ -235,32 +263,38 @@ async def repair(
     return copied
 
 
-def _wait_for_mutations(client: ClickHouseClient, timeout_s: float = 300) -> None:
+def _wait_for_mutations(client: ClickHouseClient, table: str, timeout_s: float = 300) -> None:
     """ALTER ... DELETE runs in the background: wait until it has rewritten the parts."""
     deadline = time.monotonic() + timeout_s
     query = (
         "SELECT count() FROM system.mutations "
-        "WHERE database = currentDatabase() AND table = 'events' AND is_done = 0"
+        "WHERE database = currentDatabase() AND table = %(table)s AND is_done = 0"
     )
-    while client.execute(query)[0][0]:
+    while client.execute(query, {"table": table})[0][0]:
         if time.monotonic() > deadline:
             raise TimeoutError("ClickHouse did not finish deleting the extra rows in time")
         time.sleep(0.1)
 
 
-async def run(database_url: str, clickhouse_url: str, *, fix: bool) -> tuple[Report, Report | None]:
-    """Compare; with fix, repair and compare again. Returns (first report, after repair)."""
+async def run(
+    database_url: str, clickhouse_url: str, *, fix: bool, cluster: str | None = None
+) -> tuple[Report, Report | None]:
+    """Compare; with fix, repair and compare again. Returns (first report, after repair).
+    `cluster`: the remote_servers cluster the mirror is sharded over, if any."""
     connection = await asyncpg.connect(database_url)
     client = await asyncio.to_thread(connect, clickhouse_url, timeout_s=300)
     try:
-        await asyncio.to_thread(apply_schema, client)
-        report = await compare(connection, client)
-        if not fix or not report.differences:
-            return report, None
-        copied = await repair(connection, client, report.differences)
-        after = await compare(connection, client)
-        after.repaired = copied
-        return report, after
+        nodes = await asyncio.to_thread(
+            clickhouse_cluster.prepare, client, clickhouse_url, cluster, timeout_s=300
+        )
+        with clickhouse_cluster.stores(client, clickhouse_url, nodes, timeout_s=300) as stores:
+            report = await compare(connection, client, stores)
+            if not fix or not report.differences:
+                return report, None
+            copied = await repair(connection, client, report.differences, stores)
+            after = await compare(connection, client, stores)
+            after.repaired = copied
+            return report, after
     finally:
         client.close()
         await connection.close()

@@ -39,6 +39,18 @@ def test_chdb_keeps_the_service_in_one_process() -> None:
     assert Settings.build(clickhouse_url="clickhouse://h/db", http_workers=2).http.workers == 2
 
 
+def test_chdb_cannot_be_a_cluster_node() -> None:
+    """chdb runs inside the service process: no other shard's Distributed table reaches it."""
+    with pytest.raises(
+        ConfigError, match="EVENT_METRICS_CLICKHOUSE_CLUSTER needs a ClickHouse server"
+    ):
+        Settings.build(clickhouse_url="chdb:///tmp/m", clickhouse_cluster="events_cluster")
+    cluster = Settings.build(
+        clickhouse_url="clickhouse://h/db", clickhouse_cluster="events_cluster"
+    )
+    assert cluster.clickhouse_cluster == "events_cluster"
+
+
 def test_versions_are_read_as_major_minor() -> None:
     assert parse_version("18.16.1") == (18, 16)
     assert parse_version('"26.9.2.1"') == (26, 9)
