@@ -1,18 +1,20 @@
 """Import and export at scale, against a running service (issue #25).
 
     python -m bench.lifecycle --admin-url postgresql://postgres@127.0.0.1/postgres \
-        [--events 10000000] [--probe-rate 100] [--connections 2] [--out docs/bench/lifecycle]
+        [--events 10000000] [--shuffled] [--probe-rate 100] [--connections 2] \
+        [--out docs/bench/lifecycle]
 
 On a database of its own: writes an NDJSON file of `--events` events (90 days, 100,000
-users; kept under /tmp for the next run), starts `event-metrics serve`, and sends single
-events to it at `--probe-rate` per second (each waits for its commit, as clients do),
-first alone, then while `event-metrics import` loads the file, then while the rollup
-refresher folds what was imported. Reported: the import's events/s (its own final
-line), the probe's p50/p99/max in each phase, and how long folding took. Then GET /export
-streams the whole project, once read as fast as possible and once by a client reading
-2 MB/s, while the service's RSS is sampled every 100 ms: the peak above the RSS before
-the export is what an export costs in memory, whatever its size. The slow reader goes
-away after `--slow-read-s` (60 s): the export then stops with it.
+users; in time order as exports are, or `--shuffled`; kept under /tmp for the next run),
+starts `event-metrics serve`, and sends it single events at `--probe-rate` per second,
+each waiting for its commit as clients do: first alone, then while `event-metrics
+import` loads the file, then while the rollup refresher folds what was imported.
+Reported: the import's events/s (its own final line), the probe's p50/p99/max in each
+phase, and how long folding took. Then GET /export streams the whole project, once read
+as fast as possible and once by a client reading 2 MB/s, while the service's RSS is
+sampled every 100 ms: the peak above the RSS before the export is what an export costs
+in memory, whatever its size. The slow reader goes away after `--slow-read-s` (60 s):
+the export then stops with it.
 """
 
 from __future__ import annotations
@@ -43,24 +45,29 @@ NAMES = ("page_view", "product_view", "add_to_cart", "purchase", "signup")
 CHANNELS = ("web", "ios", "android", "")
 
 
-def write_file(path: Path, events: int, seed: int = 25) -> None:
-    """Events shaped like the load tool's, with keys, over 90 days before now."""
+def write_file(path: Path, events: int, *, shuffled: bool, seed: int = 25) -> None:
+    """Events shaped like the load tool's, with keys, over 90 days before now: in time
+    order, as an export (ours, PostHog's batch exports, Segment's archives) has them, or
+    shuffled."""
     if path.exists() and path.stat().st_size > 0:
         return
     rng = random.Random(seed)
     end = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     start = end - timedelta(days=90)
-    span = int((end - start).total_seconds())
+    step_us = (end - start) / timedelta(microseconds=1) / events
+    order = list(range(events))
+    if shuffled:
+        rng.shuffle(order)
     encode = msgspec.json.Encoder().encode_lines
     partial = path.with_suffix(".partial")
     with partial.open("wb") as out:
         for first in range(0, events, 100_000):
             chunk = []
-            for n in range(first, min(first + 100_000, events)):
+            for n in order[first : first + 100_000]:
                 event: dict[str, Any] = {
                     "event_name": NAMES[n % 5],
                     "user_id": f"user-{rng.randrange(100_000)}",
-                    "timestamp": (start + timedelta(seconds=rng.randrange(span))).isoformat(),
+                    "timestamp": (start + timedelta(microseconds=int(n * step_us))).isoformat(),
                     "idempotency_key": f"bench-{seed}-{n}",
                     "properties": {"seq": n, "price": round(rng.random() * 100, 2)},
                 }
@@ -201,9 +208,10 @@ async def stream_export(
 
 
 async def bench(args: argparse.Namespace, runner: Runner) -> dict[str, Any]:
-    path = Path(f"/tmp/em-lifecycle-{args.events}.ndjson")
+    order = "shuffled" if args.shuffled else "in-time-order"
+    path = Path(f"/tmp/em-lifecycle-{args.events}-{order}.ndjson")
     print(f"writing {path} ...", file=sys.stderr, flush=True)
-    write_file(path, args.events)
+    write_file(path, args.events, shuffled=args.shuffled)
     name = f"em_lifecycle_{uuid.uuid4().hex[:6]}"
     await reset_database(args.admin_url, name, create=True)
     database_url = with_database(args.admin_url, name)
@@ -254,6 +262,7 @@ async def bench(args: argparse.Namespace, runner: Runner) -> dict[str, Any]:
         runner.stop(server)
         return {
             "events": args.events,
+            "file_order": order,
             "connections": args.connections,
             "import": last[0] if last else text[-500:],
             "import_exit": importing.returncode,
@@ -276,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clickhouse-url", help="also replicate to this ClickHouse")
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--connections", type=int, default=2)
+    parser.add_argument("--shuffled", action="store_true", help="events not in time order")
     parser.add_argument("--probe-rate", type=float, default=100.0)
     parser.add_argument("--baseline-s", type=float, default=15.0)
     parser.add_argument(

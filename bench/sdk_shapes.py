@@ -17,6 +17,7 @@ import copy
 import gzip
 import json
 import struct
+import urllib.parse
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ class Shape:
     id_field: str  # the message's idempotency key
     user_field: str
     compact: bool  # JSON without spaces (JavaScript's JSON.stringify), else Python's json.dumps
-    gzip: bool
+    encoding: str  # "json"; "gzip"; "base64-form": data=<base64>, form-encoded (posthog-js)
     key_in_body: str | None  # the envelope field holding the key, if the SDK puts it there
     basic_auth: bool  # the key as the Basic user name
 
@@ -49,15 +50,21 @@ class Shape:
 
 SHAPES = {
     "analytics-python": Shape("analytics-python__batch__00.json", "messageId", "userId",
-                              compact=False, gzip=False, key_in_body="writeKey",
+                              compact=False, encoding="json", key_in_body="writeKey",
                               basic_auth=True),
     "rudder-sdk-python": Shape("rudder-sdk-python__batch__00.json", "messageId", "userId",
-                               compact=False, gzip=True, key_in_body=None, basic_auth=True),
+                               compact=False, encoding="gzip", key_in_body=None,
+                               basic_auth=True),
     "posthog-python": Shape("posthog-python__batch__00.json", "uuid", "distinct_id",
-                            compact=False, gzip=False, key_in_body="api_key",
+                            compact=False, encoding="json", key_in_body="api_key",
                             basic_auth=False),
+    # posthog-js batches gzipped (without Content-Encoding) by default, and sends what is
+    # left on page unload with sendBeacon, as a form whose data is base64.
     "posthog-js": Shape("posthog-js__gzip_default_batched__00.json", "uuid", "distinct_id",
-                        compact=True, gzip=True, key_in_body="api_key", basic_auth=False),
+                        compact=True, encoding="gzip", key_in_body="api_key", basic_auth=False),
+    "posthog-js-beacon": Shape("posthog-js__beacon_unload_uncompressed__00.json", "uuid",
+                               "distinct_id", compact=True, encoding="base64-form",
+                               key_in_body="api_key", basic_auth=False),
 }  # fmt: skip
 # The -protocol names bench.load has always taken.
 ALIASES = {"segment": "analytics-python", "posthog": "posthog-python"}
@@ -126,7 +133,11 @@ def sdk_batch(
     headers = dict(recorded["headers"])
     if shape.basic_auth:
         headers["Authorization"] = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
-    body = gzip.compress(text, mtime=0) if shape.gzip else text
+    body = text
+    if shape.encoding == "gzip":
+        body = gzip.compress(text, mtime=0)
+    elif shape.encoding == "base64-form":  # encodeURIComponent(btoa(json))
+        body = b"data=" + urllib.parse.quote(base64.b64encode(text), safe="").encode()
     path = recorded["path"] + (f"?{recorded['query']}" if recorded["query"] else "")
     return Request(path, headers, body)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
@@ -155,12 +155,16 @@ async def pages(
             last = page[-1]
             after = (last[1], last[0])
     finally:
-        # A connection closed under us (client gone, server down) has nothing to roll back.
-        with contextlib.suppress(asyncpg.InterfaceError, *_GONE):
-            await asyncio.shield(connection.execute("ROLLBACK"))
+        # Shielded: a client that goes away cancels the stream, and the snapshot must
+        # still end before the connection is reused or closed.
+        await asyncio.shield(_quietly(connection.execute("ROLLBACK")))
 
 
-_GONE = (OSError, asyncpg.PostgresConnectionError)
+async def _quietly(step: Awaitable[Any]) -> None:
+    """Await a clean-up step, ignoring a connection that is gone already (client gone,
+    server down): inside a shield its error would otherwise never be retrieved."""
+    with contextlib.suppress(asyncpg.InterfaceError, OSError, asyncpg.PostgresError):
+        await step
 
 
 async def count(connection: asyncpg.Connection, window: ExportWindow) -> int:
@@ -198,6 +202,6 @@ class Exporter:
             try:
                 yield connection
             finally:
-                await asyncio.shield(connection.close(timeout=5))
+                await asyncio.shield(_quietly(connection.close(timeout=5)))
         finally:
             self.running -= 1

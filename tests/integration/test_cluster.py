@@ -192,10 +192,10 @@ async def test_the_cluster_answers_like_one_node_and_postgres(
     # The same rows on one node: the replicator copies them again from the start.
     await db.execute("DELETE FROM replication_state WHERE target = 'clickhouse'")
     assert settings.database_url is not None
-    copied = await Replicator(
-        settings.database_url, clickhouse_url, settings.replication
-    ).run_once()
-    assert copied == await db.fetchval("SELECT count(*) FROM events")
+    await copy_everything(
+        Replicator(settings.database_url, clickhouse_url, settings.replication),
+        await db.fetchval("SELECT count(*) FROM events"),
+    )
     async with make_client(clickhouse_url=clickhouse_url, replicate=False) as client:
         on_one_node = {
             name: await answers(client, "clickhouse", project.auth("read"))
@@ -303,7 +303,7 @@ async def test_a_shard_down_fails_the_mirror_and_it_converges_when_back(
     replicator = Replicator(
         settings.database_url, cluster_db.url, settings.replication, cluster=CLUSTER
     )
-    assert await replicator.run_once() == 600
+    await copy_everything(replicator, 600)
     held = sum(cluster_db.execute(n, f"SELECT count() FROM {LOCAL_TABLE}")[0][0] for n in (1, 2))
     assert held >= 1200, "the repeats are there, unmerged"
     assert await converged(db, cluster_db)
@@ -506,3 +506,45 @@ async def test_the_replicator_shows_a_cluster_it_cannot_use(
     finally:
         replicator.stop()
         await task
+
+
+async def test_a_single_node_mirror_moves_to_the_cluster_by_the_documented_rebuild(
+    settings: Settings, db: asyncpg.Connection, cluster_db: ClusterDatabase
+) -> None:
+    """docs/operations.md, 'Moving the mirror to a cluster', step by step."""
+    assert settings.database_url is not None
+    await db.executemany(
+        "INSERT INTO events (project_id, idempotency_key, event_name, user_id, channel, ts, "
+        "received_at) VALUES (1, $1, 'e', $2, '', now(), now())",
+        [(f"k-{n}", f"u{n % 30}") for n in range(300)],
+    )
+    # The mirror on one node, which is then made a shard of the cluster.
+    single = Replicator(settings.database_url, cluster_db.url, settings.replication)
+    await copy_everything(single)
+    on_cluster = Replicator(
+        settings.database_url, cluster_db.url, settings.replication, cluster=CLUSTER
+    )
+    with pytest.raises(ClusterError, match="Moving the mirror to a cluster"):
+        await on_cluster.run_once()
+
+    cluster_db.execute(1, "RENAME TABLE events TO events_single")
+    await db.execute("DELETE FROM replication_state WHERE target = 'clickhouse'")
+    await copy_everything(on_cluster)
+    assert await converged(db, cluster_db)
+    assert_placed_by_user(cluster_db)
+    report, _ = await verify.run(settings.database_url, cluster_db.url, fix=False, cluster=CLUSTER)
+    assert report.differences == []
+    assert cluster_db.execute(1, "SELECT count() FROM events_single") == [(300,)]
+
+
+async def copy_everything(replicator: Replicator, rows: int = 300) -> None:
+    """Run the replicator until it has copied `rows`: polled, because any transaction
+    open elsewhere on the PostgreSQL cluster holds the horizon back."""
+    copied = 0
+
+    async def done() -> bool:
+        nonlocal copied
+        copied += await replicator.run_once()
+        return copied == rows
+
+    await wait_until(done, what=f"{rows} rows copied")
