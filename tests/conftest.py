@@ -351,7 +351,7 @@ def free_port() -> int:
 class LiveServer:
     """`event-metrics serve` in a process of its own: the real uvicorn, protocol and all."""
 
-    def __init__(self, database_url: str, start_timeout_s: float = 30, **variables: str) -> None:
+    def __init__(self, database_url: str, start_timeout_s: float = 90, **variables: str) -> None:
         self.start_timeout_s = start_timeout_s
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -394,7 +394,7 @@ class LiveServer:
 
 @contextlib.contextmanager
 def live_server(
-    database_url: str, start_timeout_s: float = 30, **variables: str
+    database_url: str, start_timeout_s: float = 90, **variables: str
 ) -> Iterator[LiveServer]:
     server = LiveServer(database_url, start_timeout_s, **variables)
     try:
