@@ -27,14 +27,14 @@ def make_rows(n: int) -> list[Row]:
     tag = uuid.uuid4().hex[:8]
     return [
         Row(
-            DEFAULT_PROJECT_ID,
-            f"wp-{tag}-{i}",
-            "product_view",
-            f"user-{i % 5000}",
-            "web",
-            now,
-            now,
-            None,
+            project_id=DEFAULT_PROJECT_ID,
+            idempotency_key=f"wp-{tag}-{i}",
+            event_name="product_view",
+            user_id=f"user-{i % 5000}",
+            channel="web",
+            ts=now,
+            received_at=now,
+            properties=None,
         )
         for i in range(n)
     ]

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from event_metrics import telemetry
 from event_metrics.backoff import Backoff, LoopState, describe
@@ -96,26 +97,24 @@ async def init_writer_connection(connection: asyncpg.Connection) -> None:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-# staging_records unpacks a Row by position: a new time column needs a line there.
-if [n for n, name in enumerate(COLUMNS) if COLUMN_TYPES[name].postgres == "timestamptz"] != [5, 6]:
-    raise TypeError("staging_records expects Row's times at positions 5 and 6")  # pragma: no cover
+# Where, in a staging record (its position first, then Row's fields), the times are.
+_TIMES = [at for at, name in enumerate(COLUMNS, 1) if COLUMN_TYPES[name].postgres == "timestamptz"]
+_values = msgspec.structs.astuple  # a Row's values, in the order of its fields (COLUMNS)
 
 
-def staging_records(rows: Sequence[Row]) -> list[tuple[Any, ...]]:
+def staging_records(rows: Sequence[Row]) -> list[list[Any]]:
     """Each row as the staging table takes it: its position first, times as integers."""
-    records = []
-    last: datetime | None = None
-    last_micros = 0
-    for position, row in enumerate(rows):
+    records = [[position, *_values(row)] for position, row in enumerate(rows)]
+    for at in _TIMES:
         # A request's rows share one received_at, and ts is that same object when the
-        # client sent no timestamp: convert each distinct object once.
-        project, key, name, user, channel, ts, received, properties = row
-        if received is not last:
-            last, last_micros = received, (received - _EPOCH) // _MICROSECOND
-        ts_micros = last_micros if ts is received else (ts - _EPOCH) // _MICROSECOND
-        records.append(
-            (position, project, key, name, user, channel, ts_micros, last_micros, properties)
-        )
+        # client sent no timestamp: convert each run of one object once.
+        last: datetime | None = None
+        micros = 0
+        for record in records:
+            if record[at] is not last:
+                last = record[at]
+                micros = (record[at] - _EPOCH) // _MICROSECOND
+            record[at] = micros
     return records
 
 

@@ -930,7 +930,16 @@ async def test_times_are_stored_to_the_microsecond(db: asyncpg.Connection, path:
         (datetime(1, 1, 1, 5, 30, tzinfo=plus_five), datetime(1970, 1, 1, tzinfo=plus_five)),
     ]
     rows = [
-        Row(1, f"times-{n}", "e", "u", "", ts, received, None)
+        Row(
+            project_id=1,
+            idempotency_key=f"times-{n}",
+            event_name="e",
+            user_id="u",
+            channel="",
+            ts=ts,
+            received_at=received,
+            properties=None,
+        )
         for n, (ts, received) in enumerate(times)
     ]
     await init_writer_connection(db)

@@ -14,7 +14,19 @@ NOW = datetime(2026, 11, 29, tzinfo=UTC)
 
 
 def rows(n: int, prefix: str = "k") -> list[Row]:
-    return [Row(1, f"{prefix}{i}", "e", "u", "", NOW, NOW, None) for i in range(n)]
+    return [
+        Row(
+            project_id=1,
+            idempotency_key=f"{prefix}{i}",
+            event_name="e",
+            user_id="u",
+            channel="",
+            ts=NOW,
+            received_at=NOW,
+            properties=None,
+        )
+        for i in range(n)
+    ]
 
 
 async def test_a_request_that_does_not_fit_is_refused_whole() -> None:
