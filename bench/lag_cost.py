@@ -24,8 +24,8 @@ import uuid
 import asyncpg
 
 from event_metrics import lag
+from event_metrics.checkpoint import START
 from event_metrics.migrations import upgrade_head
-from event_metrics.watermark import START
 
 FRESH_ROWS = """
 INSERT INTO events (project_id, idempotency_key, event_name, user_id, channel, ts, received_at)

@@ -189,7 +189,7 @@ def create_app(settings: Settings) -> Litestar:
             posthog_ingest,
             metrics,
             health,
-            *([prometheus] if settings.prometheus else []),
+            *([prometheus] if settings.telemetry.enabled else []),
             *docs_ui.asset_routes(),
         ],
         # Handlers receive the running services (which the lifespan put in app.state) as

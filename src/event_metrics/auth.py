@@ -23,7 +23,7 @@ from typing import Any, Literal, NamedTuple
 
 import asyncpg
 
-from event_metrics.backoff import Backoff, LoopState
+from event_metrics.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +92,14 @@ class Grant(NamedTuple):
     scope: Scope
 
 
-class KeyStore:
-    """The active keys of every project, by SHA-256, kept current in the background."""
+class KeyStore(Worker):
+    """The active keys of every project, by SHA-256, kept current by a worker that reloads
+    them every refresh_s; a failed reload keeps the last good cache and is retried."""
 
     def __init__(self, database_url: str, *, refresh_s: float, retry_max_s: float) -> None:
+        super().__init__("key cache", log, retry_initial_s=0.1, retry_max_s=retry_max_s)
         self.database_url = database_url
         self.refresh_s = refresh_s
-        self.retry_max_s = retry_max_s
-        self.loop_state = LoopState("key cache", log)
         self._grants: dict[bytes, Grant] = {}
         # Keys already checked since the last reload, by their text: a request then costs
         # a dict lookup instead of a SHA-256. Only valid keys enter; a reload empties it.
@@ -108,7 +108,6 @@ class KeyStore:
         self._reloading: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._connection: asyncpg.Connection | None = None
-        self._stopping = asyncio.Event()
 
     def status(self) -> dict[str, Any]:
         """What /health shows: the cache's state and age, nothing per project."""
@@ -172,23 +171,11 @@ class KeyStore:
             self._checked = {}
             self._loaded_at = time.monotonic()
 
-    async def run(self) -> None:
-        """Reload every refresh_s until stop(); failures keep the last good cache."""
-        backoff = Backoff(initial_s=0.1, max_s=self.retry_max_s)
-        while not self._stopping.is_set():
-            try:
-                await self._reload()
-                self.loop_state.set("running")
-                backoff.reset()
-                delay = self.refresh_s
-            except Exception as exc:  # never end: keep the last cache and retry
-                self.loop_state.fail(exc, retry_in_s=self.retry_max_s)
-                delay = backoff.next_delay()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+    async def cycle(self) -> float:
+        await self._reload()
+        self.loop_state.set("running")
+        return self.refresh_s
+
+    async def close(self) -> None:
         if self._connection is not None:
             await self._connection.close()
-        self.loop_state.set("stopped")
-
-    def stop(self) -> None:
-        self._stopping.set()

@@ -96,7 +96,9 @@ def serve(settings: Settings, _: argparse.Namespace) -> None:
         alongside = None
         replication = settings.replication
         if settings.clickhouse_url and replication.enabled and replication.process:
-            alongside = functools.partial(replicator_process, retry_max_s=replication.retry_max_s)
+            alongside = functools.partial(
+                replicator_process, restart_max_s=replication.process_restart_max_s
+            )
         with contextlib.suppress(KeyboardInterrupt):
             http_server.run(
                 settings.http,
@@ -172,7 +174,7 @@ def replicate(settings: Settings, args: argparse.Namespace) -> None:
                 return
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, replicator.stop)
+                loop.add_signal_handler(signum, replicator.stop_soon)
             if args.parent_pid:  # a child of serve
                 die_with_parent(args.parent_pid)
             reporting = None
@@ -316,7 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         return sub
 
-    groups = ("http", "access", "ingest", "writer", "metrics", "rollups", "replication", "lag")
+    groups = (
+        "http", "access", "ingest", "writer", "metrics", "rollups", "replication", "lag",
+        "telemetry",
+    )  # fmt: skip
     everything = (None, *groups)
     command(
         "serve",

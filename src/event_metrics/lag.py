@@ -20,12 +20,14 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from event_metrics.checkpoint import AFTER, Checkpoint
+
 # The rows after a checkpoint (at most $3), the oldest one's receipt time, and for the
 # estimate beyond $3: the highest id counted and the highest id in the table.
-PENDING = """
+PENDING = f"""
 SELECT count(*), min(received_at), max(id), (SELECT max(id) FROM events) FROM (
     SELECT received_at, id FROM events
-    WHERE (txid, id) > ($1::text::xid8, $2::bigint)
+    WHERE {AFTER}
     ORDER BY txid, id
     LIMIT $3
 ) pending
@@ -46,7 +48,7 @@ class Lag:
 
 
 async def measure(
-    connection: asyncpg.Connection, checkpoint: tuple[str, int], *, exact_rows: int
+    connection: asyncpg.Connection, checkpoint: Checkpoint, *, exact_rows: int
 ) -> Lag:
     """Rows after `checkpoint`: counted up to `exact_rows`, estimated beyond."""
     now = time.time()  # the statement's snapshot is taken after this: the lag as of now

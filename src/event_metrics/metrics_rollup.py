@@ -20,6 +20,7 @@ import msgspec
 from pyroaring import BitMap
 
 from event_metrics.buckets import POSTGRES_SQL, bucket_bounds, bucket_start
+from event_metrics.checkpoint import AFTER, Checkpoint, after, load_checkpoint, up_to
 from event_metrics.freshness import Freshness
 from event_metrics.metrics import (
     MetricsQuery,
@@ -32,13 +33,10 @@ from event_metrics.metrics import (
 from event_metrics.metrics_postgres import postgres_answering
 from event_metrics.rollup_plan import Plan
 from event_metrics.schema import DAY, DIMENSIONS, HOUR, ROLLUP_TARGET, level_for
-from event_metrics.watermark import load_checkpoint
-
-CURSOR = "($1::text::xid8, $2::bigint)"
 
 PENDING_COUNT = f"""
 SELECT count(*) FROM (
-    SELECT 1 FROM events WHERE (txid, id) > {CURSOR} LIMIT $3
+    SELECT 1 FROM events WHERE {AFTER} LIMIT $3
 ) pending
 """
 FETCH_ROLLUPS = """
@@ -306,7 +304,7 @@ async def _add_pieces(
     connection: asyncpg.Connection,
     query: MetricsQuery,
     plan: Plan,
-    cursor: tuple[str, int],
+    cursor: Checkpoint,
     cells: dict[CellKey, Cell],
 ) -> None:
     """Raw rows in the sub-hour edges that rollups cannot answer (folded rows only)."""
@@ -320,7 +318,7 @@ async def _add_pieces(
     source = (
         "unnest($3::timestamptz[], $4::timestamptz[]) AS p(lo, hi) "
         "JOIN events e ON e.ts >= p.lo AND e.ts < p.hi "
-        f"WHERE (e.txid, e.id) <= {CURSOR}"
+        f"WHERE {up_to(1, 'e')}"
     )
     sql = _raw_sql(query, plan, source, params)
     _add_raw_rows(query, plan, await connection.fetch(sql, *params), cells)
@@ -330,13 +328,13 @@ async def _add_pending(
     connection: asyncpg.Connection,
     query: MetricsQuery,
     plan: Plan,
-    cursor: tuple[str, int],
+    cursor: Checkpoint,
     series: dict[CellKey, Cell],
     total: dict[CellKey, Cell],
 ) -> None:
     """Rows committed after the refresher's checkpoint: read raw, into series and total."""
     params: list[Any] = [*cursor, query.start, query.end]
-    source = f"events e WHERE (e.txid, e.id) > {CURSOR} AND e.ts >= $3 AND e.ts < $4"
+    source = f"events e WHERE {after(1, 'e')} AND e.ts >= $3 AND e.ts < $4"
     sql = _raw_sql(query, plan, source, params)
     rows = await connection.fetch(sql, *params)
     _add_raw_rows(query, plan, rows, series)

@@ -18,11 +18,11 @@ from typing import Any, Literal
 import asyncpg
 
 from event_metrics import metrics_clickhouse, metrics_postgres, metrics_rollup, telemetry
-from event_metrics.backoff import StatusSource
 from event_metrics.clickhouse import ClickHousePool
 from event_metrics.freshness import behind, complete
 from event_metrics.metrics import InvalidParameter, MetricsQuery, MetricsResponse
 from event_metrics.settings import Settings
+from event_metrics.worker import StatusSource
 
 Plan = Literal["auto", "raw", "rollup"]
 

@@ -21,16 +21,11 @@ from typing import Any
 
 import asyncpg
 
-from event_metrics.backoff import Backoff
+from event_metrics.checkpoint import NEXT_ROWS, horizon, load_checkpoint, save_checkpoint
 from event_metrics.clickhouse import apply_schema, connect, insert_columns
+from event_metrics.follower import Follower
 from event_metrics.schema import CLICKHOUSE_TARGET, COLUMN_TYPES, MIRRORED_COLUMNS
 from event_metrics.settings import LagSettings, ReplicationSettings
-from event_metrics.watermark import (
-    LockedWorker,
-    horizon,
-    load_checkpoint,
-    save_checkpoint,
-)
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +33,11 @@ TARGET = CLICKHOUSE_TARGET
 # Held by the one active replicator across all service processes.
 REPLICATOR_LOCK_ID = 0x45564D52  # "EVMR"
 
-# The txid goes out as text (asyncpg has no xid8 codec) under another name: ORDER BY
-# prefers an output column to a table column of the same name, and sorting by the text
-# put '10000' before '9995', moving the checkpoint past rows never copied.
-# ClickHouse's columns as PostgreSQL gives them: JSON as its text ('' for none), and a
-# time as the whole seconds since 1970 that a ClickHouse DateTime holds. clickhouse-driver
-# passes integers through, while decoding and re-encoding two datetimes per row was most
-# of the replicator's CPU (docs/benchmarks.md).
+# The txid goes out as text (asyncpg has no xid8 codec) under another name (NEXT_ROWS sorts
+# by the table's column, not by that text). ClickHouse's columns as PostgreSQL gives
+# them: JSON as its text ('' for none), and a time as the whole seconds since 1970 that a
+# ClickHouse DateTime holds. clickhouse-driver passes integers through, while decoding and
+# re-encoding two datetimes per row was most of the replicator's CPU (docs/benchmarks.md).
 
 
 def _mirrored(name: str) -> str:
@@ -59,13 +52,7 @@ def _mirrored(name: str) -> str:
 MIRRORED = ", ".join(_mirrored(name) for name in MIRRORED_COLUMNS)
 # ClickHouse's monthly partition of a row (toYYYYMM(ts) there).
 PARTITION = "to_char(ts AT TIME ZONE 'UTC', 'YYYYMM')::integer"
-FETCH_BATCH = f"""
-SELECT {MIRRORED}, {PARTITION} AS partition, txid::text AS txid_text
-FROM events
-WHERE (txid, id) > ($1::text::xid8, $2::bigint) AND txid < $3::text::xid8
-ORDER BY events.txid, events.id
-LIMIT $4
-"""
+FETCH_BATCH = f"SELECT {MIRRORED}, {PARTITION} AS partition, txid::text AS txid_text {NEXT_ROWS}"
 
 
 def copy_rows(client: Any, rows: Sequence[asyncpg.Record]) -> None:
@@ -93,7 +80,7 @@ def split_by_month(columns: list[list[Any]], months: list[int]) -> list[list[lis
     return [[[column[at] for at in ats] for column in columns] for ats in rows_of.values()]
 
 
-class Replicator(LockedWorker):
+class Replicator(Follower):
     """Copies events from PostgreSQL to ClickHouse while it holds the replicator lock."""
 
     lock_id = REPLICATOR_LOCK_ID
@@ -139,7 +126,7 @@ class Replicator(LockedWorker):
             client.disconnect()
             await connection.close()
 
-    async def work(self, connection: asyncpg.Connection, backoff: Backoff) -> None:
+    async def work(self, connection: asyncpg.Connection) -> None:
         client = connect(self.clickhouse_url)
         try:
             await asyncio.to_thread(apply_schema, client)
@@ -147,7 +134,7 @@ class Replicator(LockedWorker):
                 started = time.time()
                 copied = await self._cycle(connection, client)
                 self.finish_cycle(copied, started)
-                backoff.reset()
+                self.backoff.reset()
                 if copied < self.batch_rows:
                     if not copied:
                         # Idle: still touch ClickHouse, so /health notices an outage.

@@ -5,10 +5,10 @@ this module was written). Inside an HTTP worker that work holds the event loop o
 GIL for milliseconds at a time, and the requests that arrive meanwhile wait: wrk's p99
 was 20 ms with the replicator in the worker and 14 ms with it beside it
 (docs/benchmarks.md). So `serve` starts `event-metrics replicate --status-file F` as a
-child, restarts it with backoff if it exits, and stops it on the way out. The child
-writes its status (what /health shows) to F after each lag measurement and at least every
-second; each HTTP worker reads F for /health, the gauges and the freshness of ClickHouse
-answers, adding the report's own age to the lag's.
+child, restarts it with backoff if it exits (writing why into F at once), and stops it on
+the way out. The child writes its status (what /health shows) to F after each lag
+measurement and at least every second; each HTTP worker reads F for /health, the gauges
+and the freshness of ClickHouse answers, adding the report's own age to the lag's.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from event_metrics.backoff import Backoff, StatusSource, describe
 from event_metrics.replicator import Replicator
+from event_metrics.retry import Backoff, describe
+from event_metrics.worker import LoopState, StatusSource
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ STATUS_FILE_VARIABLE = "EVENT_METRICS_REPLICATOR_STATUS_FILE"
 REPORT_EVERY_S = 1.0
 # A status this old means the child is gone or hung: /health says so.
 SILENT_AFTER_S = 10.0
+RESTART_INITIAL_S = 0.5  # the first restart's delay; doubling up to REPLICATOR_RESTART_MAX_MS
+# A child that ran this long before it exited failed afresh: its restart waits the
+# initial delay again, not the crash loop's longest.
+FRESH_FAILURE_AFTER_S = 60.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -50,16 +55,29 @@ def die_with_parent(parent_pid: int) -> None:
         raise SystemExit(0)
 
 
-class ReplicatorProcess:
-    """Runs `event-metrics replicate` as a child of serve; restarts it when it exits."""
+class ChildFailed(Exception):
+    """The replicator process exited, or could not start."""
 
-    def __init__(self, status_file: Path, *, retry_max_s: float) -> None:
+
+class ReplicatorProcess:
+    """Runs `event-metrics replicate` as a child of serve; restarts it when it exits.
+
+    The worker shape (worker.py) on a thread, since serve's own process runs no event loop
+    of ours: start(), stop(), status(), a LoopState that logs each change once, and a
+    backoff between restarts with its own cap (REPLICATOR_RESTART_MAX_MS).
+    """
+
+    def __init__(self, status_file: Path, *, restart_max_s: float) -> None:
         self.status_file = status_file
-        self.backoff = Backoff(initial_s=0.5, max_s=max(retry_max_s, 1.0))
+        self.backoff = Backoff(initial_s=RESTART_INITIAL_S, max_s=restart_max_s)
+        self.loop_state = LoopState("replicator process", log)
         self.child: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._supervise, name="replicator", daemon=True)
+
+    def status(self) -> dict[str, Any]:
+        return {"state": self.loop_state.state, "last_error": self.loop_state.last_error}
 
     def start(self) -> None:
         self._thread.start()
@@ -78,6 +96,7 @@ class ReplicatorProcess:
                 child.kill()
                 child.wait()
         self._thread.join(timeout_s)
+        self.loop_state.set("stopped")
 
     def _supervise(self) -> None:
         argv = [sys.executable, "-m", "event_metrics.cli", "replicate", "--status-file",
@@ -90,26 +109,41 @@ class ReplicatorProcess:
                         return
                     self.child = subprocess.Popen(argv)
             except OSError as exc:  # no process at all (out of memory, pids): try again
-                outcome = f"could not start ({describe(exc)})"
+                failure = ChildFailed(f"could not start ({describe(exc)})")
             else:
                 log.info("replicator process %d started", self.child.pid)
-                outcome = f"exited with status {self.child.wait()}"
+                self.loop_state.set("running")
+                failure = ChildFailed(f"exited with status {self.child.wait()}")
             if self._stopping.is_set():
                 return
-            if time.monotonic() - started > 60:
+            if time.monotonic() - started > FRESH_FAILURE_AFTER_S:
                 self.backoff.reset()  # it ran a while: a fresh failure, not a crash loop
-            delay = self.backoff.next_delay()
-            log.error("replicator process %s; restarting in %.1f s", outcome, delay)
-            self._stopping.wait(delay)
+            self.loop_state.fail(failure, retry_in_s=self.backoff.max_s)
+            self._report_failure(failure)
+            self._stopping.wait(self.backoff.next_delay())
+
+    def _report_failure(self, failure: ChildFailed) -> None:
+        """Say in the status file, at once, that the replicator is failing and why: the
+        child that wrote it is gone, and the next one reports afresh. The report's time
+        stays the child's, so its lag keeps ageing."""
+        try:
+            report: dict[str, Any] = json.loads(self.status_file.read_text())
+        except (OSError, ValueError):
+            report = {}  # none yet
+        report.update(state="failing", last_error=f"the replicator process {failure}")
+        temporary = self.status_file.with_name(self.status_file.name + ".supervisor")
+        with contextlib.suppress(OSError):  # the folder goes when serve exits
+            temporary.write_text(json.dumps(report))
+            temporary.replace(self.status_file)
 
 
 @contextlib.contextmanager
-def replicator_process(*, retry_max_s: float) -> Iterator[ReplicatorProcess]:
+def replicator_process(*, restart_max_s: float) -> Iterator[ReplicatorProcess]:
     """A supervised child replicator, its status file announced to the HTTP workers."""
     with tempfile.TemporaryDirectory(prefix="event-metrics-replicator-") as folder:
         status_file = Path(folder) / "status.json"
         os.environ[STATUS_FILE_VARIABLE] = str(status_file)
-        process = ReplicatorProcess(status_file, retry_max_s=retry_max_s)
+        process = ReplicatorProcess(status_file, restart_max_s=restart_max_s)
         process.start()
         try:
             yield process

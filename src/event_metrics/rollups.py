@@ -20,14 +20,10 @@ from typing import Any
 import asyncpg
 from pyroaring import BitMap
 
-from event_metrics.backoff import Backoff
+from event_metrics.checkpoint import NEXT_ROWS, after, horizon, save_checkpoint, up_to
+from event_metrics.follower import Follower
 from event_metrics.schema import DAY, DIMENSIONS, HOUR, LEVELS, ROLLUP_TARGET
 from event_metrics.settings import LagSettings, RollupSettings
-from event_metrics.watermark import (
-    LockedWorker,
-    horizon,
-    save_checkpoint,
-)
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +45,12 @@ SELECT txid::text, last_id FROM replication_state WHERE target = $1 FOR UPDATE
 """
 # The last row of the next block: the block is every row after the checkpoint up to it.
 # Sorted by the xid8 column, not by its text (which made blocks end early at 10^n).
-BLOCK_END = """
-SELECT block.txid::text AS txid_text, block.id FROM (
-    SELECT txid, id FROM events
-    WHERE (txid, id) > ($1::text::xid8, $2::bigint) AND txid < $3::text::xid8
-    ORDER BY txid, id
-    LIMIT $4
-) block
+BLOCK_END = f"""
+SELECT block.txid::text AS txid_text, block.id FROM (SELECT txid, id {NEXT_ROWS}) block
 ORDER BY block.txid DESC, block.id DESC
 LIMIT 1
 """
-BLOCK = "(txid, id) > ($1::text::xid8, $2::bigint) AND (txid, id) <= ($3::text::xid8, $4::bigint)"
+BLOCK = f"{after(1)} AND {up_to(3)}"
 # Users get dense ids per project: a project's bitmaps only ever hold its own users.
 REGISTER_USERS = f"""
 INSERT INTO user_ids (project_id, user_id)
@@ -195,7 +186,7 @@ async def rebuild(connection: asyncpg.Connection, *, block_rows: int = 2_000_000
     return total
 
 
-class RollupRefresher(LockedWorker):
+class RollupRefresher(Follower):
     """Background task: keeps the rollups current while it holds the refresher lock."""
 
     lock_id = REFRESHER_LOCK_ID
@@ -224,11 +215,11 @@ class RollupRefresher(LockedWorker):
     def status(self) -> dict[str, Any]:
         return {**super().status(), "rows_folded": self.rows_folded}
 
-    async def work(self, connection: asyncpg.Connection, backoff: Backoff) -> None:
+    async def work(self, connection: asyncpg.Connection) -> None:
         while not self.stopping:
             started = time.time()
             folded = await refresh_block(connection, max_rows=self.batch_rows)
             self.finish_cycle(folded, started)
-            backoff.reset()
+            self.backoff.reset()
             if folded < self.batch_rows and await self.sleep(self.interval_s):
                 return

@@ -307,5 +307,5 @@ async def health(services: NamedDependency[Services]) -> Response[Health]:
 @get(telemetry.PATH, include_in_schema=False)
 async def prometheus(services: NamedDependency[Services]) -> Response[bytes]:
     """Prometheus text exposition (docs/operations.md lists the metrics)."""
-    telemetry.refresh(services)
+    telemetry.refresh(services.readings())
     return Response(telemetry.exposition(), media_type=telemetry.CONTENT_TYPE)

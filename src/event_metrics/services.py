@@ -7,17 +7,16 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
 
 from event_metrics import telemetry
 from event_metrics.auth import KeyStore
-from event_metrics.backoff import StatusSource, describe
 from event_metrics.clickhouse import ClickHousePool
 from event_metrics.ingest import Ingestor
 from event_metrics.metrics_service import MetricsService
@@ -25,13 +24,13 @@ from event_metrics.postgres import create_pool
 from event_metrics.queue import IngestQueue
 from event_metrics.replicator import Replicator
 from event_metrics.replicator_process import STATUS_FILE_VARIABLE, ReplicatorStatus
+from event_metrics.retry import describe
 from event_metrics.rollups import RollupRefresher
-from event_metrics.settings import Settings
+from event_metrics.settings import Settings, TelemetrySettings
+from event_metrics.worker import StatusSource, Worker
 from event_metrics.writer import WriterPool, init_writer_connection
 
 log = logging.getLogger(__name__)
-
-GAUGE_REFRESH_S = 1.0
 
 
 class Health(msgspec.Struct, omit_defaults=True):
@@ -51,6 +50,25 @@ class Health(msgspec.Struct, omit_defaults=True):
     ]
     replication: dict[str, Any] | None = None
     rollups: dict[str, Any] | None = None
+    # The worker that keeps this process's Prometheus gauges current (when enabled).
+    telemetry: dict[str, Any] | None = None
+
+
+class Gauges(Worker):
+    """Keeps this process's gauges current, for scrapes that another process answers."""
+
+    def __init__(self, read: Callable[[], telemetry.Readings], settings: TelemetrySettings) -> None:
+        super().__init__(
+            "telemetry", log, retry_initial_s=settings.gauge_interval_s,
+            retry_max_s=settings.retry_max_s,
+        )  # fmt: skip
+        self.read = read
+        self.interval_s = settings.gauge_interval_s
+
+    async def cycle(self) -> float:
+        telemetry.refresh(self.read())
+        self.loop_state.set("running")
+        return self.interval_s
 
 
 @dataclass
@@ -65,6 +83,20 @@ class Services:
     clickhouse: ClickHousePool | None = None
     replicator: StatusSource | None = None
     refresher: RollupRefresher | None = None
+    gauges: Gauges | None = None
+
+    def readings(self) -> telemetry.Readings:
+        """What the Prometheus gauges show: the queue, and each loop's status."""
+        loops: dict[str, dict[str, Any]] = {
+            "writers": self.writers.status(),
+            "key_cache": self.keys.status(),
+        }
+        if self.replicator is not None:
+            loops["replicator"] = self.replicator.status()
+        if self.refresher is not None:
+            loops["rollup_refresher"] = self.refresher.status()
+        queue = self.queue
+        return telemetry.Readings(queue.depth, queue.max_events, queue.oldest_age_s(), loops)
 
     async def health(self) -> Health:
         """Unavailable when events cannot be acknowledged; degraded when only a follower
@@ -98,6 +130,7 @@ class Services:
             rejected_events=dict(self.ingestor.rejected),
             replication=replication,
             rollups=rollups,
+            telemetry=self.gauges.status() if self.gauges else None,
         )
 
 
@@ -135,25 +168,25 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
                     settings.replication,
                     lag=settings.lag,
                 )
-                _start_background(stack, replicator, "replicator")
+                _start(stack, replicator)
 
         refresher = None
         if settings.rollups.enabled:
             refresher = RollupRefresher(settings.database_url, settings.rollups, lag=settings.lag)
-            _start_background(stack, refresher, "rollup-refresher")
+            _start(stack, refresher)
 
         keys = KeyStore(
             settings.database_url,
             refresh_s=settings.access.key_refresh_s,
-            retry_max_s=settings.writer.retry_max_s,
+            retry_max_s=settings.access.key_retry_max_s,
         )
-        _start_background(stack, keys, "key-cache")
+        _start(stack, keys)
 
         queue = IngestQueue(settings.ingest.queue_max_events)
         writers = WriterPool(settings.writer, queue, write_pool)
-        writers.start()
-        # Registered last, so it runs first: no events are dropped while pools close.
-        stack.push_async_callback(writers.stop)
+        # Registered last of the parts that hold events, so it stops first: no events are
+        # dropped while pools close.
+        _start(stack, writers)
         services = Services(
             settings=settings,
             queue=queue,
@@ -176,39 +209,13 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
                 rollups=refresher,
             ),
         )
-        if settings.prometheus:
-            gauges = asyncio.create_task(_refresh_gauges(services), name="prometheus-gauges")
-            stack.push_async_callback(_cancel, gauges)
+        if settings.telemetry.enabled:
+            services.gauges = Gauges(services.readings, settings.telemetry)
+            _start(stack, services.gauges)
         yield services
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-async def _refresh_gauges(services: Services) -> None:
-    """Keep this process's gauges current, for scrapes that another process answers."""
-    while True:
-        telemetry.refresh(services)
-        await asyncio.sleep(GAUGE_REFRESH_S)
-
-
-class Background(Protocol):
-    async def run(self) -> None: ...
-    def stop(self) -> None: ...
-
-
-def _start_background(stack: contextlib.AsyncExitStack, worker: Background, name: str) -> None:
-    """Run a worker as a task, stopped (with a time limit) when the stack unwinds."""
-    task = asyncio.create_task(worker.run(), name=name)
-    stack.push_async_callback(_stop_background, worker, task)
-
-
-async def _stop_background(worker: Background, task: asyncio.Task[None]) -> None:
-    worker.stop()
-    try:
-        await asyncio.wait_for(task, timeout=10)
-    except TimeoutError:
-        log.warning("%s did not stop within 10 s; cancelled", task.get_name())
+def _start(stack: contextlib.AsyncExitStack, worker: Worker | WriterPool) -> None:
+    """Start a worker; it is stopped (within its time limit) when the stack unwinds."""
+    worker.start()
+    stack.push_async_callback(worker.stop)

@@ -1,10 +1,10 @@
 """Configuration: one `Settings` struct, built once from `EVENT_METRICS_*` variables.
 
-Settings are grouped by the part that uses them (HTTP, ingest, writers, metrics, rollups,
-replication), and each part receives only its group. Each field names its variable with
-an `Env` marker; durations are given in the variable's unit (`_MS`, `_SECONDS`) and held
-in seconds, converted here once. Tests build settings with `Settings.build(...)`, by the
-same variable names, instead of patching the environment.
+Settings are grouped by the part that uses them (HTTP, access, ingest, writers, metrics,
+rollups, replication, lag, telemetry), and each part receives only its group. Each field
+names its variable with an `Env` marker; durations are given in the variable's unit
+(`_MS`, `_SECONDS`) and held in seconds, converted here once. Tests build settings with
+`Settings.build(...)`, by the same variable names, instead of patching the environment.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 class AccessSettings(msgspec.Struct, frozen=True, kw_only=True):
     key_refresh_s: Annotated[float, Env("KEY_REFRESH_MS", "ms"), Positive] = 1.0
+    key_retry_max_s: Annotated[float, Env("KEY_RETRY_MAX_MS", "ms"), Positive] = 2.0
     rate_limit_events_per_s: Annotated[
         float, Env("RATE_LIMIT_EVENTS_PER_S"), msgspec.Meta(ge=0)
     ] = 0.0
@@ -126,6 +127,8 @@ class ReplicationSettings(msgspec.Struct, frozen=True, kw_only=True):
     retry_max_s: Annotated[float, Env("REPLICATION_RETRY_MAX_MS", "ms"), Positive] = 5.0
     # `serve` runs it as a child process: its work then never holds up a request.
     process: Annotated[bool, Env("REPLICATOR_PROCESS")] = True
+    # serve restarts a child that exits after 0.5 s, doubling up to this.
+    process_restart_max_s: Annotated[float, Env("REPLICATOR_RESTART_MAX_MS", "ms"), Positive] = 5.0
 
 
 class LagSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -135,6 +138,14 @@ class LagSettings(msgspec.Struct, frozen=True, kw_only=True):
     # Counted exactly up to this many rows, estimated from the id range beyond: an exact
     # count costs per row, the estimate one index probe (docs/architecture.md).
     exact_rows: Annotated[PositiveInt, Env("LAG_EXACT_ROWS")] = 10_000
+
+
+class TelemetrySettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Prometheus: the route, and the worker that keeps each process's gauges current."""
+
+    enabled: Annotated[bool, Env("PROMETHEUS")] = True  # GET /internal/metrics
+    gauge_interval_s: Annotated[float, Env("TELEMETRY_GAUGE_INTERVAL_MS", "ms"), Positive] = 1.0
+    retry_max_s: Annotated[float, Env("TELEMETRY_RETRY_MAX_MS", "ms"), Positive] = 5.0
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -147,7 +158,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     clickhouse_url: Annotated[str | None, Env("CLICKHOUSE_URL")] = None
     log_format: Annotated[Literal["text", "json"], Env("LOG_FORMAT")] = "text"
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Env("LOG_LEVEL")] = "info"
-    prometheus: Annotated[bool, Env("PROMETHEUS")] = True  # GET /internal/metrics
 
     http: HttpSettings = HttpSettings()
     access: AccessSettings = AccessSettings()
@@ -157,6 +167,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rollups: RollupSettings = RollupSettings()
     replication: ReplicationSettings = ReplicationSettings()
     lag: LagSettings = LagSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     def __post_init__(self) -> None:
         if self.writer.max_events_per_commit > self.ingest.queue_max_events:

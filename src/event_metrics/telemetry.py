@@ -1,5 +1,6 @@
-"""Prometheus metrics, served at GET /internal/metrics (EVENT_METRICS_PROMETHEUS=false
-turns the route off). docs/operations.md lists every metric; docs/grafana/ graphs them.
+"""Telemetry: the Prometheus metrics, served at GET /internal/metrics
+(EVENT_METRICS_PROMETHEUS=false turns the route off). docs/operations.md lists every
+metric; docs/grafana/ graphs them.
 
 Counters and histograms are updated where things happen; the four that move with every
 request (events, requests, commits, ack times) are tallied in plain Python and added to
@@ -19,9 +20,10 @@ import contextlib
 import functools
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -34,9 +36,6 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.metrics_core import Metric
-
-if TYPE_CHECKING:
-    from event_metrics.services import Services
 
 PATH = "/internal/metrics"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -206,23 +205,25 @@ def _labelled(counter: Counter, *labels: object) -> Any:
     return counter.labels(*(str(label) for label in labels))
 
 
-def refresh(services: Services) -> None:
+@dataclass(frozen=True)
+class Readings:
+    """What the gauges show, read from the running parts (services.Services.readings)."""
+
+    queue_events: int
+    queue_capacity: int
+    queue_oldest_s: float
+    # By loop, named like the loops' own (LoopState) names as the retries counter is:
+    # each one's status as /health shows it.
+    loops: Mapping[str, Mapping[str, Any]]
+
+
+def refresh(readings: Readings) -> None:
     """Flush the tallies; set the gauges from the parts' own status (what /health shows)."""
     flush()
-    queue = services.queue
-    QUEUE_EVENTS.set(queue.depth)
-    QUEUE_CAPACITY.set(queue.max_events)
-    QUEUE_OLDEST.set(queue.oldest_age_s())
-    # Named like the loops' own (LoopState) names, as the retries counter is.
-    loops: dict[str, dict[str, Any]] = {
-        "writers": services.writers.status(),
-        "key_cache": services.keys.status(),
-    }
-    if services.replicator is not None:
-        loops["replicator"] = services.replicator.status()
-    if services.refresher is not None:
-        loops["rollup_refresher"] = services.refresher.status()
-    for name, status in loops.items():
+    QUEUE_EVENTS.set(readings.queue_events)
+    QUEUE_CAPACITY.set(readings.queue_capacity)
+    QUEUE_OLDEST.set(readings.queue_oldest_s)
+    for name, status in readings.loops.items():
         for state in LOOP_STATES:
             STATE.labels(name, state).set(1 if status["state"] == state else 0)
         if status.get("lag_rows") is not None:  # None: not measured yet

@@ -26,10 +26,10 @@ from typing import Any
 
 import asyncpg
 
+from event_metrics.checkpoint import UP_TO, Checkpoint, load_checkpoint
 from event_metrics.clickhouse import apply_schema, connect, insert_columns
 from event_metrics.replicator import MIRRORED, TARGET
 from event_metrics.schema import CLICKHOUSE_TYPES, COLUMN_TYPES, MIRRORED_COLUMNS
-from event_metrics.watermark import load_checkpoint
 
 Cell = tuple[int, date, str]  # (project_id, UTC day, event_name)
 Summary = tuple[int, int, int]  # (rows, sum of content hash slice 1, slice 2)
@@ -60,13 +60,12 @@ def _clickhouse_part(name: str) -> str:
 POSTGRES_CONTENT = " || ',' || ".join(f"({_postgres_part(n)})" for n in MIRRORED_COLUMNS)
 CLICKHOUSE_CONTENT = "concat(" + ", ',', ".join(_clickhouse_part(n) for n in MIRRORED_COLUMNS) + ")"
 
-UP_TO_CHECKPOINT = "(txid, id) <= ($1::text::xid8, $2::bigint)"
 POSTGRES_SUMMARY = f"""
 SELECT project_id, (ts AT TIME ZONE 'UTC')::date, event_name, count(*),
        sum(('x' || substr(content, 1, 8))::bit(32)::bigint),
        sum(('x' || substr(content, 9, 8))::bit(32)::bigint)
 FROM (SELECT project_id, ts, event_name, md5({POSTGRES_CONTENT}) AS content
-      FROM events WHERE {UP_TO_CHECKPOINT}) AS hashed
+      FROM events WHERE {UP_TO}) AS hashed
 GROUP BY 1, 2, 3
 """
 CLICKHOUSE_SUMMARY = f"""
@@ -81,7 +80,7 @@ CELL = (
     "AND ts < ($4::date + 1)::timestamp AT TIME ZONE 'UTC' AND event_name = $5"
 )
 POSTGRES_KEYS = f"""
-SELECT idempotency_key, {UP_TO_CHECKPOINT}, md5({POSTGRES_CONTENT}) FROM events WHERE {CELL}
+SELECT idempotency_key, {UP_TO}, md5({POSTGRES_CONTENT}) FROM events WHERE {CELL}
 """
 CLICKHOUSE_KEYS = f"""
 SELECT idempotency_key, lower(hex(MD5({CLICKHOUSE_CONTENT}))) FROM events FINAL
@@ -89,7 +88,7 @@ WHERE project_id = %(project_id)s AND toDate(ts) = %(day)s AND event_name = %(ev
 """
 POSTGRES_ROWS = f"""
 SELECT {MIRRORED} FROM events
-WHERE {CELL} AND {UP_TO_CHECKPOINT} AND idempotency_key = ANY($6::text[])
+WHERE {CELL} AND {UP_TO} AND idempotency_key = ANY($6::text[])
 """
 DELETE_KEYS = """
 ALTER TABLE events DELETE
@@ -159,7 +158,7 @@ async def _compare_rows(
     connection: asyncpg.Connection,
     client: Any,
     cell: Cell,
-    checkpoint: tuple[str, int],
+    checkpoint: Checkpoint,
     ours: Summary,
     theirs: Summary,
 ) -> Difference:

@@ -14,11 +14,12 @@ import asyncpg
 import msgspec
 
 from event_metrics import telemetry
-from event_metrics.backoff import Backoff, LoopState, describe
 from event_metrics.postgres import TRANSIENT_ERRORS
 from event_metrics.queue import IngestQueue, Ticket
+from event_metrics.retry import Backoff, describe
 from event_metrics.schema import COLUMN_TYPES, COLUMNS, EVENT_KEY, Row
 from event_metrics.settings import WriterSettings
+from event_metrics.worker import LoopState
 
 log = logging.getLogger(__name__)
 

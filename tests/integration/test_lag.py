@@ -27,8 +27,8 @@ from throwaway.clickhouse import ClickHouseServer, find_binary
 
 from conftest import Keys, LiveServer, live_server, unavailable, wait_until
 from event_metrics import lag
+from event_metrics.checkpoint import START
 from event_metrics.schema import DAY, level_for
-from event_metrics.watermark import START
 
 SEEDED = 2_000_000
 POLL_S = 0.25

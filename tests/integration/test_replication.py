@@ -102,7 +102,7 @@ async def test_one_active_replicator(
         )
         # Stop the active one: the standby takes over from the saved checkpoint.
         active, standby = (first, second) if first.state == "running" else (second, first)
-        active.stop()
+        active.stop_soon()
         await wait_until(lambda: standby.state == "running", what="takeover")
         await db.execute(INSERT_ONE, "b")
         await wait_until(
@@ -110,8 +110,8 @@ async def test_one_active_replicator(
             what="row replicated after takeover",
         )
     finally:
-        first.stop()
-        second.stop()
+        first.stop_soon()
+        second.stop_soon()
         await asyncio.gather(*tasks)
 
 

@@ -154,7 +154,7 @@ async def test_followers_keep_every_row_under_concurrent_writers(
         ]
         for replicator in replicators[:-1]:
             await asyncio.sleep(0.05)
-            replicator.stop()  # the next one in line takes over from the checkpoint
+            replicator.stop_soon()  # the next one in line takes over from the checkpoint
         await asyncio.gather(*writers)
         expected = await postgres_keys(connection)
         await wait_until(
@@ -173,7 +173,7 @@ async def test_followers_keep_every_row_under_concurrent_writers(
         assert report.cells > 0 and report.differences == []
     finally:
         for replicator in replicators:
-            replicator.stop()
-        refresher.stop()
+            replicator.stop_soon()
+        refresher.stop_soon()
         await asyncio.gather(*tasks)
         await connection.close()

@@ -13,7 +13,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Keys, LiveServer, free_port, live_server, wait_until
+from conftest import ClientFactory, Keys, LiveServer, free_port, live_server, wait_until
+from event_metrics import telemetry
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -121,6 +122,36 @@ async def test_a_failing_loop_shows_its_state_and_its_retries(server: LiveServer
 
         await wait_until(retried, what="the replicator's failures counted")
         assert (await client.get("/health")).json()["replication"]["state"] == "failing"
+
+
+async def test_the_gauges_worker_retries_and_shows_its_state_in_health(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A gauge loop that died on an error once left the gauges frozen and nothing said so.
+    calls: list[int] = []
+    working = telemetry.refresh
+
+    def broken(readings: telemetry.Readings) -> None:
+        calls.append(1)
+        raise RuntimeError("gauges broke")
+
+    async with make_client(telemetry_gauge_interval_ms=20, telemetry_retry_max_ms=50) as client:
+
+        async def state() -> dict[str, Any]:
+            part: dict[str, Any] = (await client.get("/health")).json()["telemetry"]
+            return part
+
+        await wait_until(lambda: _is(state(), "running"), what="gauges running")
+        monkeypatch.setattr(telemetry, "refresh", broken)
+        await wait_until(lambda: _is(state(), "failing"), what="gauges failing")
+        assert (await state())["last_error"] == "RuntimeError: gauges broke"
+        await wait_until(lambda: len(calls) >= 3, what="retries")  # it did not die
+        monkeypatch.setattr(telemetry, "refresh", working)
+        await wait_until(lambda: _is(state(), "running"), what="gauges running again")
+
+
+async def _is(part: Any, state: str) -> bool:
+    return bool((await part)["state"] == state)
 
 
 async def test_several_workers_add_up(

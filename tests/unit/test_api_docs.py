@@ -35,7 +35,7 @@ from event_metrics.queue import IngestQueue
 from event_metrics.replicator import Replicator
 from event_metrics.rollups import RollupRefresher
 from event_metrics.routes import SDK_PATHS
-from event_metrics.services import Health
+from event_metrics.services import Gauges, Health
 from event_metrics.settings import Settings, variables
 from event_metrics.writer import WriterPool
 
@@ -200,6 +200,7 @@ def health_parts() -> dict[str, set[str]]:
         "keys": set(KeyStore("", refresh_s=1, retry_max_s=1).status()),
         "replication": set(Replicator("", "", SETTINGS.replication).status()),
         "rollups": set(RollupRefresher("", SETTINGS.rollups).status()),
+        "telemetry": set(Gauges(lambda: None, SETTINGS.telemetry).status()),  # type: ignore[arg-type, return-value]
     }
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from event_metrics import replicator_process
 from event_metrics.replicator_process import ReplicatorStatus
+from event_metrics.retry import Backoff
 
 
 def write(path: Path, age_s: float, **fields: object) -> None:
@@ -74,8 +75,8 @@ def test_the_supervisor_retries_when_the_child_cannot_even_start(
         raise OSError(12, "Cannot allocate memory")
 
     monkeypatch.setattr(replicator_process.subprocess, "Popen", refuse)
-    supervisor = replicator_process.ReplicatorProcess(tmp_path / "s.json", retry_max_s=0.1)
-    supervisor.backoff = replicator_process.Backoff(initial_s=0.01, max_s=0.02)
+    supervisor = replicator_process.ReplicatorProcess(tmp_path / "s.json", restart_max_s=0.1)
+    supervisor.backoff = Backoff(initial_s=0.01, max_s=0.02)
     supervisor.start()
     deadline = time.monotonic() + 5
     while len(attempts) < 3 and time.monotonic() < deadline:
@@ -83,3 +84,36 @@ def test_the_supervisor_retries_when_the_child_cannot_even_start(
     supervisor.stop()
     assert len(attempts) >= 3  # the thread kept trying instead of dying
     assert "could not start (OSError" in caplog.text
+
+
+def test_a_child_that_exits_is_reported_failing_at_once_with_its_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "status.json"
+    write(path, 0, state="running", lag_rows=3, lag_rows_capped=False, lag_seconds=0.1,
+          lag_age_s=0.2, rows_per_second=1.0, eta_seconds=None, last_error=None,
+          rows_copied=5)  # fmt: skip
+
+    class Exits:
+        pid = 4242
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 3
+
+        def poll(self) -> int:
+            return 3
+
+    monkeypatch.setattr(replicator_process.subprocess, "Popen", lambda *_, **__: Exits())
+    supervisor = replicator_process.ReplicatorProcess(path, restart_max_s=0.02)
+    supervisor.backoff = Backoff(initial_s=0.01, max_s=0.02)
+    supervisor.start()
+    deadline = time.monotonic() + 5
+    while ReplicatorStatus(path).status()["state"] != "failing" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    supervisor.stop()
+    status = ReplicatorStatus(path).status()
+    # Well before SILENT_AFTER_S: the supervisor said so, and kept what the child last said.
+    assert status["state"] == "failing"
+    assert status["last_error"] == "the replicator process exited with status 3"
+    assert status["rows_copied"] == 5
+    assert supervisor.status()["state"] == "stopped"

@@ -1,12 +1,6 @@
-"""The gap-free (txid, id) watermark over the events table, and the loop of a worker that
-follows it (the ClickHouse replicator, the rollup refresher).
-
-Every event row carries the id of the transaction that inserted it. Rows with
-`txid < pg_snapshot_xmin(pg_current_snapshot())` belong to transactions that have ended,
-so that set is final; a follower reads rows after its checkpoint in (txid, id) order
-strictly below that horizon and can never skip a row that commits late. The argument is
-written out in docs/architecture.md.
-"""
+"""A follower of the events table: a worker (worker.py) that reads the rows committed after
+its checkpoint (checkpoint.py) while it holds a PostgreSQL advisory lock, the ClickHouse
+replicator and the rollup refresher."""
 
 from __future__ import annotations
 
@@ -19,51 +13,26 @@ from typing import Any
 import asyncpg
 
 from event_metrics import lag
-from event_metrics.backoff import Backoff, LoopState, StatusSource, describe
+from event_metrics.checkpoint import load_checkpoint
 from event_metrics.postgres import TRANSIENT_ERRORS
+from event_metrics.retry import Backoff, describe
 from event_metrics.settings import LagSettings
+from event_metrics.worker import Worker
 
 log = logging.getLogger(__name__)
 
-HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
-LOAD_CHECKPOINT = "SELECT txid::text, last_id FROM replication_state WHERE target = $1"
-SAVE_CHECKPOINT = """
-INSERT INTO replication_state (target, txid, last_id, updated_at)
-VALUES ($1, $2::text::xid8, $3, now())
-ON CONFLICT (target) DO UPDATE
-SET txid = excluded.txid, last_id = excluded.last_id, updated_at = excluded.updated_at
-"""
 # A lag measurement takes milliseconds (docs/benchmarks.md); one this slow has hung.
 MEASURE_TIMEOUT_S = 10.0
-Checkpoint = tuple[str, int]  # (txid as text, id) of the last row handled
-START: Checkpoint = ("0", 0)
 
 
-async def horizon(connection: asyncpg.Connection) -> str:
-    """The oldest transaction id still running: every smaller one has ended."""
-    value: str = await connection.fetchval(HORIZON)
-    return value
-
-
-async def load_checkpoint(connection: asyncpg.Connection, target: str) -> Checkpoint:
-    row = await connection.fetchrow(LOAD_CHECKPOINT, target)
-    return (row[0], row[1]) if row else START
-
-
-async def save_checkpoint(
-    connection: asyncpg.Connection, target: str, checkpoint: Checkpoint
-) -> None:
-    await connection.execute(SAVE_CHECKPOINT, target, *checkpoint)
-
-
-class LockedWorker(StatusSource):
+class Follower(Worker):
     """A background loop that works only while it holds a PostgreSQL advisory lock.
 
     Several service processes may run one each; the lock makes one of them active and
     the others wait in "standby". Losing the connection releases the lock, so another
     process takes over from the saved checkpoint. Any failure, an outage or a server
     error, is retried with backoff and reported as state "failing": the loop only ends
-    when stop() is called.
+    when it is stopped.
 
     Beside the loop, on a connection of its own, the lag is measured every
     `LAG_INTERVAL_MS` whatever the loop is doing (copying a backlog, waiting for the
@@ -89,17 +58,15 @@ class LockedWorker(StatusSource):
         batch_rows: int,
         lag_settings: LagSettings,
     ) -> None:
+        super().__init__(self.name, log, retry_initial_s=0.1, retry_max_s=retry_max_s)
         self.database_url = database_url
         self.interval_s = interval_s
-        self.retry_max_s = retry_max_s
         self.batch_rows = batch_rows  # a cycle that finds this many may have left some
         self.lag_settings = lag_settings
-        self.loop_state = LoopState(self.name, log)
         self.lag: lag.Lag | None = None  # None until the first measurement
         self.progress = lag.Progress()
         self.rows_done = 0
         self.measured = asyncio.Event()  # set by each measurement (the child reports it)
-        self._stopping = asyncio.Event()
         self._measure_now = asyncio.Event()
 
     def status(self) -> dict[str, Any]:
@@ -147,52 +114,34 @@ class LockedWorker(StatusSource):
         if not behind:
             self._measure_now.set()  # show the lag it leaves now, not a second later
 
-    @property
-    def state(self) -> str:
-        return self.loop_state.state
-
-    @property
-    def last_error(self) -> str | None:
-        return self.loop_state.last_error
-
-    def stop(self) -> None:
-        self._stopping.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
     async def run(self) -> None:
-        """Work until stop(), retrying through every failure; measure the lag meanwhile."""
+        """Work until stopped, retrying through every failure; measure the lag meanwhile."""
         monitor = asyncio.create_task(self._monitor_lag(), name=f"{self.name} lag")
         try:
-            await self._work_until_stopped()
+            await super().run()
         finally:
             monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await monitor
-        self.loop_state.set("stopped")
 
-    async def _work_until_stopped(self) -> None:
-        backoff = Backoff(initial_s=0.1, max_s=self.retry_max_s)
-        while not self._stopping.is_set():
-            try:
-                connection = await asyncpg.connect(self.database_url, timeout=10)
-                try:
-                    if await self._wait_for_lock(connection):
-                        # Running, or catching up, once a cycle has said which; a failing
-                        # loop stays failing until then.
-                        if self.loop_state.state == "standby":
-                            self.loop_state.set("starting")
-                        await self.work(connection, backoff)
-                finally:
-                    await connection.close()  # releases the advisory lock
-            except Exception as exc:
-                self.loop_state.fail(exc, retry_in_s=self.retry_max_s)
-                self._measure_now.set()  # the lag it leaves behind, without waiting
-                if not isinstance(exc, TRANSIENT_ERRORS):
-                    log.debug("%s failure", self.name, exc_info=exc)
-                await self.sleep(backoff.next_delay())
+    async def cycle(self) -> float:
+        """One session: connect, wait for the lock, work on it until stopped."""
+        connection = await asyncpg.connect(self.database_url, timeout=10)
+        try:
+            if await self._wait_for_lock(connection):
+                # Running, or catching up, once a cycle has said which; a failing loop
+                # stays failing until then.
+                if self.loop_state.state == "standby":
+                    self.loop_state.set("starting")
+                await self.work(connection)
+        finally:
+            await connection.close()  # releases the advisory lock
+        return 0.0
+
+    def failed(self, error: Exception) -> None:
+        self._measure_now.set()  # the lag it leaves behind, without waiting
+        if not isinstance(error, TRANSIENT_ERRORS):
+            log.debug("%s failure", self.name, exc_info=error)
 
     async def _monitor_lag(self) -> None:
         """Measure the lag every LAG_INTERVAL_MS (and when a cycle asks), on a connection
@@ -200,14 +149,14 @@ class LockedWorker(StatusSource):
         age in /health."""
         backoff = Backoff(initial_s=0.1, max_s=self.retry_max_s)
         failed = False
-        while not self._stopping.is_set():
+        while not self.stopping:
             try:
                 # A hung statement must not freeze the figure: it fails, and is retried.
                 connection = await asyncpg.connect(
                     self.database_url, timeout=10, command_timeout=MEASURE_TIMEOUT_S
                 )
                 try:
-                    while not self._stopping.is_set():
+                    while not self.stopping:
                         self._measure_now.clear()
                         await self.measure_lag(connection)
                         if failed:
@@ -233,15 +182,7 @@ class LockedWorker(StatusSource):
                 return False
         return True
 
-    async def work(self, connection: asyncpg.Connection, backoff: Backoff) -> None:
-        """Run cycles on the lock-holding connection until stop() (sleep() says when);
+    async def work(self, connection: asyncpg.Connection) -> None:
+        """Run cycles on the lock-holding connection until stopped (sleep() says when);
         call finish_cycle() and reset `backoff` after each cycle that succeeds."""
         raise NotImplementedError
-
-    async def sleep(self, seconds: float) -> bool:
-        """Sleep unless stopped; True when stop() was called."""
-        try:
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
