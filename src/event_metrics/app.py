@@ -15,9 +15,9 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components
 
-from event_metrics import __version__, cors, docs_ui, edge, logs, openapi, request_ids, telemetry
+from event_metrics import __version__, cors, docs_ui, edge, http_fast, logs, telemetry
 from event_metrics.auth import InvalidCredentials, MissingCredentials, WrongScope
-from event_metrics.errors import ErrorBody
+from event_metrics.errors import SDK_ERROR_FIELDS, ErrorBody
 from event_metrics.ingest import RateLimited
 from event_metrics.metrics import AnswerTooLarge, BackendUnavailable, InvalidParameter
 from event_metrics.metrics_service import MetricsBusy
@@ -33,14 +33,11 @@ from event_metrics.queue import QueueClosed, QueueFull
 from event_metrics.routes import (
     INGEST_PATHS,
     READ_PATHS,
-    SDK_PATHS,
     health,
-    ingest,
-    ingest_declaration,
     metrics,
     posthog_ingest,
-    prometheus,
     segment_ingest,
+    telemetry_exposition,
 )
 from event_metrics.services import Services, run_services
 from event_metrics.settings import Settings
@@ -89,12 +86,17 @@ def _error_handler(
             body = _logged_failure(code, exc)
         else:
             body = ErrorBody(error=code, detail=str(exc), parameter=parameter)
-        if request.scope["path"].rstrip("/") in SDK_PATHS:
-            # RudderStack's SDK retries an error whose JSON lacks `code` and `message`.
+        if _route_option(request, SDK_ERROR_FIELDS):
             body.code, body.message = code, body.detail
         return Response(body, status_code=status, headers=headers)
 
     return handle
+
+
+def _route_option(request: Request[Any, Any, Any], name: str) -> Any:
+    """An option the matched route declares (Litestar's `opt`); None without a route."""
+    handler = request.scope.get("route_handler")
+    return None if handler is None else handler.opt.get(name)
 
 
 def _validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
@@ -114,7 +116,7 @@ def _logged_failure(code: str, exc: Exception) -> ErrorBody:
     """The body of a 500 (a bug, not a client error): the log gets the error under the
     request's id, the client only the id to quote (an error's text may hold internals, such
     as PostgreSQL's message and the values it names, or echo the request)."""
-    request_id = request_ids.current.get()
+    request_id = logs.request_id.get()
     if code == "internal_error":
         log.error("unhandled error in request %s", request_id, exc_info=exc)
         what = "an unexpected error occurred"
@@ -184,18 +186,18 @@ def create_app(settings: Settings) -> Litestar:
     handlers[Exception] = _unexpected_handler
     app = Litestar(
         route_handlers=[
-            ingest,
+            http_fast.ingest,
             segment_ingest,
             posthog_ingest,
             metrics,
             health,
-            *([prometheus] if settings.telemetry.enabled else []),
+            *([telemetry_exposition] if settings.telemetry.enabled else []),
             *docs_ui.asset_routes(),
         ],
         # Handlers receive the running services (which the lifespan put in app.state) as
         # their one dependency: Litestar resolves two or more in an anyio task group per
         # request, which cost a fifth of single-event throughput. (POST /events, a plain
-        # ASGI handler, takes none and reads app.state itself.)
+        # ASGI handler, takes none: http_fast.py reads app.state itself.)
         dependencies={"services": Provide(_services, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers=handlers,
@@ -210,7 +212,7 @@ def create_app(settings: Settings) -> Litestar:
         # Logging is configured once by the process (cli.py), not by each app.
         logging_config=None,
     )
-    openapi.declare(app, [ingest_declaration])  # POST /events is an ASGI handler
+    http_fast.describe(app)  # Litestar leaves ASGI routes out of the document
     policy = cors.CorsPolicy(
         ingest_paths=INGEST_PATHS,
         ingest_origins=settings.access.cors_ingest_origins,

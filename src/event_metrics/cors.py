@@ -7,13 +7,15 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Literal
 
-from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Send
+from litestar.types import Send
+
+from event_metrics.errors import error_json, send_json
 
 Kind = Literal["ingest", "read"]
 ALLOWED_HEADERS = b"authorization, content-type, content-encoding, x-request-id"
 EXPOSED_HEADERS = b"x-request-id, retry-after, x-metrics-plan"
 METHODS: dict[Kind, bytes] = {"ingest": b"POST, OPTIONS", "read": b"GET, OPTIONS"}
-REFUSED_BODY = b'{"error":"origin_not_allowed","detail":"this origin may not call this route"}'
+REFUSED_BODY = error_json("origin_not_allowed", "this origin may not call this route")
 
 
 class CorsPolicy:
@@ -49,20 +51,10 @@ def _origins(listing: str) -> frozenset[bytes]:
     return frozenset(o.strip().rstrip("/").encode() for o in listing.split(",") if o.strip())
 
 
-async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-    start: HTTPResponseStartEvent = {"type": "http.response.start", "status": status,
-                                     "headers": headers}  # fmt: skip
-    await send(start)
-    done: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
-    await send(done)
-
-
 async def answer_preflight(send: Send, kind: Kind, allow_origin: bytes | None) -> None:
     """204 with what the browser may send, or 403 when the origin may not call the route."""
     if allow_origin is None:
-        headers = [(b"content-type", b"application/json"),
-                   (b"content-length", str(len(REFUSED_BODY)).encode())]  # fmt: skip
-        await _answer(send, 403, headers, REFUSED_BODY)
+        await send_json(send, 403, REFUSED_BODY)
         return
     headers = [
         (b"access-control-allow-origin", allow_origin),
@@ -72,4 +64,4 @@ async def answer_preflight(send: Send, kind: Kind, allow_origin: bytes | None) -
         (b"vary", b"Origin"),
         (b"content-length", b"0"),
     ]
-    await _answer(send, 204, headers, b"")
+    await send_json(send, 204, b"", headers)

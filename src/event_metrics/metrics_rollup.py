@@ -31,7 +31,7 @@ from event_metrics.metrics import (
     off_the_loop,
 )
 from event_metrics.metrics_postgres import postgres_answering
-from event_metrics.rollup_plan import Plan
+from event_metrics.rollup_cover import Cover
 from event_metrics.schema import DAY, DIMENSIONS, HOUR, ROLLUP_TARGET, level_for
 
 PENDING_COUNT = f"""
@@ -141,7 +141,7 @@ async def _fetch(
     bounds = bucket_bounds(query.start, query.end, query.granularity, query.zone)
     filtered = {"event_name"} if query.event_name is not None else set()
     start = int(query.start.timestamp())
-    series_plan = Plan.make(
+    series_cover = Cover.make(
         bounds,
         start,
         level_for({*query.group_by, *filtered}).number,
@@ -149,7 +149,7 @@ async def _fetch(
         bucketed=query.granularity != "total",
     )
     total_level = level_for(filtered).number
-    total_plan = Plan.make([start, bounds[-1]], start, total_level, (), bucketed=False)
+    total_cover = Cover.make([start, bounds[-1]], start, total_level, (), bucketed=False)
     async with (
         pool.acquire() as connection,
         connection.transaction(isolation="repeatable_read", readonly=True),
@@ -163,26 +163,26 @@ async def _fetch(
         freshness = msgspec.structs.replace(freshness, rollup_lag_rows=pending)
         series: dict[CellKey, Cell] = defaultdict(Cell)
         total: dict[CellKey, Cell] = defaultdict(Cell)
-        await _add_rollups(connection, query, total_plan, total)
-        await _add_pieces(connection, query, total_plan, cursor, total)
+        await _add_rollups(connection, query, total_cover, total)
+        await _add_pieces(connection, query, total_cover, cursor, total)
         direct: list[asyncpg.Record] = []
-        if series_plan.direct:
-            direct = await _direct_rows(connection, query, series_plan, max_rows)
+        if series_cover.direct:
+            direct = await _direct_rows(connection, query, series_cover, max_rows)
             check_row_count(len(direct), max_rows)
         else:
-            await _add_rollups(connection, query, series_plan, series)
-            await _add_pieces(connection, query, series_plan, cursor, series)
+            await _add_rollups(connection, query, series_cover, series)
+            await _add_pieces(connection, query, series_cover, cursor, series)
         if pending:
-            await _add_pending(connection, query, series_plan, cursor, series, total)
-        if series_plan.direct and series:
+            await _add_pending(connection, query, series_cover, cursor, series, total)
+        if series_cover.direct and series:
             # Buckets that pending rows touch are assembled cell by cell instead.
             touched = sorted({index for index, _ in series})
-            await _add_rollups(connection, query, series_plan.only(touched), series)
+            await _add_rollups(connection, query, series_cover.only(touched), series)
             skip = {bounds[index] for index in touched}
             direct = [row for row in direct if row[0] not in skip]
         check_row_count(len(series) + len(direct), max_rows)  # before the bitmap unions
-        for plan, cells in ((series_plan, series), (total_plan, total)):
-            await _add_missing_bitmaps(connection, plan, cells, query.project_id)
+        for cover, cells in ((series_cover, series), (total_cover, total)):
+            await _add_missing_bitmaps(connection, cover, cells, query.project_id)
         raw_users = {
             u for cell in (*series.values(), *total.values()) for u in cell.raw_users or ()
         }
@@ -211,20 +211,20 @@ async def _fetch(
 async def _fetch_rollups(
     connection: asyncpg.Connection,
     query: MetricsQuery,
-    plan: Plan,
+    cover: Cover,
     columns: str,
     *,
     limit: int | None = None,
 ) -> list[asyncpg.Record]:
-    """`columns` of the rollup rows that cover the plan's whole days and hours."""
-    ranges = [(DAY, lo, hi) for lo, hi in plan.days] + [(HOUR, lo, hi) for lo, hi in plan.hours]
+    """`columns` of the rollup rows for the cover's whole days and hours."""
+    ranges = [(DAY, lo, hi) for lo, hi in cover.days] + [(HOUR, lo, hi) for lo, hi in cover.hours]
     if not ranges:
         return []
     params: list[Any] = [
         [grain for grain, _, _ in ranges],
         [datetime.fromtimestamp(lo, UTC) for _, lo, _ in ranges],
         [datetime.fromtimestamp(hi, UTC) for _, _, hi in ranges],
-        plan.level,
+        cover.level,
         query.project_id,
     ]
     event_filter = ""
@@ -239,38 +239,38 @@ async def _fetch_rollups(
 
 
 async def _direct_rows(
-    connection: asyncpg.Connection, query: MetricsQuery, plan: Plan, max_rows: int
+    connection: asyncpg.Connection, query: MetricsQuery, cover: Cover, max_rows: int
 ) -> list[asyncpg.Record]:
-    """Series rows read straight from rollups, for a plan where each row is one cell:
+    """Series rows read straight from rollups, for a cover where each row is one cell:
     (bucket epoch, *dimension values, events, unique users), the shape build_response
     takes, so 15,000-row answers cost no per-row Python here. One row more than max_rows
     at most, enough to notice an answer too large."""
-    dimensions = "".join(f"r.{d}, " for d in plan.dimensions)
+    dimensions = "".join(f"r.{d}, " for d in cover.dimensions)
     columns = f"extract(epoch FROM r.bucket)::bigint, {dimensions}r.events, r.users_count"
-    return await _fetch_rollups(connection, query, plan, columns, limit=max_rows + 1)
+    return await _fetch_rollups(connection, query, cover, columns, limit=max_rows + 1)
 
 
 async def _add_rollups(
-    connection: asyncpg.Connection, query: MetricsQuery, plan: Plan, cells: dict[CellKey, Cell]
+    connection: asyncpg.Connection, query: MetricsQuery, cover: Cover, cells: dict[CellKey, Cell]
 ) -> None:
-    users = "r.users" if plan.bitmaps_up_front else "NULL::bytea"
-    rows = await _fetch_rollups(connection, query, plan, ROLLUP_COLUMNS.format(users=users))
+    users = "r.users" if cover.bitmaps_up_front else "NULL::bytea"
+    rows = await _fetch_rollups(connection, query, cover, ROLLUP_COLUMNS.format(users=users))
     # The cell's group: the output dimensions' values, picked by name from the row's.
-    picks = [DIMENSIONS.index(dimension) for dimension in plan.dimensions]
+    picks = [DIMENSIONS.index(dimension) for dimension in cover.dimensions]
     indexes: dict[int, int] = {}  # rows of one bucket share its index
     for grain, bucket, *values, events, count, blob in rows:
         index = indexes.get(bucket)
         if index is None:
-            index = indexes[bucket] = plan.index(bucket) if plan.bucketed else 0
+            index = indexes[bucket] = cover.index(bucket) if cover.bucketed else 0
         cell = cells[(index, tuple(values[pick] for pick in picks))]
         cell.events += events
         cell.parts.append(Part((grain, bucket, *values), count, blob))
 
 
-def _raw_sql(query: MetricsQuery, plan: Plan, source: str, params: list[Any]) -> str:
-    """A raw aggregate over `source` rows, grouped like the plan's cells."""
+def _raw_sql(query: MetricsQuery, cover: Cover, source: str, params: list[Any]) -> str:
+    """A raw aggregate over `source` rows, grouped like the cover's cells."""
     select = ["NULL AS bucket"]
-    if plan.bucketed:
+    if cover.bucketed:
         params.append(query.timezone)
         bucket = POSTGRES_SQL[query.granularity].format(tz=f"${len(params)}::text")
         select[0] = f"{bucket} AS bucket"
@@ -279,7 +279,7 @@ def _raw_sql(query: MetricsQuery, plan: Plan, source: str, params: list[Any]) ->
     if query.event_name is not None:
         params.append(query.event_name)
         where += f" AND e.event_name = ${len(params)}"
-    select += [f"e.{d}" for d in plan.dimensions]
+    select += [f"e.{d}" for d in cover.dimensions]
     keys = ", ".join(str(n) for n in range(1, len(select) + 1))
     return (
         f"SELECT {', '.join(select)}, count(*), array_agg(DISTINCT e.user_id) "
@@ -288,13 +288,13 @@ def _raw_sql(query: MetricsQuery, plan: Plan, source: str, params: list[Any]) ->
 
 
 def _add_raw_rows(
-    query: MetricsQuery, plan: Plan, rows: list[asyncpg.Record], cells: dict[CellKey, Cell]
+    query: MetricsQuery, cover: Cover, rows: list[asyncpg.Record], cells: dict[CellKey, Cell]
 ) -> None:
     zone = query.zone
     for bucket, *groups, events, users in rows:
         index = 0
-        if plan.bucketed:
-            index = plan.index(
+        if cover.bucketed:
+            index = cover.index(
                 bucket_start(bucket, query.granularity, zone, query.start).timestamp()
             )
         cells[(index, tuple(groups))].add_raw(events, users)
@@ -303,31 +303,31 @@ def _add_raw_rows(
 async def _add_pieces(
     connection: asyncpg.Connection,
     query: MetricsQuery,
-    plan: Plan,
+    cover: Cover,
     cursor: Checkpoint,
     cells: dict[CellKey, Cell],
 ) -> None:
     """Raw rows in the sub-hour edges that rollups cannot answer (folded rows only)."""
-    if not plan.pieces:
+    if not cover.pieces:
         return
     params: list[Any] = [
         *cursor,
-        [datetime.fromtimestamp(lo, UTC) for lo, _ in plan.pieces],
-        [datetime.fromtimestamp(hi, UTC) for _, hi in plan.pieces],
+        [datetime.fromtimestamp(lo, UTC) for lo, _ in cover.pieces],
+        [datetime.fromtimestamp(hi, UTC) for _, hi in cover.pieces],
     ]
     source = (
         "unnest($3::timestamptz[], $4::timestamptz[]) AS p(lo, hi) "
         "JOIN events e ON e.ts >= p.lo AND e.ts < p.hi "
         f"WHERE {up_to(1, 'e')}"
     )
-    sql = _raw_sql(query, plan, source, params)
-    _add_raw_rows(query, plan, await connection.fetch(sql, *params), cells)
+    sql = _raw_sql(query, cover, source, params)
+    _add_raw_rows(query, cover, await connection.fetch(sql, *params), cells)
 
 
 async def _add_pending(
     connection: asyncpg.Connection,
     query: MetricsQuery,
-    plan: Plan,
+    cover: Cover,
     cursor: Checkpoint,
     series: dict[CellKey, Cell],
     total: dict[CellKey, Cell],
@@ -335,16 +335,16 @@ async def _add_pending(
     """Rows committed after the refresher's checkpoint: read raw, into series and total."""
     params: list[Any] = [*cursor, query.start, query.end]
     source = f"events e WHERE {after(1, 'e')} AND e.ts >= $3 AND e.ts < $4"
-    sql = _raw_sql(query, plan, source, params)
+    sql = _raw_sql(query, cover, source, params)
     rows = await connection.fetch(sql, *params)
-    _add_raw_rows(query, plan, rows, series)
+    _add_raw_rows(query, cover, rows, series)
     whole = total[(0, ())]
     for *_, events, users in rows:
         whole.add_raw(events, users)
 
 
 async def _add_missing_bitmaps(
-    connection: asyncpg.Connection, plan: Plan, cells: dict[CellKey, Cell], project_id: int
+    connection: asyncpg.Connection, cover: Cover, cells: dict[CellKey, Cell], project_id: int
 ) -> None:
     """Fetch bitmaps that were not read up front, for cells that turn out to need a union."""
     missing = [
@@ -359,7 +359,7 @@ async def _add_missing_bitmaps(
     columns = [list(c) for c in zip(*(part.key for part in missing), strict=True)]
     found = {
         tuple(key): users
-        for *key, users in await connection.fetch(FETCH_BITMAPS, *columns, plan.level, project_id)
+        for *key, users in await connection.fetch(FETCH_BITMAPS, *columns, cover.level, project_id)
     }
     for part in missing:
         part.blob = found[part.key]

@@ -1,18 +1,16 @@
 """OpenAPI pieces Litestar cannot infer: the security schemes, the bodies the handlers
 read by hand from the stream (openapi_examples.py holds the examples and the answers), and
-the operations of ASGI handlers."""
+schemas of msgspec types for the entry of the ASGI route (http_fast.py)."""
 
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from litestar import Litestar
-from litestar._openapi.plugin import OpenAPIPlugin
-from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.spec import (
     OpenAPIMediaType,
     OpenAPIType,
@@ -23,10 +21,9 @@ from litestar.openapi.spec import (
     SecurityRequirement,
     SecurityScheme,
 )
-from litestar.routes import HTTPRoute
 
 from event_metrics.events import EventIn
-from event_metrics.openapi_examples import EVENTS_EXAMPLES, POSTHOG_EXAMPLES, SEGMENT_EXAMPLES
+from event_metrics.openapi_examples import POSTHOG_EXAMPLES, SEGMENT_EXAMPLES
 
 SECURITY_SCHEMES: dict[str, SecurityScheme | Reference] = {
     "writeKey": SecurityScheme(
@@ -54,9 +51,15 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def _to_schema(node: dict[str, Any], definitions: dict[str, Any]) -> Schema:
-    """Turn msgspec's JSON Schema into Litestar's Schema objects, refs inlined."""
+COMPONENTS = "#/components/schemas/"
+
+
+def _to_schema(node: dict[str, Any], definitions: dict[str, Any] | None) -> Any:
+    """Turn msgspec's JSON Schema into Litestar's Schema objects: refs inlined from
+    `definitions`, or kept as references to the document's components (None)."""
     if "$ref" in node:
+        if definitions is None:
+            return Reference(ref=node["$ref"])
         return _to_schema(definitions[node["$ref"].rsplit("/", 1)[-1]], definitions)
     fields: dict[str, Any] = {}
     for key, value in node.items():
@@ -94,7 +97,23 @@ def _documented(struct: type[msgspec.Struct]) -> type[msgspec.Struct]:
 
 def _event_schema() -> Schema:
     (ref,), definitions = msgspec.json.schema_components([_documented(EventIn)])
-    return _to_schema(ref, definitions)
+    schema: Schema = _to_schema(ref, definitions)
+    return schema
+
+
+def schemas_of(types: Sequence[Any]) -> tuple[list[Any], dict[str, Schema]]:
+    """Each type's schema (a reference for a struct; one of its members' for a union of
+    structs, which msgspec describes only when tagged), and the component schemas the
+    references name."""
+    members = [typing.get_args(kind) or (kind,) for kind in types]
+    flat = [member for group in members for member in group]
+    refs, components = msgspec.json.schema_components(flat, ref_template=COMPONENTS + "{name}")
+    schemas = iter([_to_schema(ref, None) for ref in refs])
+    described = []
+    for group in members:
+        parts = [next(schemas) for _ in group]
+        described.append(parts[0] if len(parts) == 1 else Schema(one_of=parts))
+    return described, {name: _to_schema(node, None) for name, node in components.items()}
 
 
 EVENT = _event_schema()
@@ -115,26 +134,8 @@ BODY = Schema(
 # --- the bodies the handlers read by hand -------------------------------------------------
 
 
-def _body(description: str, content: dict[str, OpenAPIMediaType]) -> RequestBody:
+def request_body(description: str, content: dict[str, OpenAPIMediaType]) -> RequestBody:
     return RequestBody(required=True, description=description, content=content)
-
-
-@dataclass
-class IngestOperation(Operation):
-    """POST /events."""
-
-    def __post_init__(self) -> None:
-        self.request_body = _body(
-            'One event, a JSON array of events, or {"events": [...]}; or NDJSON, one event per '
-            "line. Content-Encoding: gzip is accepted.",
-            {
-                "application/json": OpenAPIMediaType(schema=BODY, examples=EVENTS_EXAMPLES),
-                # No example: schemathesis cannot send one (docs/api.md shows NDJSON).
-                "application/x-ndjson": OpenAPIMediaType(
-                    schema=Schema(type=OpenAPIType.STRING, description="one event object per line")
-                ),
-            },
-        )
 
 
 @dataclass
@@ -142,7 +143,7 @@ class SegmentOperation(Operation):
     """The Segment routes."""
 
     def __post_init__(self) -> None:
-        self.request_body = _body(
+        self.request_body = request_body(
             '{"batch": [messages], "sentAt", "writeKey"} on /v1/batch, /v1/import and /v1/b; '
             "one message on the other paths. Also sent as text/plain, or gzipped.",
             {
@@ -158,7 +159,7 @@ class PostHogOperation(Operation):
     """The PostHog routes."""
 
     def __post_init__(self) -> None:
-        self.request_body = _body(
+        self.request_body = request_body(
             '{"api_key", "batch": [events], "sent_at"}, one event with its api_key, or an array '
             "of events. Also sent as text/plain, gzipped, or as a form whose data field is "
             "base64.",
@@ -169,13 +170,3 @@ class PostHogOperation(Operation):
                 )
             },
         )
-
-
-def declare(app: Litestar, declarations: Sequence[HTTPRouteHandler]) -> None:
-    """Describe routes that Litestar serves but leaves out of OpenAPI (ASGI handlers) by
-    declared handlers with the same path: they are registered in an app that only holds
-    them, and their routes join the document's, first, as if they were served."""
-    holder = Litestar(route_handlers=list(declarations), openapi_config=None, logging_config=None)
-    declared = {r.path: r for r in holder.routes if isinstance(r, HTTPRoute)}
-    plugin = app.plugins.get(OpenAPIPlugin)
-    plugin.included_routes = {**declared, **plugin.included_routes}

@@ -1,16 +1,12 @@
 """A request id for every HTTP request: taken from a sane incoming X-Request-Id or made
-up (edge.py echoes it in the response), and put on every log line written while the
-request runs."""
+up (edge.py echoes it in the response, and sets it in logs.request_id for every log line
+written while the request runs)."""
 
 from __future__ import annotations
 
-import contextvars
 import itertools
-import logging
 import os
 import re
-
-current: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 # Made-up ids: a random per-process prefix and a counter, unique without the 3 us of a
 # uuid4 on every request.
@@ -27,11 +23,3 @@ def assign(incoming: bytes | None) -> str:
     if incoming is not None and _SANE.fullmatch(incoming):
         return incoming.decode("ascii")
     return f"{_PREFIX}{next(_counter):012x}"
-
-
-class RequestIdFilter(logging.Filter):
-    """Adds `request_id` to every record ('-' outside a request)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = current.get()
-        return True

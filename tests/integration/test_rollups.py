@@ -138,7 +138,7 @@ async def test_rollups_equal_raw_while_folding(
         await assert_plans_agree(client, rng)
 
 
-# Plans whose rollup rows are the series rows as they are (see test_rollup_plan.py),
+# Covers whose rollup rows are the series rows as they are (see test_rollup_cover.py),
 # plus London's 25-hour day clipped to one UTC day, which must not be read that way.
 DIRECT_CASES = [
     ("2026-10-24T00:00:00Z", "2026-11-09T00:00:00Z", "hour", "UTC"),

@@ -1,4 +1,4 @@
-"""Planning a rollup answer: bucket bounds and which plans read rollup rows as they are."""
+"""Planning a rollup answer: bucket bounds and which covers read rollup rows as they are."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from conftest import local_hour_start
 from event_metrics.buckets import bucket_bounds as bounds_of
 from event_metrics.metrics import MetricsQuery, parse_query
-from event_metrics.rollup_plan import Plan
+from event_metrics.rollup_cover import Cover
 from event_metrics.schema import level_for
 
 
@@ -93,10 +93,10 @@ def test_lord_howe_hours_across_its_half_hour_dst_changes(
     assert starts == local_starts
 
 
-def make_plan(start: str, end: str, granularity: str, zone: str) -> Plan:
+def make_cover(start: str, end: str, granularity: str, zone: str) -> Cover:
     query = make_query(start, end, granularity, zone)
     bounds = bucket_bounds(query)
-    return Plan.make(
+    return Cover.make(
         bounds,
         int(query.start.timestamp()),
         level_for({"channel"}).number,
@@ -125,17 +125,17 @@ def make_plan(start: str, end: str, granularity: str, zone: str) -> Plan:
     ],
 )
 def test_direct_plans(start: str, end: str, granularity: str, zone: str, direct: bool) -> None:
-    plan = make_plan(start, end, granularity, zone)
-    assert plan.direct is direct
+    cover = make_cover(start, end, granularity, zone)
+    assert cover.direct is direct
     if direct:
-        assert not plan.pieces and not plan.bitmaps_up_front
-        assert bool(plan.days) != bool(plan.hours)
+        assert not cover.pieces and not cover.bitmaps_up_front
+        assert bool(cover.days) != bool(cover.hours)
 
 
 def test_only_keeps_the_chosen_buckets() -> None:
-    plan = make_plan("2026-10-24T00:00:00Z", "2026-10-25T00:00:00Z", "hour", "UTC")
+    cover = make_cover("2026-10-24T00:00:00Z", "2026-10-25T00:00:00Z", "hour", "UTC")
     base = int(datetime(2026, 10, 24, tzinfo=UTC).timestamp())
-    part = plan.only([0, 1, 5])
+    part = cover.only([0, 1, 5])
     assert part.hours == [(base, base + 7200), (base + 5 * 3600, base + 6 * 3600)]
     assert part.days == [] and part.pieces == []
-    assert plan.hours == [(base, base + 86400)]
+    assert cover.hours == [(base, base + 86400)]

@@ -1,5 +1,8 @@
-"""Planning a rollup answer: cover each bucket of the window with whole UTC days, whole UTC
-hours and sub-hour raw pieces."""
+"""Covering a window for a rollup answer: each bucket with whole UTC days, whole UTC hours
+and sub-hour raw pieces.
+
+A `Cover`, not a plan: "plan" is the /metrics parameter (auto, raw or rollup) and the
+X-Metrics-Plan header, metrics_service.Plan."""
 
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ def _merge(spans: list[Span]) -> list[Span]:
 
 
 @dataclass
-class Plan:
+class Cover:
     """The rollup rows and raw pieces that answer one set of buckets at one level."""
 
     bounds: list[int]
@@ -62,29 +65,29 @@ class Plan:
         dimensions: tuple[str, ...],
         *,
         bucketed: bool,
-    ) -> Plan:
+    ) -> Cover:
         """Cover each bucket, the first one clipped to the window's start."""
-        plan = cls(bounds, level, dimensions, bucketed)
+        made = cls(bounds, level, dimensions, bucketed)
         days: list[Span] = []
         hours: list[Span] = []
         pieces: list[Span] = []
-        plan.direct = bucketed and bounds[0] >= start
+        made.direct = bucketed and bounds[0] >= start
         for lo, hi in itertools.pairwise(bounds):
             bucket_days, bucket_hours, bucket_pieces = cover(max(lo, start), hi)
             units = sum((b - a) // DAY_S for a, b in bucket_days)
             units += sum((b - a) // HOUR_S for a, b in bucket_hours)
             # A bucket made of several rollup rows needs their bitmaps to union.
-            plan.bitmaps_up_front |= units > 1 or (units == 1 and bool(bucket_pieces))
-            plan.direct &= units == 1 and not bucket_pieces
+            made.bitmaps_up_front |= units > 1 or (units == 1 and bool(bucket_pieces))
+            made.direct &= units == 1 and not bucket_pieces
             days += bucket_days
             hours += bucket_hours
             pieces += bucket_pieces
-        plan.days, plan.hours, plan.pieces = _merge(days), _merge(hours), _merge(pieces)
-        plan.direct &= not (days and hours)
-        return plan
+        made.days, made.hours, made.pieces = _merge(days), _merge(hours), _merge(pieces)
+        made.direct &= not (days and hours)
+        return made
 
-    def only(self, indexes: Iterable[int]) -> Plan:
-        """The same plan restricted to some of its buckets."""
+    def only(self, indexes: Iterable[int]) -> Cover:
+        """The same cover restricted to some of its buckets."""
         wanted = [(self.bounds[i], self.bounds[i + 1]) for i in indexes]
 
         def clip(spans: list[Span]) -> list[Span]:
