@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
-from test_ingest import NDJSON, assert_error_body, count_events, ev
+from posting import NDJSON, assert_error_body, count_events, ev
 
 from conftest import ClientFactory, ConcurrentClientFactory, stored_keys, wait_until
 

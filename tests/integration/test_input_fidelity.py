@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from clickhouse_driver import Client
 from litestar.testing import AsyncTestClient
-from test_ingest import ev
+from posting import ev
 
 from conftest import ClientFactory, Keys
 from event_metrics.replicator import Replicator

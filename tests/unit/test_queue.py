@@ -9,24 +9,13 @@ import pytest
 
 from event_metrics.queue import IngestQueue, QueueClosed, QueueFull
 from event_metrics.schema import Row
+from rows import row
 
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 
 
 def rows(n: int, prefix: str = "k") -> list[Row]:
-    return [
-        Row(
-            project_id=1,
-            idempotency_key=f"{prefix}{i}",
-            event_name="e",
-            user_id="u",
-            channel="",
-            ts=NOW,
-            received_at=NOW,
-            properties=None,
-        )
-        for i in range(n)
-    ]
+    return [row(f"{prefix}{i}", NOW) for i in range(n)]
 
 
 async def test_a_request_that_does_not_fit_is_refused_whole() -> None:
