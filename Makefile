@@ -50,12 +50,16 @@ chromium:
 		  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 		  echo "chromium not installed: schema page tests will skip (or fail with EVENT_METRICS_REQUIRE_SERVICES=1)"; }
 
+# Property tests try 400 examples each under `make test` and 50 under `make test-unit`
+# (hypothesis profiles, tests/conftest.py); e.g. `make test-unit HYPOTHESIS_PROFILE=deep`.
+test: HYPOTHESIS_PROFILE ?= deep
 test: $(TEST_STAMP) clickhouse-server chromium
-	$(BIN)/pytest $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(BIN)/pytest $(PYTEST_ARGS)
 
 # The tests that need no server: payload, events, queue, buckets, planner, settings.
+test-unit: HYPOTHESIS_PROFILE ?= quick
 test-unit: $(TEST_STAMP)
-	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests bench alembic throwaway

@@ -96,7 +96,8 @@ class SdkSummary(msgspec.Struct):
 # requests in tests/fixtures/sdk): "segment" is analytics-python, "posthog" posthog-python.
 PROTOCOLS = {"native": "events", "segment": "v1/batch", "posthog": "batch/",
              "analytics-python": "v1/batch", "rudder-sdk-python": "v1/batch",
-             "posthog-python": "batch/", "posthog-js": "e/"}  # fmt: skip
+             "posthog-python": "batch/", "posthog-js": "e/",
+             "posthog-js-beacon": "e/?compression=base64"}  # fmt: skip
 
 ENCODER = msgspec.json.Encoder()
 SUMMARY_DECODER = msgspec.json.Decoder(IngestSummary)
@@ -197,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(PROTOCOLS),
         help="wire format of the events: native POST /events, or batches exactly as an SDK "
         "sends them (recorded in tests/fixtures/sdk): analytics-python (alias segment), "
-        "rudder-sdk-python, posthog-python (alias posthog), posthog-js",
+        "rudder-sdk-python, posthog-python (alias posthog), posthog-js (gzip) and "
+        "posthog-js-beacon (its page-unload form of base64)",
     )
     return p
 

@@ -17,10 +17,11 @@ import copy
 import gzip
 import json
 import struct
+import urllib.parse
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ class Shape:
     id_field: str  # the message's idempotency key
     user_field: str
     compact: bool  # JSON without spaces (JavaScript's JSON.stringify), else Python's json.dumps
-    gzip: bool
+    encoding: str  # "json"; "gzip"; "base64-form": data=<base64>, form-encoded (posthog-js)
     key_in_body: str | None  # the envelope field holding the key, if the SDK puts it there
     basic_auth: bool  # the key as the Basic user name
 
@@ -49,15 +50,21 @@ class Shape:
 
 SHAPES = {
     "analytics-python": Shape("analytics-python__batch__00.json", "messageId", "userId",
-                              compact=False, gzip=False, key_in_body="writeKey",
+                              compact=False, encoding="json", key_in_body="writeKey",
                               basic_auth=True),
     "rudder-sdk-python": Shape("rudder-sdk-python__batch__00.json", "messageId", "userId",
-                               compact=False, gzip=True, key_in_body=None, basic_auth=True),
+                               compact=False, encoding="gzip", key_in_body=None,
+                               basic_auth=True),
     "posthog-python": Shape("posthog-python__batch__00.json", "uuid", "distinct_id",
-                            compact=False, gzip=False, key_in_body="api_key",
+                            compact=False, encoding="json", key_in_body="api_key",
                             basic_auth=False),
+    # posthog-js batches gzipped (without Content-Encoding) by default, and sends what is
+    # left on page unload with sendBeacon, as a form whose data is base64.
     "posthog-js": Shape("posthog-js__gzip_default_batched__00.json", "uuid", "distinct_id",
-                        compact=True, gzip=True, key_in_body="api_key", basic_auth=False),
+                        compact=True, encoding="gzip", key_in_body="api_key", basic_auth=False),
+    "posthog-js-beacon": Shape("posthog-js__beacon_unload_uncompressed__00.json", "uuid",
+                               "distinct_id", compact=True, encoding="base64-form",
+                               key_in_body="api_key", basic_auth=False),
 }  # fmt: skip
 # The -protocol names bench.load has always taken.
 ALIASES = {"segment": "analytics-python", "posthog": "posthog-python"}
@@ -75,6 +82,20 @@ def message_id(run: str, seq: int) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, f"{run}-{seq}"))
 
 
+def stamps(now: datetime, count: int) -> list[datetime]:
+    """The times of `count` calls queued one millisecond apart up to `now`: an SDK stamps
+    each call when it is made, and sends them together later."""
+    return [now - timedelta(milliseconds=count - n) for n in range(count)]
+
+
+def like(recorded: str, moment: datetime) -> str:
+    """`moment` written as the SDK wrote `recorded`: JavaScript's toISOString (milliseconds,
+    Z) or Python's isoformat (milliseconds or microseconds, +00:00)."""
+    digits = len(recorded.partition(".")[2].rstrip("Z").split("+")[0]) or 6
+    text = moment.isoformat(timespec="milliseconds" if digits == 3 else "microseconds")
+    return text.replace("+00:00", "Z") if recorded.endswith("Z") else text
+
+
 def sdk_batch(
     sdk: str, *, key: str, run: str, seqs: Sequence[int], event_name: str, users: Sequence[str]
 ) -> Request:
@@ -82,27 +103,27 @@ def sdk_batch(
     the message numbered seqs[n]."""
     shape = SHAPES[ALIASES.get(sdk, sdk)]
     recorded, template = shape.template()
+    envelope = {name: value for name, value in recorded["decoded_json"].items()}
+    clock = "sentAt" if "sentAt" in envelope else "sent_at"
     now = datetime.now(UTC)
-    stamp = now.isoformat(timespec="milliseconds" if shape.compact else "microseconds")
     messages = []
-    for seq, user in zip(seqs, users, strict=True):
+    for seq, user, stamp in zip(seqs, users, stamps(now, len(seqs)), strict=True):
         message = copy.deepcopy(template)
         message[shape.id_field] = message_id(run, seq)
         message["event"] = event_name
-        message["timestamp"] = stamp
+        message["timestamp"] = like(template["timestamp"], stamp)
         properties = message.setdefault("properties", {})
         properties["seq"] = seq
         if shape.user_field == "distinct_id" and "distinct_id" in properties:
-            properties["distinct_id"] = user  # posthog-js
-        message[shape.user_field] = user
+            properties["distinct_id"] = user  # posthog-js: there, and not at the top level
+        if shape.user_field in template or "distinct_id" not in properties:
+            message[shape.user_field] = user
         if "token" in properties:
             properties["token"] = key
         messages.append(message)
-    envelope = {name: value for name, value in recorded["decoded_json"].items()}
     envelope["batch"] = messages
-    for clock in ("sentAt", "sent_at"):
-        if clock in envelope:
-            envelope[clock] = stamp
+    if clock in envelope:
+        envelope[clock] = like(envelope[clock], now)
     if shape.key_in_body:
         envelope[shape.key_in_body] = key
     if shape.compact:
@@ -112,7 +133,11 @@ def sdk_batch(
     headers = dict(recorded["headers"])
     if shape.basic_auth:
         headers["Authorization"] = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
-    body = gzip.compress(text, mtime=0) if shape.gzip else text
+    body = text
+    if shape.encoding == "gzip":
+        body = gzip.compress(text, mtime=0)
+    elif shape.encoding == "base64-form":  # encodeURIComponent(btoa(json))
+        body = b"data=" + urllib.parse.quote(base64.b64encode(text), safe="").encode()
     path = recorded["path"] + (f"?{recorded['query']}" if recorded["query"] else "")
     return Request(path, headers, body)
 
@@ -124,14 +149,14 @@ def native_batch(
     user's own properties (what the SDK adds around them is what a native client omits)."""
     shape = SHAPES[ALIASES.get(sdk, sdk)]
     _, template = shape.template()
-    stamp = datetime.now(UTC).isoformat()
+    now = datetime.now(UTC)
     own = {k: v for k, v in template.get("properties", {}).items()
            if not k.startswith("$") and k not in ("token", "distinct_id")}  # fmt: skip
     events = [
         {"event_name": event_name, "user_id": user,
-         "idempotency_key": message_id(run, seq), "timestamp": stamp, "channel": "server",
-         "properties": {**own, "seq": seq}}
-        for seq, user in zip(seqs, users, strict=True)
+         "idempotency_key": message_id(run, seq), "timestamp": like(template["timestamp"], stamp),
+         "channel": "server", "properties": {**own, "seq": seq}}
+        for seq, user, stamp in zip(seqs, users, stamps(now, len(seqs)), strict=True)
     ]  # fmt: skip
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
     return Request("/events", headers, json.dumps(events).encode())

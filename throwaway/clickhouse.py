@@ -11,7 +11,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 from xml.sax.saxutils import escape
 
 # Names a server binary instead of the one on PATH (`clickhouse-server`, or the
@@ -37,7 +39,7 @@ CONFIG = """<?xml version="1.0"?>
     <mark_cache_size>67108864</mark_cache_size>
     <mlock_executable>false</mlock_executable>
     <max_table_size_to_drop>0</max_table_size_to_drop>
-</yandex>
+{remote_servers}</yandex>
 """
 USERS = """<?xml version="1.0"?>
 <yandex>
@@ -69,13 +71,41 @@ def free_port() -> int:
         return port
 
 
+class Shard(NamedTuple):
+    """A shard of one replica: its server's host and native port, and its weight."""
+
+    host: str
+    port: int
+    weight: int = 1
+
+
+def remote_servers(clusters: Mapping[str, Sequence[Shard]]) -> str:
+    """The `remote_servers` section naming each cluster's shards, as operators write it."""
+    if not clusters:
+        return ""
+    sections = []
+    for name, shards in clusters.items():
+        body = "".join(
+            f"<shard><weight>{weight}</weight><replica><host>{escape(host)}</host>"
+            f"<port>{port}</port></replica></shard>"
+            for host, port, weight in shards
+        )
+        sections.append(f"        <{name}>{body}</{name}>\n")
+    return f"    <remote_servers>\n{''.join(sections)}    </remote_servers>\n"
+
+
 class ClickHouseServer:
-    """start() / stop() / kill(); a restart keeps the port and the data."""
+    """start() / stop() / kill(); a restart keeps the port and the data.
+
+    `clusters` (set before start()) becomes the server's `remote_servers`: the clusters a
+    Distributed table on it may name.
+    """
 
     def __init__(self, directory: Path, *, timezone: str = "UTC") -> None:
         self.directory = Path(directory).resolve()
         self.timezone = timezone  # the server's own zone, which naive DateTime text means
         self.port = free_port()
+        self.clusters: dict[str, list[Shard]] = {}
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -108,7 +138,7 @@ class ClickHouseServer:
         config.write_text(
             CONFIG.format(
                 dir=escape(str(self.directory)), host=HOST, port=self.port,
-                timezone=escape(self.timezone),
+                timezone=escape(self.timezone), remote_servers=remote_servers(self.clusters),
             )
         )  # fmt: skip
         (self.directory / "users.xml").write_text(USERS)
@@ -170,3 +200,25 @@ class ClickHouseServer:
                     f"--- {path} ---\n{path.read_bytes()[-3000:].decode(errors='replace')}"
                 )
         return "\n".join(parts)
+
+
+def start_cluster(directory: Path, clusters: Mapping[str, Sequence[int]]) -> list[ClickHouseServer]:
+    """Servers that all define `clusters`: each named cluster has every server as a shard,
+    in order, with the given weights (one per server)."""
+    count = len(next(iter(clusters.values())))
+    assert all(len(weights) == count for weights in clusters.values())
+    servers = [ClickHouseServer(Path(directory) / f"shard-{n}") for n in range(1, count + 1)]
+    for server in servers:
+        for name, weights in clusters.items():
+            server.clusters[name] = [
+                Shard(HOST, each.port, weight)
+                for each, weight in zip(servers, weights, strict=True)
+            ]
+    try:
+        for server in servers:
+            server.start()
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers

@@ -15,9 +15,21 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components
 
-from event_metrics import __version__, cors, docs_ui, edge, http_fast, logs, telemetry
+from event_metrics import (
+    __version__,
+    cors,
+    dashboard,
+    docs_ui,
+    edge,
+    event_names,
+    http_fast,
+    logs,
+    telemetry,
+)
 from event_metrics.auth import InvalidCredentials, MissingCredentials, WrongScope
 from event_metrics.errors import SDK_ERROR_FIELDS, ErrorBody
+from event_metrics.export import ExportBusy
+from event_metrics.export_route import export_events
 from event_metrics.ingest import RateLimited
 from event_metrics.metrics import AnswerTooLarge, BackendUnavailable, InvalidParameter
 from event_metrics.metrics_service import MetricsBusy
@@ -67,6 +79,7 @@ ERROR_STATUSES: dict[type[Exception], tuple[int, str, str | None]] = {
     StorageUnavailable: (503, "storage_unavailable", RETRY),
     BackendUnavailable: (503, "backend_unavailable", RETRY),
     MetricsBusy: (503, "metrics_busy", RETRY),
+    ExportBusy: (503, "export_busy", RETRY),
 }
 WWW_AUTHENTICATE = 'Bearer realm="event-metrics", Basic realm="event-metrics"'
 
@@ -190,9 +203,12 @@ def create_app(settings: Settings) -> Litestar:
             segment_ingest,
             posthog_ingest,
             metrics,
+            export_events,
             health,
             *([telemetry_exposition] if settings.telemetry.enabled else []),
             *docs_ui.asset_routes(),
+            event_names.event_names,
+            *dashboard.routes(settings),
         ],
         # Handlers receive the running services (which the lifespan put in app.state) as
         # their one dependency: Litestar resolves two or more in an anyio task group per
@@ -216,13 +232,13 @@ def create_app(settings: Settings) -> Litestar:
     policy = cors.CorsPolicy(
         ingest_paths=INGEST_PATHS,
         ingest_origins=settings.access.cors_ingest_origins,
-        read_paths=READ_PATHS,
+        read_paths=(*READ_PATHS, event_names.PATH),
         read_origins=settings.access.cors_read_origins,
     )
     # Outermost, so that 404s, preflights and the exception handlers' answers carry the
     # request id and CORS headers too.
-    routes = (*INGEST_PATHS, *READ_PATHS, "/health", telemetry.PATH)
-    app.asgi_handler = edge.middleware(app.asgi_handler, policy, routes)
+    routes = (*INGEST_PATHS, *READ_PATHS, event_names.PATH, "/health", telemetry.PATH)
+    app.asgi_handler = edge.middleware(app.asgi_handler, policy, routes, access=settings.access_log)
     return app
 
 
@@ -230,5 +246,9 @@ def app_from_env() -> Litestar:
     """Factory for `uvicorn --factory`: settings from the environment (worker processes
     configure their logging here too)."""
     settings = Settings.from_env()
-    logs.configure(json_lines=settings.log_format == "json", level=settings.log_level)
+    logs.configure(
+        json_lines=settings.log_format == "json",
+        level=settings.log_level,
+        access_log=settings.access_log,
+    )
     return create_app(settings)

@@ -19,9 +19,19 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 
-from event_metrics import __version__, http_server, logs, projects, rollups, telemetry, verify
+from event_metrics import (
+    __version__,
+    http_server,
+    lifecycle_cli,
+    logs,
+    projects,
+    rollups,
+    telemetry,
+    verify,
+)
+from event_metrics.clickhouse_cluster import ClusterError
+from event_metrics.embedded import EmbeddedUnavailable, start_embedded
 from event_metrics.migrations import upgrade_head
-from event_metrics.postgres import EmbeddedUnavailable, start_embedded
 from event_metrics.replicator import Replicator
 from event_metrics.replicator_process import die_with_parent, replicator_process, report_status
 from event_metrics.settings import ConfigError, Settings, unknown_variables, variables
@@ -53,7 +63,9 @@ def database(settings: Settings) -> Iterator[Settings]:
     server = None
     if not settings.database_url:
         try:
-            url, server = start_embedded(settings.data_dir)
+            url, server = start_embedded(
+                settings.data_dir, relocate_to=settings.embedded_postgres_dir
+            )
         except EmbeddedUnavailable as exc:
             raise Failure(str(exc)) from None
         settings = msgspec.structs.replace(settings, database_url=url)
@@ -82,6 +94,12 @@ def with_connection(settings: Settings, work: Callable[[asyncpg.Connection], Awa
 
 def serve(settings: Settings, _: argparse.Namespace) -> None:
     check_port_free(settings.http.host, settings.http.port)
+    # From the start, so that a stop while PostgreSQL starts or migrations run stops
+    # PostgreSQL too. uvicorn re-raises SIGTERM after its graceful shutdown: exit cleanly
+    # then, so the embedded PostgreSQL is stopped and `make serve` reports no error. A
+    # hang-up (the terminal closing) stops everything the same way.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    http_server.stop_on_hang_up()
     embedded = not settings.database_url
     with database(settings) as settings:
         assert settings.database_url is not None
@@ -90,9 +108,6 @@ def serve(settings: Settings, _: argparse.Namespace) -> None:
         # uvicorn's worker processes read settings from the environment again.
         os.environ["EVENT_METRICS_DATABASE_URL"] = settings.database_url
         log.info("serving on http://%s:%d", settings.http.host, settings.http.port)
-        # uvicorn re-raises SIGTERM after its graceful shutdown: exit cleanly then, so the
-        # embedded PostgreSQL is stopped and `make serve` does not report an error.
-        signal.signal(signal.SIGTERM, _exit_cleanly)
         alongside = None
         replication = settings.replication
         if settings.clickhouse_url and replication.enabled and replication.process:
@@ -165,8 +180,9 @@ def replicate(settings: Settings, args: argparse.Namespace) -> None:
     with database(settings) as settings:
         assert settings.database_url is not None
         replicator = Replicator(
-            settings.database_url, clickhouse_url, settings.replication, lag=settings.lag
-        )
+            settings.database_url, clickhouse_url, settings.replication, lag=settings.lag,
+            cluster=settings.clickhouse_cluster,
+        )  # fmt: skip
 
         async def run() -> None:
             if args.once:
@@ -177,6 +193,11 @@ def replicate(settings: Settings, args: argparse.Namespace) -> None:
                 loop.add_signal_handler(signum, replicator.stop_soon)
             if args.parent_pid:  # a child of serve
                 die_with_parent(args.parent_pid)
+                # The hang-up of serve's terminal reaches this process too: serve stops
+                # it (SIGTERM) once the HTTP workers have stopped.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            else:
+                loop.add_signal_handler(signal.SIGHUP, replicator.stop_soon)
             reporting = None
             if args.status_file:
                 reporting = asyncio.create_task(report_status(replicator, args.status_file))
@@ -201,9 +222,17 @@ def verify_mirror(settings: Settings, args: argparse.Namespace) -> None:
         raise Failure("verify needs EVENT_METRICS_CLICKHOUSE_URL")
     with database(settings) as settings:
         assert settings.database_url is not None
-        report, after = asyncio.run(
-            verify.run(settings.database_url, clickhouse_url, fix=args.repair)
-        )
+        try:
+            report, after = asyncio.run(
+                verify.run(
+                    settings.database_url,
+                    clickhouse_url,
+                    fix=args.repair,
+                    cluster=settings.clickhouse_cluster,
+                )
+            )
+        except ClusterError as exc:
+            raise Failure(str(exc)) from None
     if args.json:
         print(json.dumps({
             "cells": report.cells,
@@ -360,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy the differing days again and delete extra rows, then re-check",
     )
     sub.add_argument("--json", action="store_true", help="print a JSON report")
+    lifecycle_cli.add_commands(commands, command, database)
 
     project_parser = commands.add_parser(
         "projects", help="create and list projects", description="Projects keep their events apart."
@@ -417,7 +447,11 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_env()
     except ConfigError as exc:
         sys.exit(f"event-metrics: invalid configuration: {exc}")
-    logs.configure(json_lines=settings.log_format == "json", level=settings.log_level)
+    logs.configure(
+        json_lines=settings.log_format == "json",
+        level=settings.log_level,
+        access_log=settings.access_log,
+    )
     for name, close in unknown_variables(os.environ):
         hint = f"; did you mean {close}?" if close else ""
         log.warning("%s is not a setting and is ignored%s", name, hint)
@@ -425,6 +459,9 @@ def main(argv: list[str] | None = None) -> None:
         args.run(settings, args)
     except Failure as exc:
         sys.exit(f"event-metrics: {exc}")
+    except lifecycle_cli.CommandError as exc:  # export, import: 2 for a refused request
+        print(f"event-metrics: {exc}", file=sys.stderr)
+        sys.exit(exc.status)
 
 
 if __name__ == "__main__":

@@ -41,37 +41,40 @@ def events_ddl(table: str = "events") -> str:
 
 EVENTS_DDL = events_ddl()
 EVENT_COLUMNS = """
-SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'events'
+SELECT name FROM system.columns WHERE database = currentDatabase() AND table = %(table)s
 """
 
 
-def _rebuild(client: Client, backfill: dict[str, str]) -> None:
-    """Copy events into a table of the current shape, then swap the two.
+def _rebuild(client: Client, table: str, backfill: dict[str, str]) -> None:
+    """Copy the events `table` into a table of the current shape, then swap the two.
 
     Columns the old table lacks are filled from `backfill` (SQL expressions) or left to
     their type's default. Rows arriving meanwhile wait: the replicator itself calls this
     before it copies anything.
     """
-    present = {row[0] for row in client.execute(EVENT_COLUMNS)}
+    present = {row[0] for row in client.execute(EVENT_COLUMNS, {"table": table})}
     columns = [name for name in MIRRORED_COLUMNS if name in present or name in backfill]
     values = [name if name in present else f"{backfill[name]} AS {name}" for name in columns]
-    client.execute("DROP TABLE IF EXISTS events_rebuild")
-    client.execute(events_ddl("events_rebuild"))
+    client.execute(f"DROP TABLE IF EXISTS {table}_rebuild")
+    client.execute(events_ddl(f"{table}_rebuild"))
     client.execute(
-        f"INSERT INTO events_rebuild ({', '.join(columns)}) SELECT {', '.join(values)} FROM events"
+        f"INSERT INTO {table}_rebuild ({', '.join(columns)}) "
+        f"SELECT {', '.join(values)} FROM {table}"
     )
-    client.execute("RENAME TABLE events TO events_before_rebuild, events_rebuild TO events")
-    client.execute("DROP TABLE events_before_rebuild")
+    client.execute(f"RENAME TABLE {table} TO {table}_before_rebuild, {table}_rebuild TO {table}")
+    client.execute(f"DROP TABLE {table}_before_rebuild")
 
 
-Step = Callable[[Client], None]
+# A step gets the client and the name of the table that stores events there: `events`
+# on a single node, the local table on each node of a cluster (clickhouse_cluster.py).
+Step = Callable[[Client, str], None]
 # (version, step on an existing table). A new table is created in the latest shape, and
 # every step is recorded as applied without running.
 MIGRATIONS: tuple[tuple[int, Step], ...] = (
-    (1, lambda client: None),  # the first table, as EVENTS_DDL made it
+    (1, lambda client, table: None),  # the first table, as EVENTS_DDL made it
     # Projects: existing events belong to the 'default' project (id 1, alembic 0003), and
     # the sorting key starts with the project.
-    (2, lambda client: _rebuild(client, {"project_id": "toUInt32(1)"})),
+    (2, lambda client, table: _rebuild(client, table, {"project_id": "toUInt32(1)"})),
 )
 
 CREATE_SCHEMA_VERSION = """
@@ -80,6 +83,11 @@ ENGINE = TinyLog
 """
 
 INSERT = f"INSERT INTO events ({', '.join(MIRRORED_COLUMNS)}) VALUES"
+# On a cluster `events` is a Distributed table: a synchronous insert returns once every
+# shard has its rows, so the checkpoint saved after it never runs ahead of a shard. (The
+# default queues the rows on the entry node's disk and acknowledges at once.) A single
+# node ignores it.
+INSERT_SETTINGS = {"insert_distributed_sync": 1}
 
 # Errors that mean "ClickHouse is not there right now", worth a retry.
 UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -102,35 +110,41 @@ def connect(url: str, *, timeout_s: float = 10) -> Client:
     return Client.from_url(urlunsplit(parts._replace(query=urlencode(options))))
 
 
-def apply_schema(client: Client) -> list[int]:
-    """Create or evolve the ClickHouse schema; return the versions applied now."""
+def apply_schema(client: Client, table: str = "events") -> list[int]:
+    """Create or evolve the ClickHouse schema of the node, its events stored in `table`;
+    return the versions applied now."""
     client.execute(CREATE_SCHEMA_VERSION)
     applied = {row[0] for row in client.execute("SELECT version FROM schema_version")}
-    fresh = not client.execute("EXISTS TABLE events")[0][0]
+    fresh = not client.execute(f"EXISTS TABLE {table}")[0][0]
     done = []
     for version, step in MIGRATIONS:
         if version in applied:
             continue
         if not fresh:  # a new table already has the shape the step would give it
-            log.info("ClickHouse schema version %d: migrating the events table", version)
-            step(client)
+            log.info("ClickHouse schema version %d: migrating the table %s", version, table)
+            step(client, table)
         client.execute(
             "INSERT INTO schema_version (version, applied_at) SELECT %(v)s, now()", {"v": version}
         )
         done.append(version)
         log.info("ClickHouse schema version %d applied", version)
-    client.execute(EVENTS_DDL)
-    present = {row[0] for row in client.execute(EVENT_COLUMNS)}
+    client.execute(events_ddl(table))
+    add_missing_columns(client, table)
+    return done
+
+
+def add_missing_columns(client: Client, table: str) -> None:
+    """Add to `table` the columns of MIRRORED_COLUMNS it lacks."""
+    present = {row[0] for row in client.execute(EVENT_COLUMNS, {"table": table})}
     for name in MIRRORED_COLUMNS:
         if name not in present:
-            client.execute(f"ALTER TABLE events ADD COLUMN {name} {CLICKHOUSE_TYPES[name]}")
-            log.info("ClickHouse events table: column %s added", name)
-    return done
+            client.execute(f"ALTER TABLE {table} ADD COLUMN {name} {CLICKHOUSE_TYPES[name]}")
+            log.info("ClickHouse table %s: column %s added", table, name)
 
 
 def insert_columns(client: Client, columns: Sequence[Sequence[Any]]) -> None:
     """Insert one block given column-wise in MIRRORED_COLUMNS order (ts: aware datetimes)."""
-    client.execute(INSERT, list(columns), columnar=True)
+    client.execute(INSERT, list(columns), columnar=True, settings=INSERT_SETTINGS)
 
 
 class ClickHousePool:

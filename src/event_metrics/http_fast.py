@@ -31,7 +31,7 @@ from litestar.openapi.spec import (
 )
 from litestar.types import HTTPScope, Receive, Send
 
-from event_metrics import openapi
+from event_metrics import access_log, openapi
 from event_metrics.auth import secret_from_headers
 from event_metrics.errors import encode, send_json
 from event_metrics.metrics import InvalidParameter
@@ -108,13 +108,15 @@ async def ingest(scope: HTTPScope, receive: Receive, send: Send) -> None:
     secret = secret_from_headers(scope["headers"])
     keys = services.keys
     project_id = keys.authorize_checked(secret, "write") or await keys.authorize(secret, "write")
+    access_log.note_project(project_id)
     ingestor = services.ingestor
     settings = ingestor.settings
     headers = body_headers(scope["headers"])
     kind = media_type(headers.content_type)
     body = await read_request_body(receive, headers, max_bytes=settings.max_body_bytes)
     items = split_events(body, kind=kind, max_events=settings.max_events_per_request)
-    answer, status = await ingestor.submit(ingestor.parse_native(items, project_id), wait=wait)
+    parsed = await ingestor.parse_native(items, project_id)
+    answer, status = await ingestor.submit(parsed, wait=wait)
     await send_json(send, status, encode(answer))
 
 

@@ -9,6 +9,11 @@ cap on open connections (503 at once).
 
 Deadlines cost no timer per request: each connection notes when its current phase
 began, and one sweep per process, twice a second, closes those past their deadline.
+
+A hang-up (SIGHUP: the terminal running `make serve` closes) stops every process as
+SIGTERM does. Left to their defaults, the worker processes die at once and uvicorn's
+supervisor restarts them, and a single-process serve dies without stopping the embedded
+PostgreSQL, which PID 1 then adopts.
 """
 
 from __future__ import annotations
@@ -17,16 +22,22 @@ import asyncio
 import contextlib
 import functools
 import logging
+import signal
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Literal
+from types import FrameType
+from typing import TYPE_CHECKING, Literal
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from event_metrics import telemetry
 from event_metrics.errors import error_json
 from event_metrics.settings import HttpSettings, Settings
+
+if TYPE_CHECKING:
+    from litestar import Litestar
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +156,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         limits = self._limits = _limits()
         self._phase: Phase | None = "head"  # None: idle between requests (keep-alive)
         self._since = self.loop.time()
-        self._head_bytes = 0
+        self._head_bytes = 0  # of the head being received, as far as it has come
+        self._tail = b""  # its last bytes, where a blank line may begin
         self._discarding = False
         if self.loop not in _sweeping:
             _sweeping.add(self.loop)
@@ -188,13 +200,31 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._discarding:
             return
         if self._phase is None:  # the first bytes of the next request on this connection
-            self._phase, self._since, self._head_bytes = "head", self.loop.time(), 0
+            self._phase, self._since = "head", self.loop.time()
+            self._head_bytes, self._tail = 0, b""
+        if self._phase == "head" and self._head_too_large(data):
+            self._refuse(HEAD_TOO_LARGE)
+            return
         super().data_received(data)
-        if self._phase == "head":
-            # Still no complete head after this chunk: bound what the parser holds.
-            self._head_bytes += len(data)
-            if self._head_bytes > self._limits.max_head_bytes:
-                self._refuse(HEAD_TOO_LARGE)
+
+    def _head_too_large(self, data: bytes) -> bool:
+        """Whether the head being received, up to and with its blank line, is over the
+        limit. Measured before the parser sees the bytes: a whole head that arrives in
+        one read is bounded like one that arrives in many (the parser would take it whole
+        and start the request)."""
+        end = None  # where the head ends in this read
+        if self._tail:  # the blank line may have begun in the previous read
+            seam = (self._tail + data[:3]).find(b"\r\n\r\n")
+            if seam >= 0:
+                end = seam + 4 - len(self._tail)
+        if end is None:
+            found = data.find(b"\r\n\r\n")
+            end = found + 4 if found >= 0 else None
+        if end is None:  # the head goes on
+            end = len(data)
+            self._tail = (self._tail + data)[-3:]
+        self._head_bytes += end
+        return self._head_bytes > self._limits.max_head_bytes
 
     def on_headers_complete(self) -> None:
         self._phase, self._since = "body", self.loop.time()
@@ -245,9 +275,10 @@ def run(
 
 def _run_uvicorn(settings: HttpSettings, shutdown_timeout_s: float) -> None:
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
-    uvicorn.run(
-        "event_metrics.app:app_from_env",
+    config = uvicorn.Config(
+        "event_metrics.http_server:worker_app",
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -264,3 +295,39 @@ def _run_uvicorn(settings: HttpSettings, shutdown_timeout_s: float) -> None:
         timeout_keep_alive=max(1, round(settings.keepalive_timeout_s)),
         timeout_graceful_shutdown=round(shutdown_timeout_s) + 5,
     )
+    # What uvicorn.run does, with a supervisor of our own (hang-ups, below).
+    if config.workers > 1:
+        Supervisor(config, sockets=[config.bind_socket()]).run()
+        return
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise SystemExit(STARTUP_FAILURE)
+
+
+def worker_app() -> Litestar:
+    """uvicorn's app factory, run in each process that serves HTTP before it serves."""
+    from event_metrics.app import app_from_env
+
+    stop_on_hang_up()
+    return app_from_env()
+
+
+def stop_on_hang_up() -> None:
+    """From now on, SIGHUP stops this process as SIGTERM does."""
+    signal.signal(signal.SIGHUP, _terminate)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # Through whatever handles SIGTERM at that moment: uvicorn's graceful shutdown while
+    # serving, serve's clean exit (which stops the embedded PostgreSQL) before and after.
+    signal.raise_signal(signal.SIGTERM)
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor of worker processes; a hang-up stops them all (uvicorn's own
+    restarts them, and the workers, in the same process group, got the hang-up too)."""
+
+    def handle_hup(self) -> None:
+        log.info("hang-up: stopping")
+        self.should_exit.set()

@@ -59,9 +59,9 @@ _sizes = threading.local()  # the growth of the text being decoded, per thread
 
 @functools.lru_cache(maxsize=8)
 def _decoder(max_digits: int) -> msgspec.json.Decoder[Any]:
-    def check(text: str) -> int:
+    def check(text: str) -> float:
         if len(text) <= _MAX_FRACTION_DIGITS and "e" not in text and "E" not in text:
-            return 0  # a plain decimal this short is within numeric's range, stored as sent
+            return 0.0  # a plain decimal this short is within numeric's range, stored as sent
         try:
             number = Decimal(text)
         except InvalidOperation:  # pragma: no cover - msgspec only passes valid literals
@@ -81,9 +81,11 @@ def _decoder(max_digits: int) -> msgspec.json.Decoder[Any]:
                     f" stores it; the limit is {max_digits}"
                 )
             _sizes.growth += length - len(text)
-        return 0  # the value itself is not needed: the text is what gets stored
+        # The value itself is not needed: the text is what gets stored. A float still, so
+        # that a reader of the decoded value can tell it from an integer.
+        return 0.0
 
-    hook: Callable[[str], int] = check
+    hook: Callable[[str], float] = check
     return msgspec.json.Decoder(float_hook=hook)
 
 
@@ -103,11 +105,14 @@ def decode(
     max_depth: int,
     max_digits: int = MAX_NUMBER_DIGITS,
     max_bytes: int | None = None,
+    many: bool = False,
 ) -> Any:
     """Decode JSON that must follow the rules above; raise InvalidJSON saying why not
     (TooLargeWrittenOut when, with its numbers written out, it is over max_bytes).
 
-    Floats come back as 0: callers keep the raw text, the decoded value is for checking.
+    Floats come back as 0.0: callers keep the raw text, the decoded value is for checking.
+    `many`: the text holds many objects (an SDK batch), so its brackets are not counted
+    before its depth is measured (the count only spares small texts the measurement).
     """
     data = bytes(raw)
     try:
@@ -121,7 +126,7 @@ def decode(
     except (msgspec.DecodeError, ValueError) as exc:
         raise InvalidJSON(f"not valid JSON: {exc}") from None
     if b"\\" not in data:
-        if _nests_deeper(data, max_depth):
+        if _deeper(data, max_depth) if many else _nests_deeper(data, max_depth):
             raise InvalidJSON(f"nested deeper than {max_depth} levels")
         if _dropped_a_key(data, value):
             refuse_duplicate_keys(data)

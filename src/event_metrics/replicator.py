@@ -21,8 +21,9 @@ from typing import Any
 
 import asyncpg
 
+from event_metrics import clickhouse_cluster
 from event_metrics.checkpoint import NEXT_ROWS, horizon, load_checkpoint, save_checkpoint
-from event_metrics.clickhouse import apply_schema, connect, insert_columns
+from event_metrics.clickhouse import connect, insert_columns
 from event_metrics.follower import Follower
 from event_metrics.schema import CLICKHOUSE_TARGET, COLUMN_TYPES, MIRRORED_COLUMNS
 from event_metrics.settings import LagSettings, ReplicationSettings
@@ -32,6 +33,12 @@ log = logging.getLogger(__name__)
 TARGET = CLICKHOUSE_TARGET
 # Held by the one active replicator across all service processes.
 REPLICATOR_LOCK_ID = 0x45564D52  # "EVMR"
+# While idle, still touch ClickHouse so that /health notices an outage. On a cluster,
+# through the Distributed table, which asks every shard (a shard down is an error): by a
+# key condition no row meets (projects start at 1), which no engine can answer without
+# asking, at the cost of one index probe per shard.
+PROBE = "SELECT 1"
+CLUSTER_PROBE = "SELECT count() FROM events WHERE project_id = 0"
 
 # The txid goes out as text (asyncpg has no xid8 codec) under another name (NEXT_ROWS sorts
 # by the table's column, not by that text). ClickHouse's columns as PostgreSQL gives
@@ -94,6 +101,7 @@ class Replicator(Follower):
         settings: ReplicationSettings,
         *,
         lag: LagSettings = LagSettings(),  # noqa: B008 - frozen
+        cluster: str | None = None,
     ) -> None:
         super().__init__(
             database_url,
@@ -103,6 +111,7 @@ class Replicator(Follower):
             lag_settings=lag,
         )
         self.clickhouse_url = clickhouse_url
+        self.cluster = cluster  # a remote_servers cluster the mirror is sharded over
 
     @property
     def rows_copied(self) -> int:
@@ -116,7 +125,7 @@ class Replicator(Follower):
         connection = await asyncpg.connect(self.database_url)
         client = connect(self.clickhouse_url)
         try:
-            await asyncio.to_thread(apply_schema, client)
+            await asyncio.to_thread(self._prepare, client)
             copied = 0
             while (n := await self._cycle(connection, client)) > 0:
                 copied += n
@@ -129,7 +138,7 @@ class Replicator(Follower):
     async def work(self, connection: asyncpg.Connection) -> None:
         client = connect(self.clickhouse_url)
         try:
-            await asyncio.to_thread(apply_schema, client)
+            await asyncio.to_thread(self._prepare, client)
             while not self.stopping:
                 started = time.time()
                 copied = await self._cycle(connection, client)
@@ -137,12 +146,15 @@ class Replicator(Follower):
                 self.backoff.reset()
                 if copied < self.batch_rows:
                     if not copied:
-                        # Idle: still touch ClickHouse, so /health notices an outage.
-                        await asyncio.to_thread(client.execute, "SELECT 1")
+                        probe = CLUSTER_PROBE if self.cluster else PROBE
+                        await asyncio.to_thread(client.execute, probe)
                     if await self.sleep(self.interval_s):
                         return
         finally:
             client.disconnect()
+
+    def _prepare(self, client: Any) -> None:
+        clickhouse_cluster.prepare(client, self.clickhouse_url, self.cluster)
 
     async def _cycle(self, connection: asyncpg.Connection, client: Any) -> int:
         """Copy one block of at most batch_rows; return how many rows."""
@@ -153,6 +165,7 @@ class Replicator(Follower):
         if not rows:
             return 0
         await asyncio.to_thread(copy_rows, client, rows)
-        # Only after ClickHouse has the block: a crash before this line re-sends it.
+        # Only after ClickHouse has the block (on a cluster, every shard its part of it: the
+        # insert is synchronous): a crash or a failed shard before this line re-sends it.
         await save_checkpoint(connection, TARGET, (rows[-1]["txid_text"], rows[-1]["id"]))
         return len(rows)

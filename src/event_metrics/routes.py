@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from litestar.openapi.spec import Example
 from litestar.params import Parameter, QueryParameter
 
-from event_metrics import http_fast, posthog, sdk, segment, telemetry
+from event_metrics import access_log, http_fast, posthog, sdk, segment, telemetry
 from event_metrics.auth import secret_from_headers
 from event_metrics.errors import SDK_ERROR_FIELDS
 from event_metrics.ingest import Protocol
@@ -28,27 +28,30 @@ from event_metrics.services import Health, Services
 # Routes that take events (CORS: any origin by default) and that read metrics.
 SDK_PATHS = (*segment.PATHS, *posthog.PATHS)
 INGEST_PATHS = (http_fast.PATH, *SDK_PATHS)
-READ_PATHS = ("/metrics",)
+READ_PATHS = ("/metrics", "/export")
 
 
 async def _sdk_ingest(
     protocol: Protocol, request: Request[Any, Any, Any], services: Services
 ) -> Response[dict[str, Any]]:
     ingestor = services.ingestor
+    keys = services.keys
+    header_key = secret_from_headers(request.scope["headers"])
+    if header_key is not None:
+        # A key in a header is checked before the body is read or unpacked: a bad one
+        # gets its 401 or 403 for nothing. (A key in the body is checked once it is read.)
+        keys.authorize_checked(header_key, "write") or await keys.authorize(header_key, "write")
     headers = body_headers(request.scope["headers"])
-    body = await read_request_body(
-        request.receive, headers, max_bytes=ingestor.settings.max_body_bytes
-    )
-    text = sdk.json_body(
-        body, content_type=headers.content_type, max_bytes=ingestor.settings.max_body_bytes
-    )
+    max_bytes = ingestor.settings.max_body_bytes
+    body = await read_request_body(request.receive, headers, max_bytes=max_bytes)
+    text = await sdk.json_body(body, content_type=headers.content_type, max_bytes=max_bytes)
     answer = await ingestor.ingest_sdk(
         protocol,
         text,
         path=request.scope["path"],
         query=dict(request.query_params),
-        header_key=secret_from_headers(request.scope["headers"]),
-        keys=services.keys,
+        header_key=header_key,
+        keys=keys,
     )
     return Response(answer, status_code=200)
 
@@ -170,6 +173,7 @@ async def metrics(
     secret = secret_from_headers(request.scope["headers"])
     keys = services.keys
     project_id = keys.authorize_checked(secret, "read") or await keys.authorize(secret, "read")
+    access_log.note_project(project_id)
     metrics_service = services.metrics
     query = parse_query(
         project_id=project_id,

@@ -14,16 +14,15 @@ import base64
 import binascii
 import functools
 import urllib.parse
-import zlib
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
-from event_metrics import json_checks
+from event_metrics import inflate, json_checks
 from event_metrics.events import EventIn, InvalidEvent, to_row
-from event_metrics.payload import MalformedPayload, PayloadTooLarge
+from event_metrics.payload import MalformedPayload
 from event_metrics.schema import Row
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -32,13 +31,15 @@ _raw_object = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _encode = msgspec.json.Encoder().encode
 
 
-def json_body(body: bytes, *, content_type: str | None, max_bytes: int) -> bytes:
+async def json_body(body: bytes, *, content_type: str | None, max_bytes: int) -> bytes:
     """The JSON text of an SDK request body, whatever wrapping the SDK chose."""
     kind = (content_type or "").split(";", 1)[0].strip().lower()
     if kind == FORM:
         body = _form_data(body)
     if body[:2] == GZIP_MAGIC:  # posthog-js gzips without saying so
-        body = _gunzip(body, max_bytes)
+        # Bounded, linear and in steps (inflate.py): the key may be inside, so anyone
+        # can make the server unpack this.
+        body = await inflate.gunzip(body, max_bytes)
     return body
 
 
@@ -68,23 +69,6 @@ def _form_data(body: bytes) -> bytes:
         return base64.b64decode(padded.replace(b"-", b"+").replace(b"_", b"/"), validate=True)
     except binascii.Error:
         raise MalformedPayload("the form's 'data' field is neither JSON nor base64") from None
-
-
-def _gunzip(body: bytes, max_bytes: int) -> bytes:
-    out = bytearray()
-    pending = body
-    while pending:
-        inflater = zlib.decompressobj(wbits=31)
-        try:
-            out += inflater.decompress(pending, max_bytes - len(out) + 1)
-        except zlib.error as exc:
-            raise MalformedPayload(f"body is not valid gzip: {exc}") from None
-        if inflater.unconsumed_tail or len(out) > max_bytes:
-            raise PayloadTooLarge(f"decompressed body is over {max_bytes} bytes")
-        if not inflater.eof:
-            raise MalformedPayload("body is truncated gzip")
-        pending = inflater.unused_data
-    return bytes(out)
 
 
 def envelope(text: bytes) -> dict[str, msgspec.Raw] | list[msgspec.Raw]:
@@ -137,19 +121,37 @@ def instant(value: Any, field: str) -> datetime | None:
     return moment
 
 
-def body_is_clean(
+def checked_body(
     text: bytes, *, max_depth: int, max_digits: int = json_checks.MAX_NUMBER_DIGITS
-) -> bool:
-    """Whether a whole body passes the checks every message must pass: then its messages
+) -> Any:
+    """The body as decoded by the checks every message must pass (numbers as 0 or 0.0:
+    the text is what is stored), or None when some part fails them. Then its messages
     need no check of their own (one pass over the body costs far less than one per
-    message). `max_depth` counts the levels above the messages too."""
+    message), and their fields can be read from it. `max_depth` counts the levels above
+    the messages too."""
     try:
         # The size bound is each message's: a body whose numbers grow at all when written
         # out is checked message by message.
-        json_checks.decode(text, max_depth=max_depth, max_digits=max_digits, max_bytes=len(text))
+        return json_checks.decode(
+            text, max_depth=max_depth, max_digits=max_digits, max_bytes=len(text), many=True
+        )
     except json_checks.InvalidJSON:
-        return False  # some message is bad: each is checked on its own, to say which
-    return True
+        return None  # some message is bad: each is checked on its own, to say which
+
+
+def decoded_items(decoded: Any, nesting: int) -> list[Any]:
+    """The messages of a body checked_body decoded: {"batch": [...]} (nesting 2), [...]
+    (1), or the message itself (0)."""
+    if nesting == 2:
+        return list(decoded["batch"])
+    return list(decoded) if nesting == 1 else [decoded]
+
+
+def body_is_clean(
+    text: bytes, *, max_depth: int, max_digits: int = json_checks.MAX_NUMBER_DIGITS
+) -> bool:
+    """Whether a whole body passes the checks every message must pass (checked_body)."""
+    return checked_body(text, max_depth=max_depth, max_digits=max_digits) is not None
 
 
 def check(
@@ -202,6 +204,8 @@ class Message(msgspec.Struct):
     # The message's own write key, when it carries one (its project's, whatever the
     # request's key is); names["project_key"] says where it was.
     project_key: str | None = None
+    # compose(properties, reserved), when the mapping knew it could not fail and made it.
+    stored: str | msgspec.UnsetType | None = msgspec.UNSET
 
 
 def to_row_from(
@@ -209,12 +213,9 @@ def to_row_from(
 ) -> Row:
     """The row of a message, checked like a native event (lengths, NUL, times)."""
     name, user, key, channel = message.event_name, message.user_id, message.key, message.channel
-    channel = channel[:200] if isinstance(channel, str) and channel else None
-    if _fits(name) and _fits(user) and (key is None or _fits(key)):
-        # What msgspec.convert into EventIn would check, without building a dict for it
-        # (a fifth of a message's cost); anything else goes to convert for its reason.
-        event = EventIn(name, user, idempotency_key=key, channel=channel)
-    else:
+    event = event_of(name, user, key, channel)
+    if event is None:  # msgspec.convert says why
+        channel = channel[:200] if type(channel) is str and channel else None
         fields = {"event_name": name, "user_id": user}
         if key is not None:
             fields["idempotency_key"] = key
@@ -226,22 +227,52 @@ def to_row_from(
             raise InvalidEvent(_in_client_words(str(exc), fields, message.names)) from None
     event.timestamp = message.timestamp
     event.sent_at = message.sent_at
+    stored = message.stored
+    if stored is msgspec.UNSET:
+        stored = compose(message.properties, message.reserved)
+    return row_of(event, stored, message.names, Destination(project_id, None, received_at,
+                                                              max_future))  # fmt: skip
+
+
+def event_of(name: Any, user: Any, key: Any, channel: Any) -> EventIn | None:
+    """The EventIn of these columns (the channel cut to 200 characters), or None where
+    msgspec.convert into EventIn would refuse them: what it checks, without building a
+    dict for it (a fifth of a message's cost)."""
+    # events.Name and events.Key: a string of 1 to 200 characters.
+    if (
+        type(name) is str and 0 < len(name) <= 200 and type(user) is str and 0 < len(user) <= 200
+        and (key is None or (type(key) is str and 0 < len(key) <= 200))
+    ):  # fmt: skip
+        channel = channel[:200] if type(channel) is str and channel else None
+        return EventIn(name, user, idempotency_key=key, channel=channel)
+    return None
+
+
+class Destination(NamedTuple):
+    """Where the messages of a request go unless they carry a key of their own: the
+    project of the request's key, and the clock their times are checked against."""
+
+    project_id: int
+    key: str | None
+    received_at: datetime
+    max_future: timedelta
+
+
+def row_of(
+    event: EventIn, stored: str | None, names: Mapping[str, str], destination: Destination
+) -> Row:
+    """events.to_row, refusing in the client's names ("distinct_id must not contain NUL",
+    "originalTimestamp ... is ahead")."""
     try:
         return to_row(
-            event, compose(message.properties, message.reserved), project_id=project_id,
-            received_at=received_at, max_future=max_future,
+            event, stored, project_id=destination.project_id,
+            received_at=destination.received_at, max_future=destination.max_future,
         )  # fmt: skip
     except InvalidEvent as exc:
-        # "user_id must not contain NUL", "timestamp ... is ahead": the client's names.
         column, space, rest = str(exc).partition(" ")
-        if column in message.names:
-            raise InvalidEvent(message.names[column] + space + rest, exc.reason) from None
+        if column in names:
+            raise InvalidEvent(names[column] + space + rest, exc.reason) from None
         raise
-
-
-def _fits(value: Any) -> bool:
-    # events.Name and events.Key: a string of 1 to 200 characters.
-    return type(value) is str and 0 < len(value) <= 200
 
 
 def _in_client_words(error: str, fields: Mapping[str, Any], names: Mapping[str, str]) -> str:
@@ -287,6 +318,18 @@ def compose(properties: msgspec.Raw | None, reserved: Mapping[str, bytes]) -> st
     if head != b"{":
         head += b","
     return (head + b",".join(tail)).decode() + "}"
+
+
+def with_block(own: bytes, name: str, text: bytes) -> str:
+    """compose(own, {name: text}) for `own` the text of a JSON object (the common case of
+    one reserved block, without compose's general steps)."""
+    key = _key(name)
+    if key in own or b"\\u" in own:  # a name that may be taken: the general way
+        result = compose(msgspec.Raw(own), {name: text})
+        assert result is not None
+        return result
+    head = own[:-1].rstrip()
+    return b"".join((head, b"," if head != b"{" else b"", key, b":", text, b"}")).decode()
 
 
 def object_text(members: Mapping[str, msgspec.Raw]) -> bytes:

@@ -36,7 +36,11 @@ class Request(msgspec.Struct):
     sent_at: datetime | None
     route_type: str | None
     nesting: int  # levels above the messages: {"batch": [...]} 2, [...] 1, a message 0
-    checked: bool = False  # the whole body passed the message checks
+    # The body as the checks every message must pass decoded it (sdk.checked_body), when
+    # it passed them: its messages need no check of their own.
+    decoded: Any = None
+    # The messages' JSON text: the array, or the message itself on a single-message route.
+    text: bytes = b""
 
 
 _messages = msgspec.json.Decoder(list[msgspec.Raw])
@@ -47,7 +51,8 @@ def parse(text: bytes, path: str) -> Request:
     route_type = MESSAGE_PATHS.get(path.rstrip("/"))
     outer = sdk.envelope(text)
     if isinstance(outer, list):
-        return Request(outer, None, None, route_type, nesting=1)
+        return Request(outer, None, None, route_type, nesting=1, text=text)
+    items = text
     if route_type is None:
         batch = outer.get("batch")
         if batch is None:
@@ -56,6 +61,7 @@ def parse(text: bytes, path: str) -> Request:
             messages = _messages.decode(batch)
         except msgspec.ValidationError:
             raise MalformedPayload('"batch" must be a list of messages') from None
+        items = bytes(batch)
     else:
         messages = [msgspec.Raw(text)]
     try:
@@ -63,7 +69,8 @@ def parse(text: bytes, path: str) -> Request:
     except InvalidEvent:
         sent_at = None
     nesting = 2 if route_type is None else 0
-    return Request(messages, sdk.text_of(outer.get("writeKey")), sent_at, route_type, nesting)
+    key = sdk.text_of(outer.get("writeKey"))
+    return Request(messages, key, sent_at, route_type, nesting, text=items)
 
 
 class Fields(msgspec.Struct):
@@ -96,7 +103,7 @@ def message(
     """One Segment message mapped onto our columns (docs/api.md has the table)."""
     sdk.check(
         raw, max_event_bytes=max_event_bytes, max_depth=max_depth, max_digits=max_digits,
-        deep=not request.checked,
+        deep=request.decoded is None,
     )  # fmt: skip
     members = sdk.members(raw)
     value = _fields.decode(raw)
@@ -117,18 +124,18 @@ def message(
         del members[mapped]  # what is left is kept
     if "type" not in members:
         members["type"] = msgspec.Raw(msgspec.json.encode(kind))
-    user_id = _id(value.userId)
+    user_id = id_of(value.userId)
     time_field = "timestamp" if value.timestamp else "originalTimestamp"
     return sdk.Message(
         event_name=name,
-        user_id=user_id or _id(value.anonymousId),
-        key=_id(value.messageId),
+        user_id=user_id or id_of(value.anonymousId),
+        key=id_of(value.messageId),
         timestamp=sdk.instant(value.timestamp or value.originalTimestamp, time_field),
         sent_at=sdk.instant(value.sentAt, "sentAt") or request.sent_at,
         channel=channel,
         properties=properties,
         reserved={"$segment": sdk.object_text(members)},
-        names=_NAMES[user_id is not None, value.anonymousId is not None, time_field],
+        names=NAMES[user_id is not None, value.anonymousId is not None, time_field],
         project_key=value.writeKey if isinstance(value.writeKey, str) else None,
     )
 
@@ -137,7 +144,7 @@ def message(
 # the user is `userId`, else `anonymousId`, and when neither is there, both are named.
 _BASE = {"event_name": "event", "idempotency_key": "messageId", "channel": "channel",
          "sent_at": "sentAt", "project_key": "writeKey"}  # fmt: skip
-_NAMES = {
+NAMES = {
     (has_user, has_anonymous, time_field): {
         **_BASE,
         "timestamp": time_field,
@@ -150,7 +157,7 @@ _NAMES = {
 }  # fmt: skip
 
 
-def _id(value: Any) -> Any:
+def id_of(value: Any) -> Any:
     # Ids are strings; SDKs stringify numbers, and a client that did not is taken at its word.
     if type(value) is str or value is None:
         return value or None

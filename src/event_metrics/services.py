@@ -18,6 +18,7 @@ import msgspec
 from event_metrics import telemetry
 from event_metrics.auth import KeyStore
 from event_metrics.clickhouse import ClickHousePool
+from event_metrics.export import Exporter
 from event_metrics.ingest import Ingestor
 from event_metrics.metrics_service import MetricsService
 from event_metrics.postgres import create_pool
@@ -80,6 +81,7 @@ class Services:
     ingestor: Ingestor
     metrics: MetricsService
     keys: KeyStore
+    exporter: Exporter
     clickhouse: ClickHousePool | None = None
     replicator: StatusSource | None = None
     refresher: RollupRefresher | None = None
@@ -167,6 +169,7 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
                     settings.clickhouse_url,
                     settings.replication,
                     lag=settings.lag,
+                    cluster=settings.clickhouse_cluster,
                 )
                 _start(stack, replicator)
 
@@ -201,6 +204,11 @@ async def run_services(settings: Settings) -> AsyncIterator[Services]:
                 rate_limit_events_per_s=settings.access.rate_limit_events_per_s,
             ),
             keys=keys,
+            exporter=Exporter(
+                settings.database_url,
+                page_rows=settings.lifecycle.export_page_rows,
+                max_running=settings.lifecycle.export_max_running,
+            ),
             metrics=MetricsService(
                 settings,
                 query_pool=query_pool,

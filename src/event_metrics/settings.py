@@ -41,6 +41,8 @@ class Env:
 
 Positive = msgspec.Meta(gt=0)
 PositiveInt = Annotated[int, Positive]
+# A remote_servers entry's name: an XML element name, also quoted into DDL.
+ClusterName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")]
 
 
 class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -148,16 +150,33 @@ class TelemetrySettings(msgspec.Struct, frozen=True, kw_only=True):
     retry_max_s: Annotated[float, Env("TELEMETRY_RETRY_MAX_MS", "ms"), Positive] = 5.0
 
 
+class LifecycleSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Moving a project's events out and in: GET /export, `export`, `import`."""
+
+    export_page_rows: Annotated[PositiveInt, Env("EXPORT_PAGE_ROWS")] = 5_000
+    export_max_running: Annotated[PositiveInt, Env("EXPORT_MAX_RUNNING")] = 2
+    # Rows per import transaction: large enough that a commit's fixed cost vanishes,
+    # small enough that the followers (replicator, rollups) see progress often.
+    import_batch_rows: Annotated[PositiveInt, Env("IMPORT_BATCH_ROWS")] = 20_000
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Every threshold the service uses, with defaults that work on a laptop."""
 
     # Storage. With no database_url, `serve` starts an embedded PostgreSQL under data_dir.
     database_url: Annotated[str | None, Env("DATABASE_URL")] = None
     data_dir: Annotated[str, Env("DATA_DIR")] = ".data"
+    # As root: where the embedded PostgreSQL's data and programs go when its unprivileged
+    # user cannot reach them where they are (embedded_as_root.py).
+    embedded_postgres_dir: Annotated[str, Env("EMBEDDED_POSTGRES_DIR")] = "/var/lib/event-metrics"
     backend: Annotated[Backend, Env("BACKEND")] = "postgres"
     clickhouse_url: Annotated[str | None, Env("CLICKHOUSE_URL")] = None
+    # The mirror is sharded over this remote_servers cluster; CLICKHOUSE_URL is the node
+    # the service talks to (docs/operations.md).
+    clickhouse_cluster: Annotated[ClusterName | None, Env("CLICKHOUSE_CLUSTER")] = None
     log_format: Annotated[Literal["text", "json"], Env("LOG_FORMAT")] = "text"
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Env("LOG_LEVEL")] = "info"
+    access_log: Annotated[bool, Env("ACCESS_LOG")] = False  # one line per request
 
     http: HttpSettings = HttpSettings()
     access: AccessSettings = AccessSettings()
@@ -167,6 +186,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rollups: RollupSettings = RollupSettings()
     replication: ReplicationSettings = ReplicationSettings()
     lag: LagSettings = LagSettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
 
     def __post_init__(self) -> None:
@@ -180,6 +200,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.backend == "clickhouse" and not self.clickhouse_url:
             raise ConfigError(f"{PREFIX}BACKEND=clickhouse needs {PREFIX}CLICKHOUSE_URL")
+        if self.clickhouse_cluster and not self.clickhouse_url:
+            raise ConfigError(
+                f"{PREFIX}CLICKHOUSE_CLUSTER needs {PREFIX}CLICKHOUSE_URL (a node of the cluster)"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

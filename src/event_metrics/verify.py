@@ -9,25 +9,34 @@ Only rows up to the replicator's checkpoint are expected in ClickHouse; rows aft
 or may not be there yet (the copy is at-least-once), so a cell whose summaries differ is
 then compared row by row, by key and md5(content): a key the checkpoint has passed that
 ClickHouse lacks is missing, a key ClickHouse has and PostgreSQL does not is extra, and a
-key whose content differs (a value changed, a column lost) is changed. ClickHouse is read
-with FINAL, as every query reads it: the row version a query would see is what is compared.
+key whose content differs (a value changed, a column lost), or that ClickHouse holds twice
+(under two sorting keys, or on two shards), is changed. ClickHouse is read with FINAL, as
+every query reads it: the row version a query would see is what is compared.
 
-`--repair` deletes the extra and changed keys' row versions (and waits for the deletion),
-copies the missing and changed rows again, and verifies again.
+On a cluster (clickhouse_cluster.py) the same statements read the Distributed table, and
+each node is also asked for rows stored on a shard the sharding key does not place them
+on: such a row reads right but would count its user on two shards, so it is changed too.
+
+`--repair` deletes the extra and changed keys' row versions (on every node of a cluster,
+and waits for the deletion), copies the missing and changed rows again (through the
+Distributed table, onto their own shard), and verifies again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
 import asyncpg
 
+from event_metrics import clickhouse_cluster
 from event_metrics.checkpoint import UP_TO, Checkpoint, load_checkpoint
-from event_metrics.clickhouse import apply_schema, connect, insert_columns
+from event_metrics.clickhouse import connect, insert_columns
+from event_metrics.clickhouse_cluster import Store
 from event_metrics.replicator import MIRRORED, TARGET
 from event_metrics.schema import CLICKHOUSE_TYPES, COLUMN_TYPES, MIRRORED_COLUMNS
 
@@ -90,8 +99,10 @@ POSTGRES_ROWS = f"""
 SELECT {MIRRORED} FROM events
 WHERE {CELL} AND {UP_TO} AND idempotency_key = ANY($6::text[])
 """
+# {table}: `events` on a single node, each node's local table on a cluster (a Distributed
+# table cannot be altered so).
 DELETE_KEYS = """
-ALTER TABLE events DELETE
+ALTER TABLE {table} DELETE
 WHERE project_id = %(project_id)s AND toDate(ts) = %(day)s AND event_name = %(event_name)s
   AND idempotency_key IN %(keys)s
 """
@@ -128,8 +139,12 @@ class Report:
     repaired: int = 0
 
 
-async def compare(connection: asyncpg.Connection, client: Any) -> Report:
-    """Summaries of both engines, then key by key wherever they differ."""
+async def compare(
+    connection: asyncpg.Connection, client: Any, stores: list[Store] | None = None
+) -> Report:
+    """Summaries of both engines, then key by key wherever they differ (or, on a cluster's
+    `stores`, wherever a row is on the wrong shard)."""
+    misplaced = await asyncio.to_thread(clickhouse_cluster.misplaced, stores or [])
     checkpoint = await load_checkpoint(connection, TARGET)
     postgres = {
         (project, day, name): (rows, first, second)
@@ -146,9 +161,11 @@ async def compare(connection: asyncpg.Connection, client: Any) -> Report:
     differences = []
     for cell in sorted(postgres.keys() | clickhouse.keys()):
         ours, theirs = postgres.get(cell, (0, 0, 0)), clickhouse.get(cell, (0, 0, 0))
-        if ours == theirs:
+        if ours == theirs and cell not in misplaced:
             continue
-        difference = await _compare_rows(connection, client, cell, checkpoint, ours, theirs)
+        difference = await _compare_rows(
+            connection, client, cell, checkpoint, ours, theirs, misplaced.get(cell, set())
+        )
         if difference.missing or difference.extra or difference.changed:
             differences.append(difference)
     return Report(cells=len(postgres.keys() | clickhouse.keys()), differences=differences)
@@ -161,13 +178,17 @@ async def _compare_rows(
     checkpoint: Checkpoint,
     ours: Summary,
     theirs: Summary,
+    misplaced: set[str],
 ) -> Difference:
     project_id, day, event_name = cell
     rows = await connection.fetch(POSTGRES_KEYS, *checkpoint, project_id, day, event_name)
     copied = {key: content for key, passed, content in rows if passed}
     anywhere = {key for key, _, _ in rows}
     params = {"project_id": project_id, "day": day, "event_name": event_name}
-    mirrored = dict(await asyncio.to_thread(client.execute, CLICKHOUSE_KEYS, params))
+    versions = await asyncio.to_thread(client.execute, CLICKHOUSE_KEYS, params)
+    mirrored = dict(versions)
+    twice = {key for key, seen in Counter(key for key, _ in versions).items() if seen > 1}
+    wrong = twice | misplaced
     return Difference(
         project_id=project_id,
         day=day,
@@ -176,14 +197,25 @@ async def _compare_rows(
         clickhouse_rows=theirs[0],
         missing=sorted(copied.keys() - mirrored.keys()),
         extra=sorted(mirrored.keys() - anywhere),
-        changed=sorted(k for k, content in copied.items() if mirrored.get(k, content) != content),
+        changed=sorted(
+            key
+            for key in anywhere & mirrored.keys()
+            if key in wrong or (key in copied and mirrored[key] != copied[key])
+        ),
     )
 
 
-async def repair(connection: asyncpg.Connection, client: Any, differences: list[Difference]) -> int:
-    """Delete the extra and changed keys' row versions, then copy the missing and changed
-    rows again; return rows copied. The deletion goes by key, so it is waited for before
-    the copies go in: it must take the wrong versions only."""
+async def repair(
+    connection: asyncpg.Connection,
+    client: Any,
+    differences: list[Difference],
+    stores: list[Store] | None = None,
+) -> int:
+    """Delete the extra and changed keys' row versions (in `stores`: the tables holding
+    rows, by default the single node's), then copy the missing and changed rows again;
+    return rows copied. The deletion goes by key, so it is waited for before the copies go
+    in: it must take the wrong versions only."""
+    stores = stores or [Store(client, "events", None)]
     for difference in differences:
         wrong = difference.extra + difference.changed
         if wrong:
@@ -193,8 +225,11 @@ async def repair(connection: asyncpg.Connection, client: Any, differences: list[
                 "event_name": difference.event_name,
                 "keys": tuple(wrong),
             }
-            await asyncio.to_thread(client.execute, DELETE_KEYS, params)
-    await asyncio.to_thread(_wait_for_mutations, client)
+            for store in stores:
+                sql = DELETE_KEYS.format(table=store.table)
+                await asyncio.to_thread(store.client.execute, sql, params)
+    for store in stores:
+        await asyncio.to_thread(_wait_for_mutations, store.client, store.table)
     checkpoint = await load_checkpoint(connection, TARGET)
     copied = 0
     for difference in differences:
@@ -212,32 +247,38 @@ async def repair(connection: asyncpg.Connection, client: Any, differences: list[
     return copied
 
 
-def _wait_for_mutations(client: Any, timeout_s: float = 300) -> None:
+def _wait_for_mutations(client: Any, table: str, timeout_s: float = 300) -> None:
     """ALTER ... DELETE runs in the background: wait until it has rewritten the parts."""
     deadline = time.monotonic() + timeout_s
     query = (
         "SELECT count() FROM system.mutations "
-        "WHERE database = currentDatabase() AND table = 'events' AND is_done = 0"
+        "WHERE database = currentDatabase() AND table = %(table)s AND is_done = 0"
     )
-    while client.execute(query)[0][0]:
+    while client.execute(query, {"table": table})[0][0]:
         if time.monotonic() > deadline:
             raise TimeoutError("ClickHouse did not finish deleting the extra rows in time")
         time.sleep(0.1)
 
 
-async def run(database_url: str, clickhouse_url: str, *, fix: bool) -> tuple[Report, Report | None]:
-    """Compare; with fix, repair and compare again. Returns (first report, after repair)."""
+async def run(
+    database_url: str, clickhouse_url: str, *, fix: bool, cluster: str | None = None
+) -> tuple[Report, Report | None]:
+    """Compare; with fix, repair and compare again. Returns (first report, after repair).
+    `cluster`: the remote_servers cluster the mirror is sharded over, if any."""
     connection = await asyncpg.connect(database_url)
     client = connect(clickhouse_url, timeout_s=300)
     try:
-        await asyncio.to_thread(apply_schema, client)
-        report = await compare(connection, client)
-        if not fix or not report.differences:
-            return report, None
-        copied = await repair(connection, client, report.differences)
-        after = await compare(connection, client)
-        after.repaired = copied
-        return report, after
+        nodes = await asyncio.to_thread(
+            clickhouse_cluster.prepare, client, clickhouse_url, cluster, timeout_s=300
+        )
+        with clickhouse_cluster.stores(client, clickhouse_url, nodes, timeout_s=300) as stores:
+            report = await compare(connection, client, stores)
+            if not fix or not report.differences:
+                return report, None
+            copied = await repair(connection, client, report.differences, stores)
+            after = await compare(connection, client, stores)
+            after.repaired = copied
+            return report, after
     finally:
         client.disconnect()
         await connection.close()

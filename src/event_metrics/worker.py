@@ -7,7 +7,8 @@ the events table (follower.py) are workers. Two parts have the same face without
 single loop: the writers (writer.WriterPool, a pool of tasks draining the queue, whose
 retries of a batch wait through the same `Backoff`) and serve's supervisor of the
 replicator process (a thread: serve's own process runs no event loop of ours). Each has
-start(), stop(), status() and a `LoopState`.
+start(), stop(), status() and a `LoopState`. A loop that hangs instead of failing (a
+commit that never returns) is seen by a `StallWatch`, which logs the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from event_metrics import telemetry
@@ -79,6 +81,39 @@ class LoopState:
 
     def seconds_in_state(self) -> float:
         return time.monotonic() - self.changed_at
+
+
+class StallWatch:
+    """Whether work in flight has waited past a threshold. The task awaiting a call that
+    hangs cannot tell anyone, so this is asked from outside: by `watch`, a task of its
+    own, and by /health. Each change is logged once."""
+
+    def __init__(self, name: str, logger: logging.Logger, threshold_s: float, what: str) -> None:
+        self.name = name
+        self.threshold_s = threshold_s
+        self.stalled = False  # as last logged
+        self._log = logger
+        self._what = what  # "a commit": what has been waiting
+
+    def check(self, waited_s: float, *, running: bool) -> bool:
+        """Whether `waited_s` is a stall (only while the loop is otherwise running: a
+        failing loop says so itself); logs a change."""
+        stalled = running and waited_s > self.threshold_s
+        if stalled != self.stalled:
+            self.stalled = stalled
+            if stalled:
+                self._log.warning("%s are stalled: %s has waited %.1f s (more than %.1f s)",
+                                  self.name, self._what, waited_s, self.threshold_s)  # fmt: skip
+            else:
+                self._log.info("%s are no longer stalled", self.name)
+        return stalled
+
+    async def watch(self, waited_s: Callable[[], float], running: Callable[[], bool]) -> None:
+        """Check often enough to log a stall within a quarter of its threshold (or 1 s)."""
+        interval = min(1.0, self.threshold_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            self.check(waited_s(), running=running())
 
 
 class Worker(StatusSource):

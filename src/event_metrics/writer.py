@@ -19,7 +19,7 @@ from event_metrics.queue import IngestQueue, Ticket
 from event_metrics.retry import Backoff, describe
 from event_metrics.schema import COLUMN_TYPES, COLUMNS, EVENT_KEY, Row
 from event_metrics.settings import WriterSettings
-from event_metrics.worker import LoopState
+from event_metrics.worker import LoopState, StallWatch
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,9 @@ class WriterPool:
         self.rows_written = 0
         self.commits = 0
         self.loop_state = LoopState("writers", log, state="running")
+        self.stall = StallWatch("writers", log, settings.stall_s, "a commit")
         self._tasks: list[asyncio.Task[None]] = []
+        self._stall_watch: asyncio.Task[None] | None = None
         # Batch -> when its first write attempt started: how /health sees a stall.
         self._in_flight: dict[int, tuple[float, list[Ticket]]] = {}
 
@@ -225,6 +227,12 @@ class WriterPool:
         self._tasks = [
             asyncio.create_task(self._run(), name=f"writer-{n}") for n in range(self.settings.count)
         ]
+        self._stall_watch = asyncio.create_task(
+            self.stall.watch(self.oldest_in_flight_s, self._running), name="writer-stall-watch"
+        )
+
+    def _running(self) -> bool:
+        return self.loop_state.state == "running"
 
     def oldest_in_flight_s(self) -> float:
         """Seconds the oldest batch being written has waited for its commit, 0 if none."""
@@ -235,9 +243,8 @@ class WriterPool:
     def status(self) -> dict[str, Any]:
         """What /health reports: failing while writes fail, stalled while a commit hangs."""
         oldest = self.oldest_in_flight_s()
-        state = self.loop_state.state
-        if state == "running" and oldest > self.settings.stall_s:
-            state = "stalled"
+        stalled = self.stall.check(oldest, running=self._running())
+        state = "stalled" if stalled else self.loop_state.state
         return {
             "state": state,
             "batches_in_flight": len(self._in_flight),
@@ -249,6 +256,8 @@ class WriterPool:
     async def stop(self) -> None:
         """Take no new events, drain within the shutdown limit, then cancel the rest."""
         self.queue.close()
+        if self._stall_watch is not None:
+            self._stall_watch.cancel()
         timeout = self.settings.shutdown_timeout_s
         _, pending = await asyncio.wait(self._tasks, timeout=timeout) if self._tasks else ((), ())
         for task in pending:

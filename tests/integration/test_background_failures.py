@@ -221,8 +221,12 @@ async def test_rollup_refresher_failure_is_retried_and_shown(
 
 
 async def test_stalled_commits_make_health_unavailable(
-    make_client: ClientFactory, db: asyncpg.Connection, database_url: str
+    make_client: ClientFactory,
+    db: asyncpg.Connection,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="event_metrics")
     locker = await asyncpg.connect(database_url)
     try:
         async with make_client(writer_stall_ms=200) as client:
@@ -243,6 +247,12 @@ async def test_stalled_commits_make_health_unavailable(
                 assert body["status"] == "unavailable"
                 assert body["writers"]["batches_in_flight"] == 1
                 assert body["writers"]["oldest_in_flight_s"] >= 0.2
+                # Logged once, however often it is seen (by /health or by the watcher).
+                await wait_until(lambda: stall_lines(caplog, "stalled:"), what="stall logged")
+                for _ in range(5):
+                    assert (await health(client))["writers"]["state"] == "stalled"
+                assert len(stall_lines(caplog, "stalled:")) == 1
+                assert len(warnings_from(caplog, "writers are stalled")) == 1
             finally:
                 await transaction.rollback()
 
@@ -252,5 +262,18 @@ async def test_stalled_commits_make_health_unavailable(
             await wait_until(committed, what="the commit after the lock went away")
             body = await health(client)
             assert (body["status"], body["writers"]["state"]) == ("ok", "running")
+            await wait_until(lambda: stall_lines(caplog, "no longer"), what="recovery logged")
+            assert len(stall_lines(caplog, "no longer")) == 1
+            assert len(stall_lines(caplog, "stalled:")) == 1
     finally:
         await locker.close()
+
+
+def stall_lines(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "event_metrics.writer"
+        and "stalled" in r.getMessage()
+        and text in r.getMessage()
+    ]

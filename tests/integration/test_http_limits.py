@@ -102,6 +102,52 @@ async def test_an_oversized_head_is_refused(server: LiveServer) -> None:
     assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
 
 
+def head_of(size: int, *, path: bytes = b"/health") -> bytes:
+    """A GET head of exactly `size` bytes, blank line included, padded by one header."""
+    start = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nX-Pad: "
+    return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("size", [70_000, 100_000])
+@pytest.mark.parametrize("piece", [None, 1000, 16384], ids=["one-write", "1k-pieces", "16k-pieces"])
+async def test_an_oversized_head_is_431_however_it_arrives(
+    server: LiveServer, size: int, piece: int | None
+) -> None:
+    # A whole head in one read was served: only a head still incomplete after a read
+    # was measured.
+    head = head_of(size)
+    async with connection(server) as (reader, writer):
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            for start in range(0, len(head), piece or len(head)):
+                writer.write(head[start : start + (piece or len(head))])
+                await writer.drain()
+        answer = await read_all(reader)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"] == "head_too_large"
+
+
+async def test_the_head_limit_counts_the_head_alone(server: LiveServer, keys: Keys) -> None:
+    limit = 16384  # the fixture's max_header_bytes, blank line included
+    async with connection(server) as (reader, writer):
+        writer.write(head_of(limit))
+        await writer.drain()
+        head, _ = await read_response(reader)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        # A body in the same read as its head is not part of the head.
+        padded = events_head(keys, len(EVENT))
+        padded = padded[:-2] + b"X-Pad: " + b"a" * (limit - len(padded) - 9) + b"\r\n\r\n"
+        assert len(padded) == limit
+        writer.write(padded + EVENT)
+        await writer.drain()
+        head, body = await read_response(reader)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert json.loads(body)["accepted"] == 1
+        writer.write(head_of(limit + 1))
+        await writer.drain()
+        answer = await read_all(reader)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+
+
 async def test_a_body_that_stops_arriving_gets_408_and_stores_nothing(
     server: LiveServer, db: asyncpg.Connection, keys: Keys
 ) -> None:

@@ -83,7 +83,9 @@ def project_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.install
 @pytest.mark.parametrize("version", VERSIONS)
-def test_installs_from_the_lock_and_runs(version: str, project_wheel: Path, tmp_path: Path) -> None:
+def test_installs_from_the_lock_and_runs(
+    version: str, project_wheel: Path, tmp_path: Path, embedded_data_dir: Path
+) -> None:
     python = find_python(version)
     if python is None:
         pytest.skip(f"no Python {version} here (looked in ~/.pyenv/versions and /usr/bin)")
@@ -96,8 +98,10 @@ def test_installs_from_the_lock_and_runs(version: str, project_wheel: Path, tmp_
     assert shown.stdout.strip() == f"event-metrics {__version__}"
     run(venv / "bin" / "python", "-c", "from event_metrics.app import create_app", cwd=tmp_path)
     # The embedded PostgreSQL starts on this Python and takes the migrations (alembic.ini
-    # is read from the working directory, as in the container).
-    env = environment(data_dir=str(tmp_path / "data"))
+    # is read from the working directory, as in the container). As root, its programs,
+    # in a virtualenv under pytest's 0700 base, are copied where its user reaches them.
+    env = environment(data_dir=str(embedded_data_dir),
+                      embedded_postgres_dir=str(embedded_data_dir / "programs"))  # fmt: skip
     migrated = run(venv / "bin" / "event-metrics", "migrate", cwd=ROOT, env=env)
     assert "schema is at head" in migrated.stdout
 

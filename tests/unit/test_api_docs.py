@@ -45,6 +45,8 @@ SETTINGS = Settings.build()
 ROUTES = {
     "POST /events": [("/events", "post")],
     "GET /metrics": [("/metrics", "get")],
+    "GET /events/names": [("/events/names", "get")],
+    "GET /export": [("/export", "get")],
     "GET /health": [("/health", "get")],
     "Segment, RudderStack and PostHog SDKs": [(path, "post") for path in SDK_PATHS],
 }
@@ -320,7 +322,9 @@ async def test_every_response_has_examples_and_their_errors_are_real(
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
             for status, response in operation["responses"].items():
-                named = response["content"]["application/json"].get("examples")
+                content = response["content"]  # JSON, or NDJSON lines (/export's 200)
+                media = content.get("application/json") or content["application/x-ndjson"]
+                named = media.get("examples")
                 assert named, f"{method.upper()} {path} {status} has no example"
                 for example in named.values():
                     code = example["value"].get("error")

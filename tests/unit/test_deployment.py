@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from xml.etree import ElementTree
 
 import pytest
 import yaml
@@ -133,6 +134,74 @@ def test_api_waits_for_healthy_databases(compose: dict[str, Any]) -> None:
     for service in ("postgres", "clickhouse"):
         assert depends[service]["condition"] == "service_healthy"
         assert "healthcheck" in compose["services"][service]
+
+
+# compose.yaml, profile `cluster`
+
+CLUSTER_SERVICES = {"api-cluster", "postgres-cluster", "clickhouse-shard-1", "clickhouse-shard-2"}
+
+
+def _remote_servers(compose: dict[str, Any], service: str) -> dict[str, list[dict[str, str]]]:
+    """The clusters a ClickHouse service's mounted config files define: name -> replicas."""
+    clusters: dict[str, list[dict[str, str]]] = {}
+    for volume in compose["services"][service]["volumes"]:
+        source, _, target = str(volume).partition(":")
+        if not target.startswith("/etc/clickhouse-server/config.d/"):
+            continue
+        assert (ROOT / source).is_file(), f"{service} mounts missing {source}"
+        root = ElementTree.parse(ROOT / source).getroot()
+        for cluster in root.findall("remote_servers/*"):
+            clusters[cluster.tag] = [
+                {field.tag: (field.text or "") for field in replica}
+                for replica in cluster.findall("shard/replica")
+            ]
+    return clusters
+
+
+def test_the_cluster_profile_is_a_stack_of_its_own(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    profiled = {
+        name for name, service in services.items() if "cluster" in service.get("profiles", [])
+    }
+    assert profiled == CLUSTER_SERVICES
+    # `docker compose up` alone starts nothing of it, and the default stack needs none of it.
+    for name in set(services) - CLUSTER_SERVICES:
+        assert not services[name].get("profiles"), name
+        assert not set(services[name].get("depends_on", {})) & CLUSTER_SERVICES, name
+    depends = services["api-cluster"]["depends_on"]
+    for name in CLUSTER_SERVICES - {"api-cluster"}:
+        assert depends[name]["condition"] == "service_healthy"
+        assert "healthcheck" in services[name]
+    # The shards run the same ClickHouse as the single-node stack.
+    for shard in ("clickhouse-shard-1", "clickhouse-shard-2"):
+        assert services[shard]["image"] == services["clickhouse"]["image"]
+
+
+def test_the_cluster_profile_names_a_cluster_its_shards_define(compose: dict[str, Any]) -> None:
+    env = _service_env(compose, "api-cluster")
+    assert {key for key in env if key.startswith(PREFIX)} <= VARIABLES
+    settings = Settings.from_env(env)
+    assert settings.clickhouse_cluster and settings.clickhouse_url
+    url = urlsplit(settings.clickhouse_url)
+    shards = ["clickhouse-shard-1", "clickhouse-shard-2"]
+    definitions = [_remote_servers(compose, shard) for shard in shards]
+    assert definitions[0] == definitions[1], "every node needs the same remote_servers"
+    replicas = definitions[0][settings.clickhouse_cluster]
+    assert sorted(replica["host"] for replica in replicas) == shards
+    assert url.hostname in shards and url.port == 9000
+    database = urlsplit(_service_env(compose, "api-cluster")["EVENT_METRICS_DATABASE_URL"])
+    assert database.hostname == "postgres-cluster", "one PostgreSQL database feeds one mirror"
+    for shard in shards:
+        shard_env = _service_env(compose, shard)
+        # The service uses its URL's user, password and database on every node, and so do
+        # the nodes when they query each other.
+        assert url.path.lstrip("/") == shard_env["CLICKHOUSE_DB"]
+        assert (url.username, url.password) == (
+            shard_env["CLICKHOUSE_USER"], shard_env["CLICKHOUSE_PASSWORD"]
+        )  # fmt: skip
+        for replica in replicas:
+            assert replica["port"] == "9000"
+            assert (replica["user"], replica["password"]) == (url.username, url.password)
 
 
 # Containerfile

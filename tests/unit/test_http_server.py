@@ -1,13 +1,16 @@
 """The response transport that sends a response's head with its body: what it writes
-and when, and that it leaves a finished request's objects to reference counting."""
+and when, and that it leaves a finished request's objects to reference counting; and the
+head's size, measured whatever the reads look like."""
 
 from __future__ import annotations
 
 import gc
+import itertools
 import weakref
+from types import SimpleNamespace
 from typing import Any
 
-from event_metrics.http_server import _OneSendPerResponse
+from event_metrics.http_server import GuardedHttpProtocol, _OneSendPerResponse
 
 
 class Transport:
@@ -111,3 +114,38 @@ def test_a_finished_cycle_is_freed_without_the_garbage_collector() -> None:
         assert gone() is None
     finally:
         gc.enable()
+
+
+# --- the head's size, measured before the parser sees it ----------------------------------
+
+
+def _head_reads(head: bytes, body: bytes, cuts: tuple[int, ...]) -> list[bool]:
+    """Feed head + body in reads cut at `cuts`; whether each read found the head too large
+    (with the body in the same read as the end of the head, as a client may send it)."""
+    state = SimpleNamespace(_head_bytes=0, _tail=b"", _limits=SimpleNamespace(max_head_bytes=64))
+    data = head + body
+    bounds = [0, *cuts, len(data)]
+    verdicts = []
+    for start, end in itertools.pairwise(bounds):
+        if start >= len(head):
+            break  # the head is complete: the protocol stops measuring
+        verdicts.append(GuardedHttpProtocol._head_too_large(state, data[start:end]))  # type: ignore[arg-type]
+    return verdicts
+
+
+def test_a_head_at_the_limit_passes_however_it_is_cut_and_whatever_follows() -> None:
+    head = b"GET / HTTP/1.1\r\nX-Pad: " + b"a" * (64 - 27) + b"\r\n\r\n"
+    assert len(head) == 64
+    for first in range(1, len(head) + 1):
+        for second in range(first, len(head) + 1):
+            cuts = tuple(sorted({first, second}))
+            assert not any(_head_reads(head, b"{}" * 100, cuts)), cuts
+
+
+def test_a_head_one_byte_over_is_too_large_however_it_is_cut() -> None:
+    head = b"GET / HTTP/1.1\r\nX-Pad: " + b"a" * (65 - 27) + b"\r\n\r\n"
+    assert len(head) == 65
+    for first in range(1, len(head) + 1):
+        for second in range(first, len(head) + 1):
+            cuts = tuple(sorted({first, second}))
+            assert any(_head_reads(head, b"{}", cuts)), cuts

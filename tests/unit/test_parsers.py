@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import msgspec
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from event_metrics import events, json_checks
@@ -24,7 +24,6 @@ from event_metrics.schema import Row
 from strategies import MAX_DEPTH, NOW, bodies, event_bytes, oracle, render, trees
 
 
-@settings(max_examples=400, deadline=None)
 @given(tree=trees, escape=st.lists(st.booleans(), max_size=3), space=st.sampled_from(["", " "]))
 def test_json_checks_agree_with_the_standard_library(
     tree: Any, escape: list[bool], space: str
@@ -38,7 +37,6 @@ def test_json_checks_agree_with_the_standard_library(
     assert accepted == oracle(text, MAX_DEPTH), text
 
 
-@settings(max_examples=400, deadline=None)
 @given(
     batch=st.lists(st.tuples(trees, st.lists(st.booleans(), max_size=3)), min_size=1, max_size=5),
     space=st.sampled_from(["", " "]),
@@ -64,7 +62,6 @@ def test_a_batch_of_properties_passes_only_if_each_would(
         assert any(b"\\" in text or re.search(rb"[0-9][eE]", text) for text in texts), texts
 
 
-@settings(max_examples=400, deadline=None)
 @given(
     batch=st.lists(st.tuples(trees, st.lists(st.booleans(), max_size=3)), min_size=2, max_size=5),
     noise=st.lists(event_bytes(), max_size=2),
@@ -106,7 +103,6 @@ def assert_parsed_as_one_by_one(items: list[bytes]) -> None:
             assert outcome == alone, item
 
 
-@settings(max_examples=400, deadline=None)
 @given(body=bodies())
 def test_parsers_raise_only_client_errors(body: tuple[bytes, str]) -> None:
     raw, kind = body
@@ -161,7 +157,6 @@ _events = st.lists(_members, max_size=5).map(
 )
 
 
-@settings(max_examples=400, deadline=None)
 @given(batch=st.lists(_events, min_size=2, max_size=5))
 def test_a_batch_with_repeated_fields_parses_as_its_events_one_by_one(
     batch: list[list[tuple[str, str, bool]]],
@@ -171,7 +166,6 @@ def test_a_batch_with_repeated_fields_parses_as_its_events_one_by_one(
     assert_parsed_as_one_by_one([_render_event(members) for members in batch])
 
 
-@settings(max_examples=200, deadline=None)
 @given(
     batch=st.lists(
         st.sets(st.sampled_from(sorted(set(_VALUES) - {"event_name", "user_id"}))),

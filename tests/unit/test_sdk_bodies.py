@@ -33,20 +33,20 @@ def load(path: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
-def test_recorded_bodies_decode_to_what_they_carried(path: Path) -> None:
+async def test_recorded_bodies_decode_to_what_they_carried(path: Path) -> None:
     recorded = load(path)
     body = base64.b64decode(recorded["body_b64"])
-    text = sdk.json_body(
+    text = await sdk.json_body(
         body, content_type=recorded["headers"].get("Content-Type"), max_bytes=5_000_000
     )
     assert json.loads(text) == recorded["decoded_json"]
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
-def test_recorded_bodies_split_into_messages_that_map(path: Path) -> None:
+async def test_recorded_bodies_split_into_messages_that_map(path: Path) -> None:
     recorded = load(path)
     body = base64.b64decode(recorded["body_b64"])
-    text = sdk.json_body(
+    text = await sdk.json_body(
         body, content_type=recorded["headers"].get("Content-Type"), max_bytes=5_000_000
     )
     carried = recorded["decoded_json"]
@@ -179,21 +179,23 @@ def test_posthog_js_puts_the_distinct_id_and_token_in_properties() -> None:
     assert row.ts == NOW - timedelta(milliseconds=1500)
 
 
-def test_bodies_bounded_and_refused_as_a_whole() -> None:
+async def test_bodies_bounded_and_refused_as_a_whole() -> None:
     bomb = gzip.compress(b"[" + b" " * 100_000 + b"]")
     with pytest.raises(PayloadTooLarge):
-        sdk.json_body(bomb, content_type="text/plain", max_bytes=10_000)
+        await sdk.json_body(bomb, content_type="text/plain", max_bytes=10_000)
     with pytest.raises(MalformedPayload):
-        sdk.json_body(b"data=%%%", content_type=sdk.FORM, max_bytes=10_000)
+        await sdk.json_body(b"data=%%%", content_type=sdk.FORM, max_bytes=10_000)
     with pytest.raises(MalformedPayload, match="ambiguous"):
         segment.parse(b'{"batch": [], "batch": []}', "/v1/batch")
     with pytest.raises(MalformedPayload):
         posthog.parse(b"not json", {})
 
 
-def test_form_data_may_be_json_or_url_safe_base64() -> None:
+async def test_form_data_may_be_json_or_url_safe_base64() -> None:
     payload = json.dumps({"api_key": "k", "event": "e"}).encode()
     plain = b"data=" + urllib.parse.quote(payload).encode()
-    assert sdk.json_body(plain, content_type=sdk.FORM, max_bytes=10_000) == payload
+    assert await sdk.json_body(plain, content_type=sdk.FORM, max_bytes=10_000) == payload
     url_safe = base64.urlsafe_b64encode(payload).rstrip(b"=")
-    assert sdk.json_body(b"data=" + url_safe, content_type=sdk.FORM, max_bytes=10_000) == payload
+    assert (
+        await sdk.json_body(b"data=" + url_safe, content_type=sdk.FORM, max_bytes=10_000) == payload
+    )
