@@ -26,7 +26,11 @@ def rows(
     mapped, when it carries a token of its own (its project comes first), or when the row
     is made by `sdk.to_row_from`; or why it cannot be stored. One at a time: the caller
     may let other requests run between them."""
-    typed = _typed(request) if request.decoded is not None else None
+    typed = (
+        _typed.decode(request.text, request.events, request.nesting)
+        if request.decoded is not None
+        else None
+    )
     decoded: list[Any] = [None] * len(request.events)
     if typed is None:
         typed = decoded
@@ -77,25 +81,7 @@ class Typed(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     library_version: msgspec.Raw = EMPTY
 
 
-_typed_list = msgspec.json.Decoder(list[Typed])
-_typed_one = msgspec.json.Decoder(Typed)
-
-
-def _typed(request: posthog.Request) -> list[Typed | None] | None:
-    """The request's events as Typed (None for one that is not), or None if none is."""
-    try:
-        if request.nesting == 0:
-            return [_typed_one.decode(request.text)]
-        return list(_typed_list.decode(request.text))
-    except msgspec.ValidationError:
-        pass
-    typed: list[Typed | None] = []
-    for raw in request.events:
-        try:
-            typed.append(_typed_one.decode(raw))
-        except msgspec.ValidationError:
-            typed.append(None)
-    return typed if any(t is not None for t in typed) else None
+_typed = sdk.TypedDecoder(Typed)
 
 
 _HIDDEN_TEXT = b'"token"'

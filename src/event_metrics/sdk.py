@@ -14,9 +14,9 @@ import base64
 import binascii
 import functools
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import msgspec
 
@@ -344,3 +344,33 @@ def _key(name: str) -> bytes:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+T = TypeVar("T")
+
+
+class TypedDecoder(Generic[T]):
+    """A protocol's messages decoded into its typed struct: the whole body in one call when
+    every message fits the struct, else message by message (None for one that does not)."""
+
+    def __init__(self, struct: type[T]) -> None:
+        self._many = msgspec.json.Decoder(list[struct])  # type: ignore[valid-type]
+        self._one = msgspec.json.Decoder(struct)
+
+    def decode(
+        self, text: bytes, items: Sequence[msgspec.Raw], nesting: int
+    ) -> list[T | None] | None:
+        """The messages as structs, or None if none fits (`nesting` as in decoded_items)."""
+        try:
+            if nesting == 0:
+                return [self._one.decode(text)]
+            return list(self._many.decode(text))
+        except msgspec.ValidationError:
+            pass
+        typed: list[T | None] = []
+        for raw in items:
+            try:
+                typed.append(self._one.decode(raw))
+            except msgspec.ValidationError:
+                typed.append(None)
+        return typed if any(t is not None for t in typed) else None

@@ -33,7 +33,11 @@ def rows(
     may let other requests run between them."""
     limits = {"max_event_bytes": max_event_bytes, "max_depth": max_depth,
               "max_digits": max_digits}  # fmt: skip
-    typed = _typed(request) if request.decoded is not None else None
+    typed = (
+        _typed.decode(request.text, request.messages, request.nesting)
+        if request.decoded is not None
+        else None
+    )
     decoded: list[Any] = [None] * len(request.messages)
     if typed is None:
         typed = decoded
@@ -91,25 +95,7 @@ class Typed(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 
 
 _TYPE_TEXTS = {name: msgspec.Raw(msgspec.json.encode(name)) for name in segment.TYPES}
-_typed_list = msgspec.json.Decoder(list[Typed])
-_typed_one = msgspec.json.Decoder(Typed)
-
-
-def _typed(request: segment.Request) -> list[Typed | None] | None:
-    """The request's messages as Typed (None for one that is not), or None if none is."""
-    try:
-        if request.nesting == 0:
-            return [_typed_one.decode(request.text)]
-        return list(_typed_list.decode(request.text))
-    except msgspec.ValidationError:
-        pass
-    typed: list[Typed | None] = []
-    for raw in request.messages:
-        try:
-            typed.append(_typed_one.decode(raw))
-        except msgspec.ValidationError:
-            typed.append(None)
-    return typed if any(t is not None for t in typed) else None
+_typed = sdk.TypedDecoder(Typed)
 
 
 def _one(
